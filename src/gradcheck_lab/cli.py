@@ -1,0 +1,76 @@
+"""The command line: parse, call the library, render. Nothing else.
+
+Each command lives in a module listed in :data:`COMMAND_MODULES`; the module
+defines ``add_parser(subparsers)`` which registers its sub-parser and sets
+``run=function(args) -> exit code`` as a default. Command modules import
+torch and SymPy inside ``run`` only, so ``--help`` stays fast (a test checks).
+
+Exit codes: 0 all engines agree, 1 a mismatch, 2 a usage error (one line on
+stderr, ``Error: ...``, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from .errors import GradcheckError
+
+__all__ = ["main", "build_parser"]
+
+#: Modules that contribute sub-commands, in the order ``--help`` lists them.
+COMMAND_MODULES = (
+    "gradcheck_lab._cli_verify",
+    "gradcheck_lab._cli_teaching",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so every error has one shape."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        from .errors import UsageError
+
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="gradcheck-lab",
+        description="Verify gradients three ways (SymPy, torch autograd, finite differences) "
+        "and let an exact referee settle every disagreement.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradcheck-lab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a command module not built yet
+            if exc.name != name:
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "run", None):
+            parser.print_help()
+            return 2
+        return int(args.run(args) or 0)
+    except GradcheckError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,52 @@
+"""Autograd engine: torch records its own graph of the model and back-propagates.
+
+The model's function runs on the torch backend with the batch's parameters as
+one leaf tensor ``theta`` of shape ``(N, P)``; every component is a column
+view, so torch differentiates the model itself, never SymPy's derivative.
+Points are independent, so ``loss.sum().backward()`` fills ``theta.grad``
+with every point's gradient in one pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UsageError
+from ..model import Batch, Model
+from ..ops import backend
+from . import Gradients
+
+__all__ = ["gradients", "DTYPES"]
+
+DTYPES = ("float64", "float32")
+
+
+def _device(device: str):
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"Expected a CUDA device for --device {device} but torch {torch.__version__} sees none; "
+            "use --device cpu or install a CUDA build of torch (see README)."
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"Expected a torch device such as cpu or cuda but got {device!r}.") from None
+
+
+def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu") -> Gradients:
+    """torch autograd's gradient of the loss at every point of ``batch``."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"Expected dtype in {DTYPES} but got {dtype!r}.")
+    dt = getattr(torch, dtype)
+    dev = _device(device)
+    theta = torch.tensor(batch.theta, dtype=dt, device=dev, requires_grad=True)
+    data = torch.tensor(batch.data, dtype=dt, device=dev)
+    loss = model.loss(backend("torch"), lambda i: theta[:, i], lambda j: data[:, j])
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+        loss.sum().backward()
+    grad = theta.grad if theta.grad is not None else torch.zeros_like(theta)
+    return Gradients("autograd", grad.detach().to("cpu", torch.float64).numpy().astype(np.float64), dtype=dtype)

@@ -1,0 +1,79 @@
+"""Symbolic engine: SymPy derives the closed-form partial derivatives.
+
+The loss expression comes from the model's own function run on the SymPy
+backend; ``sympy.diff`` gives each partial derivative; the list is compiled
+once per model with ``lambdify(..., cse=True)`` (common-subexpression
+elimination) into a NumPy function evaluated on whole arrays of points.
+``lambdify`` generates Python source from SymPy's expression tree and runs
+``exec`` on it: the input is our own derived expression, never a user string
+(user expressions reach SymPy only as trees built by :mod:`gradcheck_lab.expr`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model import Batch, Model
+from . import Gradients
+
+__all__ = ["gradients", "derivatives", "simplified", "hessian", "compiled"]
+
+
+def derivatives(model: Model) -> list:
+    """d loss / d theta_i for every flat parameter, unsimplified, cached."""
+    if "grads" not in model._cache:
+        import sympy as sp
+
+        loss = model.loss_expr()
+        th, _ = model.symbols()
+        model._cache["grads"] = [sp.diff(loss, s) for s in th]
+    return model._cache["grads"]
+
+
+def simplified(model: Model, max_ops: int = 400) -> list:
+    """The partial derivatives simplified for reading (large ones kept as derived)."""
+    if "simplified" not in model._cache:
+        import sympy as sp
+
+        out = []
+        for g in derivatives(model):
+            out.append(sp.simplify(g) if sp.count_ops(g) <= max_ops else g)
+        model._cache["simplified"] = out
+    return model._cache["simplified"]
+
+
+def hessian(model: Model):
+    """The matrix of second derivatives of the loss (SymPy Matrix), cached."""
+    if "hessian" not in model._cache:
+        import sympy as sp
+
+        th, _ = model.symbols()
+        grads = derivatives(model)
+        model._cache["hessian"] = sp.Matrix([[sp.diff(g, s) for s in th] for g in grads])
+    return model._cache["hessian"]
+
+
+def compiled(model: Model):
+    """The NumPy function ``(theta..., data...) -> [grad_i]`` with CSE, cached."""
+    if "grad_fn" not in model._cache:
+        import sympy as sp
+
+        th, da = model.symbols()
+        model._cache["grad_fn"] = sp.lambdify([*th, *da], derivatives(model), modules="numpy", cse=True)
+    return model._cache["grad_fn"]
+
+
+def evaluate(fn, model: Model, batch: Batch, dtype: str = "float64") -> np.ndarray:
+    """Evaluate a compiled list-of-expressions function on a batch, shape (N, len)."""
+    dt = np.dtype(dtype)
+    cols = [batch.theta[:, i].astype(dt) for i in range(batch.theta.shape[1])]
+    cols += [batch.data[:, j].astype(dt) for j in range(batch.data.shape[1])]
+    n = len(batch)
+    with np.errstate(all="ignore"):
+        out = fn(*cols)
+    return np.stack([np.broadcast_to(np.asarray(o, dtype=float), (n,)) for o in out], axis=1)
+
+
+def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu") -> Gradients:
+    """The closed-form gradient evaluated in ``dtype`` on every point of ``batch``."""
+    return Gradients("symbolic", evaluate(compiled(model), model, batch, dtype), dtype=dtype)

@@ -1,0 +1,464 @@
+"""A model, written once and read by every engine.
+
+A :class:`Model` is data plus two functions of ``(ops, p, v)`` (see
+:mod:`gradcheck_lab.ops`): ``predict`` gives the model's output and ``loss``
+the scalar loss of one sample. Each engine calls them with its own backend:
+SymPy derives the closed form from the expression they build, torch records
+its own autograd graph, NumPy evaluates them for finite differences. No engine
+ever sees another engine's derivative.
+
+Values travel between engines flattened: a batch of ``N`` points is a matrix
+``theta`` of shape ``(N, P)`` (every scalar component of every parameter, in
+declaration order, row-major) and a matrix ``data`` of shape ``(N, Q)`` (every
+component of every input, then of the target; a class target is one-hot).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from itertools import product
+from types import SimpleNamespace
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import InvalidValueError, UsageError
+
+__all__ = ["Var", "Model", "Batch", "LOSSES"]
+
+KINDS = ("real", "binary", "class")
+
+
+@dataclass(frozen=True)
+class Var:
+    """A named parameter, input or target, with its shape and sampling domain.
+
+    ``init`` is the initial value of a parameter: a number (every component)
+    or an array of the variable's shape. Random points draw each component
+    uniformly from ``domain``; property tests draw magnitudes from 1e-3 up to
+    ``max_abs``. ``kind`` is ``"real"``, ``"binary"`` (0 or 1) or ``"class"``
+    (an integer label in ``range(shape[0])``, stored one-hot).
+    """
+
+    name: str
+    shape: tuple[int, ...] = ()
+    init: Any = 1.0
+    domain: tuple[float, float] = (-3.0, 3.0)
+    max_abs: float = 1e3
+    kind: str = "real"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def labels(self) -> list[str]:
+        """Component labels: ``w``, ``W1[3]``, ``W[1,0]``."""
+        if not self.shape:
+            return [self.name]
+        return [f"{self.name}[{','.join(map(str, idx))}]" for idx in product(*map(range, self.shape))]
+
+    def flat_names(self) -> list[str]:
+        """Identifier-safe component names (used for SymPy symbols): ``W1_3``."""
+        if not self.shape:
+            return [self.name]
+        return [self.name + "_" + "_".join(map(str, idx)) for idx in product(*map(range, self.shape))]
+
+    def encode(self, value: Any) -> np.ndarray:
+        """A user's value for this variable as its flat float components."""
+        if self.kind == "class":
+            k = self.shape[0]
+            if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == k:
+                arr = np.asarray(value, dtype=float).ravel()
+            else:
+                label = _as_float(value, self.name)
+                if label != int(label) or not 0 <= label < k:
+                    raise InvalidValueError(
+                        f"Expected {self.name} to be a class label in 0..{k - 1} but got {value!r}."
+                    )
+                arr = np.zeros(k)
+                arr[int(label)] = 1.0
+            return arr
+        arr = np.asarray(value, dtype=object)
+        if arr.shape == () and self.shape:
+            arr = np.full(self.shape, value, dtype=object)
+        if arr.shape != self.shape and arr.size == self.size:
+            arr = arr.reshape(self.shape)
+        if arr.shape != self.shape:
+            raise InvalidValueError(
+                f"Expected {self.name} to have shape {self.shape} ({self.size} values) "
+                f"but got {arr.size} value(s)."
+            )
+        flat = np.array([_as_float(x, self.name) for x in arr.ravel()], dtype=float)
+        if self.kind == "binary" and not np.all((flat == 0) | (flat == 1)):
+            raise InvalidValueError(f"Expected {self.name} to be 0 or 1 but got {value!r}.")
+        return flat
+
+    def decode(self, flat: np.ndarray) -> Any:
+        """Flat components back to the user's form (a class label for one-hot)."""
+        if self.kind == "class":
+            return int(np.argmax(flat))
+        if not self.shape:
+            return float(flat[0])
+        return np.asarray(flat, dtype=float).reshape(self.shape).tolist()
+
+
+def _as_float(value: Any, name: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InvalidValueError(f"Expected a number for {name} but got {value!r}.") from None
+    if not math.isfinite(x):
+        raise InvalidValueError(
+            f"Expected a finite number for {name} but got {value!r}; gradients are checked at finite points only."
+        )
+    return x
+
+
+@dataclass
+class Batch:
+    """``N`` points of one model: ``theta`` (N, P) parameters, ``data`` (N, Q) inputs and target."""
+
+    theta: np.ndarray
+    data: np.ndarray
+
+    def __post_init__(self):
+        self.theta = np.ascontiguousarray(self.theta, dtype=float)
+        self.data = np.ascontiguousarray(self.data, dtype=float)
+        if self.theta.ndim != 2 or self.data.ndim != 2 or len(self.theta) != len(self.data):
+            raise UsageError(
+                f"Expected theta (N, P) and data (N, Q) with the same N but got "
+                f"{self.theta.shape} and {self.data.shape}."
+            )
+
+    def __len__(self) -> int:
+        return len(self.theta)
+
+    def take(self, index) -> "Batch":
+        return Batch(self.theta[index], self.data[index])
+
+    @staticmethod
+    def concat(batches: Sequence["Batch"]) -> "Batch":
+        return Batch(np.concatenate([b.theta for b in batches]), np.concatenate([b.data for b in batches]))
+
+
+def _structure(var: Var, column: Callable[[int], Any], offset: int) -> Any:
+    """The component values of ``var`` as a scalar or nested lists."""
+    if not var.shape:
+        return column(offset)
+    items = [column(offset + i) for i in range(var.size)]
+    for dim in reversed(var.shape[1:]):
+        items = [items[i : i + dim] for i in range(0, len(items), dim)]
+    return items
+
+
+def _squared(ops, yhat, y):
+    return (yhat - y) ** 2
+
+
+def _absolute(ops, yhat, y):
+    return ops.abs(yhat - y)
+
+
+def _bce(ops, yhat, y):
+    return -(y * ops.log(yhat) + (1 - y) * ops.log(1 - yhat))
+
+
+def _cross_entropy(ops, yhat, y):
+    return -ops.sum([yk * ops.log(pk) for yk, pk in zip(y, yhat)])
+
+
+#: Losses by name, ``(ops, prediction, target) -> loss``. Listed in docs/models.md.
+LOSSES: dict[str, Callable] = {
+    "squared": _squared,
+    "absolute": _absolute,
+    "bce": _bce,
+    "cross_entropy": _cross_entropy,
+}
+
+
+@dataclass(eq=False)
+class Model:
+    """A differentiable model: parameters, inputs, target, prediction and loss.
+
+    Build one with :meth:`from_function` (a Python function against ``ops``),
+    :meth:`from_expr` (a whitelisted expression string) or take one from the
+    catalog with :func:`gradcheck_lab.get_model`.
+    """
+
+    name: str
+    params: tuple[Var, ...]
+    inputs: tuple[Var, ...]
+    target: Var
+    predict: Callable
+    loss_fn: Callable
+    formula: str = ""
+    loss_name: str = ""
+    description: str = ""
+    dataset: tuple[Mapping[str, Any], ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_function(
+        cls,
+        predict: Callable,
+        *,
+        params: Mapping[str, Any] | Sequence[Var],
+        inputs: Sequence[str | Var] = ("x",),
+        target: str | Var = "y",
+        loss: str | Callable = "squared",
+        name: str = "custom",
+        formula: str = "",
+        dataset: Sequence[Mapping[str, Any]] = (),
+        description: str = "",
+    ) -> "Model":
+        """A model from a forward function ``predict(ops, p, v)``.
+
+        ``params`` maps each parameter name to its initial value (or is a
+        list of :class:`Var`); ``loss`` is a name in :data:`LOSSES` or a
+        function ``(ops, prediction, target) -> loss``.
+
+        >>> from gradcheck_lab import Model
+        >>> m = Model.from_function(lambda ops, p, v: ops.tanh(p.w * v.x), params={"w": 0.5})
+        >>> m.param_labels
+        ['w']
+        """
+        pvars = tuple(p if isinstance(p, Var) else Var(p, init=params[p]) for p in params) if isinstance(
+            params, Mapping
+        ) else tuple(params)
+        ivars = tuple(i if isinstance(i, Var) else Var(i) for i in inputs)
+        tvar = target if isinstance(target, Var) else Var(target)
+        if isinstance(loss, str):
+            if loss not in LOSSES:
+                raise UsageError(f"Expected a loss in {sorted(LOSSES)} but got loss={loss!r}.")
+            loss_name, loss_of = loss, LOSSES[loss]
+        elif callable(loss):
+            loss_name, loss_of = getattr(loss, "__name__", "custom"), loss
+        else:
+            raise UsageError(f"Expected a loss name or function but got loss={loss!r} (type={type(loss).__name__}).")
+        if not callable(predict):
+            raise UsageError(f"Expected a function (ops, p, v) -> prediction but got {predict!r}.")
+
+        def loss_fn(ops, p, v, _predict=predict, _loss=loss_of, _t=tvar.name):
+            return _loss(ops, _predict(ops, p, v), getattr(v, _t))
+
+        model = cls(
+            name=name,
+            params=pvars,
+            inputs=ivars,
+            target=tvar,
+            predict=predict,
+            loss_fn=loss_fn,
+            formula=formula,
+            loss_name=loss_name,
+            description=description,
+            dataset=tuple(dataset),
+        )
+        model._validate()
+        return model
+
+    @classmethod
+    def from_expr(cls, expr: str, **kwargs) -> "Model":
+        """A model from an expression string, parsed by a whitelist (never ``eval``).
+
+        See :func:`gradcheck_lab.expr.model_from_expr` for the arguments.
+        """
+        from .expr import model_from_expr
+
+        return model_from_expr(expr, **kwargs)
+
+    def _validate(self) -> None:
+        names = [v.name for v in (*self.params, *self.inputs, self.target)]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise UsageError(f"Expected distinct variable names but {sorted(dup)} is used twice in model {self.name!r}.")
+        for v in (*self.params, *self.inputs, self.target):
+            if not v.name.isidentifier() or v.name.startswith("_"):
+                raise UsageError(f"Expected an identifier not starting with '_' but got variable name {v.name!r}.")
+            if v.kind not in KINDS:
+                raise UsageError(f"Expected kind in {KINDS} but got {v.kind!r} for {v.name}.")
+        if not self.params:
+            raise UsageError(f"Expected at least one parameter in model {self.name!r} but got none.")
+
+    # ------------------------------------------------------------ layout
+    @property
+    def data_vars(self) -> tuple[Var, ...]:
+        return (*self.inputs, self.target)
+
+    @property
+    def param_labels(self) -> list[str]:
+        return [lab for v in self.params for lab in v.labels()]
+
+    @property
+    def n_params(self) -> int:
+        return sum(v.size for v in self.params)
+
+    @property
+    def n_data(self) -> int:
+        return sum(v.size for v in self.data_vars)
+
+    def namespaces(self, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]):
+        """``(p, v)`` namespaces whose components come from two column accessors."""
+        p, off = {}, 0
+        for var in self.params:
+            p[var.name] = _structure(var, theta_col, off)
+            off += var.size
+        v, off = {}, 0
+        for var in self.data_vars:
+            v[var.name] = _structure(var, data_col, off)
+            off += var.size
+        return SimpleNamespace(**p), SimpleNamespace(**v)
+
+    def loss(self, ops, theta_col, data_col):
+        p, v = self.namespaces(theta_col, data_col)
+        return self.loss_fn(ops, p, v)
+
+    def prediction(self, ops, theta_col, data_col):
+        p, v = self.namespaces(theta_col, data_col)
+        return self.predict(ops, p, v)
+
+    # ------------------------------------------------------------ points
+    def init_theta(self) -> np.ndarray:
+        return np.concatenate([v.encode(v.init) for v in self.params])
+
+    def param_offsets(self) -> dict[str, slice]:
+        out, off = {}, 0
+        for v in self.params:
+            out[v.name] = slice(off, off + v.size)
+            off += v.size
+        return out
+
+    def theta_with(self, overrides: Mapping[str, Any] | None = None, base: np.ndarray | None = None) -> np.ndarray:
+        """Initial (or ``base``) parameters with ``overrides`` applied.
+
+        A key is a parameter name (a number sets every component, a list sets
+        each) or a component label such as ``W1[3]``.
+        """
+        theta = (self.init_theta() if base is None else np.array(base, dtype=float)).copy()
+        offsets = self.param_offsets()
+        labels = self.param_labels
+        byvar = {v.name: v for v in self.params}
+        for key, value in (overrides or {}).items():
+            if key in byvar:
+                theta[offsets[key]] = byvar[key].encode(value)
+            elif key in labels:
+                theta[labels.index(key)] = _as_float(value, key)
+            else:
+                close = difflib.get_close_matches(key, [*byvar, *labels], n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise InvalidValueError(
+                    f"Expected a parameter of model {self.name!r} ({', '.join(byvar)}) but got {key!r}.{hint}"
+                )
+        return theta
+
+    def encode_data(self, point: Mapping[str, Any]) -> np.ndarray:
+        """A point's inputs and target (user form) as one flat row."""
+        missing = [v.name for v in self.data_vars if v.name not in point]
+        if missing:
+            raise InvalidValueError(
+                f"Expected values for {', '.join(v.name for v in self.data_vars)} but {', '.join(missing)} "
+                f"is missing; pass it (--{missing[0]} on the command line)."
+            )
+        unknown = [k for k in point if k not in {v.name for v in self.data_vars}]
+        if unknown:
+            raise InvalidValueError(
+                f"Expected inputs/target of model {self.name!r} "
+                f"({', '.join(v.name for v in self.data_vars)}) but got {unknown[0]!r}."
+            )
+        return np.concatenate([v.encode(point[v.name]) for v in self.data_vars])
+
+    def batch(self, points: Sequence[Mapping[str, Any]], params: Mapping[str, Any] | None = None) -> Batch:
+        """A batch from points in user form; each point may carry its own parameters.
+
+        A point is a mapping of inputs and target (``{"x": 2, "y": 4}``) and
+        may hold a ``"params"`` mapping that overrides ``params``.
+        """
+        if not points:
+            raise InvalidValueError("Expected at least one point but got none.")
+        base = self.theta_with(params)
+        thetas, rows = [], []
+        for pt in points:
+            pt = dict(pt)
+            own = pt.pop("params", None)
+            thetas.append(self.theta_with(own, base=base) if own else base)
+            rows.append(self.encode_data(pt))
+        return Batch(np.array(thetas), np.array(rows))
+
+    def default_batch(self, params: Mapping[str, Any] | None = None) -> Batch:
+        """The model's dataset at its initial parameters (with ``params`` applied)."""
+        return self.batch(list(self.dataset), params)
+
+    def sample(self, n: int, seed: int = 0) -> Batch:
+        """``n`` random points drawn uniformly from the sampling domain, reproducibly."""
+        rng = np.random.default_rng(seed)
+
+        def draw(var: Var) -> np.ndarray:
+            if var.kind == "binary":
+                return rng.integers(0, 2, size=(n, var.size)).astype(float)
+            if var.kind == "class":
+                return np.eye(var.shape[0])[rng.integers(0, var.shape[0], size=n)]
+            lo, hi = var.domain
+            return rng.uniform(lo, hi, size=(n, var.size))
+
+        theta = np.concatenate([draw(v) for v in self.params], axis=1)
+        data = np.concatenate([draw(v) for v in self.data_vars], axis=1)
+        return Batch(theta, data)
+
+    def describe_point(self, batch: Batch, i: int) -> dict[str, Any]:
+        """Point ``i`` of ``batch`` in user form: inputs, target and parameters."""
+        out, off = {}, 0
+        for var in self.data_vars:
+            out[var.name] = var.decode(batch.data[i, off : off + var.size])
+            off += var.size
+        params, off = {}, 0
+        for var in self.params:
+            params[var.name] = var.decode(batch.theta[i, off : off + var.size])
+            off += var.size
+        out["params"] = params
+        return out
+
+    # ------------------------------------------------------------ symbolic form
+    def symbols(self):
+        """SymPy symbols (real) for the flat parameters and data, cached."""
+        if "symbols" not in self._cache:
+            import sympy as sp
+
+            th = [sp.Symbol(n, real=True) for v in self.params for n in v.flat_names()]
+            da = [sp.Symbol(n, real=True) for v in self.data_vars for n in v.flat_names()]
+            self._cache["symbols"] = (th, da)
+        return self._cache["symbols"]
+
+    def loss_expr(self):
+        """The loss as a SymPy expression of the flat symbols, cached."""
+        if "loss_expr" not in self._cache:
+            from .ops import backend
+
+            th, da = self.symbols()
+            self._cache["loss_expr"] = self.loss(backend("sympy"), th.__getitem__, da.__getitem__)
+        return self._cache["loss_expr"]
+
+    def predict_expr(self):
+        """The prediction as SymPy expression(s), cached."""
+        if "predict_expr" not in self._cache:
+            from .ops import backend
+
+            th, da = self.symbols()
+            self._cache["predict_expr"] = self.prediction(backend("sympy"), th.__getitem__, da.__getitem__)
+        return self._cache["predict_expr"]
+
+    def summary(self) -> dict[str, Any]:
+        """Name, formula, loss and parameters, as shown by ``list``."""
+        return {
+            "name": self.name,
+            "formula": self.formula,
+            "loss": self.loss_name,
+            "description": self.description,
+            "params": {v.name: list(v.shape) for v in self.params},
+            "inputs": {v.name: list(v.shape) for v in self.inputs},
+            "target": {self.target.name: self.target.kind},
+            "n_params": self.n_params,
+            "options": dict(self.options),
+        }
