@@ -30,16 +30,22 @@ def derivatives(model: Model) -> list:
     return model._cache["grads"]
 
 
-def simplified(model: Model, max_ops: int = 400) -> list:
-    """The partial derivatives simplified for reading (large ones kept as derived)."""
-    if "simplified" not in model._cache:
-        import sympy as sp
+def simplified(model: Model, indices=None, max_ops: int = 400) -> list:
+    """The partial derivatives simplified for reading (large ones kept as derived).
 
-        out = []
-        for g in derivatives(model):
-            out.append(sp.simplify(g) if sp.count_ops(g) <= max_ops else g)
-        model._cache["simplified"] = out
-    return model._cache["simplified"]
+    ``indices`` limits the work to some parameters (simplify is slow on big models).
+    """
+    import sympy as sp
+
+    cache = model._cache.setdefault("simplified", {})
+    grads = derivatives(model)
+    out = []
+    for i in range(len(grads)) if indices is None else indices:
+        if i not in cache:
+            g = grads[i]
+            cache[i] = sp.simplify(g) if sp.count_ops(g) <= max_ops else g
+        out.append(cache[i])
+    return out
 
 
 def hessian(model: Model):

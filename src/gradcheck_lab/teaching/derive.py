@@ -1,0 +1,99 @@
+"""``derive``: the loss and every partial derivative in closed form.
+
+The loss is the model's own function run on the SymPy backend; the partial
+derivatives are the symbolic engine's, simplified for reading
+(:func:`gradcheck_lab.engines.symbolic.simplified`). The optional Hessian is
+the engine's matrix of second derivatives, simplified where small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Derivation", "derive"]
+
+#: Hessian entries with more operations than this are shown as derived.
+HESSIAN_SIMPLIFY_MAX_OPS = 200
+
+
+@dataclass
+class Derivation:
+    """Closed forms of one model, as SymPy expressions.
+
+    ``partials`` is a list of ``(label, expression)``: ``dloss/dw1`` and its
+    closed form; ``hessian`` a list of ``(row label, column label,
+    expression)`` for the upper triangle (empty unless asked for).
+    """
+
+    model: str
+    formula: str
+    symbols: dict[str, str]
+    loss: Any
+    prediction: Any
+    partials: list[tuple[str, Any]]
+    hessian: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def render(self, form: str = "str") -> dict[str, Any]:
+        """Every expression as text: ``str`` (one line), ``pretty`` (2-D) or ``latex``."""
+        import sympy as sp
+
+        fn = {"str": sp.sstr, "pretty": lambda e: sp.pretty(e, use_unicode=True), "latex": sp.latex}[form]
+        pred = self.prediction
+        return {
+            "loss": fn(self.loss),
+            "prediction": [fn(p) for p in pred] if isinstance(pred, (list, tuple)) else fn(pred),
+            "partials": {label: fn(e) for label, e in self.partials},
+            "hessian": [{"row": r, "col": c, "expr": fn(e)} for r, c, e in self.hessian],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        text, latex = self.render("str"), self.render("latex")
+        return {
+            "model": self.model,
+            "formula": self.formula,
+            "symbols": self.symbols,
+            "loss": text["loss"],
+            "prediction": text["prediction"],
+            "partials": text["partials"],
+            "hessian": text["hessian"],
+            "latex": {k: latex[k] for k in ("loss", "prediction", "partials", "hessian")},
+        }
+
+
+def derive(model, hessian: bool = False) -> Derivation:
+    """The closed-form loss and partial derivatives of ``model`` (and its Hessian).
+
+    >>> from gradcheck_lab import get_model
+    >>> d = derive(get_model("affine"))
+    >>> d.render()["partials"]
+    {'dloss/dw': '2*x*(b + w*x - y)', 'dloss/db': '2*b + 2*w*x - 2*y'}
+    """
+    import sympy as sp
+
+    from ..engines.symbolic import hessian as sym_hessian
+    from ..engines.symbolic import simplified
+
+    labels = model.param_labels
+    th, da = model.symbols()
+    names = {str(s): lab for s, lab in zip(th, labels)}
+    names.update({str(s): lab for s, lab in zip(da, [lab for v in model.data_vars for lab in v.labels()])})
+    partials = [(f"dloss/d{lab}", g) for lab, g in zip(labels, simplified(model))]
+    entries = []
+    if hessian:
+        H = sym_hessian(model)
+        for i in range(len(labels)):
+            for j in range(i, len(labels)):
+                e = H[i, j]
+                if sp.count_ops(e) <= HESSIAN_SIMPLIFY_MAX_OPS:
+                    e = sp.simplify(e)
+                entries.append((labels[i], labels[j], e))
+    return Derivation(
+        model=model.name,
+        formula=model.formula,
+        symbols={k: v for k, v in names.items() if k != v},
+        loss=model.loss_expr(),
+        prediction=model.predict_expr(),
+        partials=partials,
+        hessian=entries,
+    )

@@ -1,0 +1,104 @@
+"""The tolerance model: one place for every number that decides a verdict.
+
+Note [Tolerance model]
+~~~~~~~~~~~~~~~~~~~~~~
+A fixed ``atol``/``rtol`` (``torch.autograd.gradcheck``: eps 1e-6, atol
+1e-5, rtol 1e-3) is too loose for float64 and too tight for float32, and it
+cannot see cancellation. We derive each tolerance from three things:
+
+1. **The dtype.** ``EPS[dtype]`` is the unit roundoff of the precision the
+   engine computed in.
+2. **The magnitude of the terms** at that point, ``M``. Rounding error is
+   proportional to the size of the terms that were added, not to the size of
+   the result: at a point where the prediction nearly equals the target the
+   gradient is tiny but its rounding error is not. We *measure* ``M`` per
+   point and component by evaluating the symbolic gradient twice, in float32
+   and in float64: their difference divided by float32's roundoff is the
+   scale at which rounding acts (the "precision probe"). ``M`` is the largest
+   of that probe, ``|g|``, and the largest ``|g_j|`` of the same point (a
+   component is judged against the gradient it belongs to, normwise).
+3. **The engine's own error bar** where it has one: finite differences
+   report truncation plus rounding (Note [FD error estimate]).
+
+An engine computing in ``dtype`` passes a component when
+``|g_engine - g_exact| <= SAFETY * EPS[dtype] * M`` (plus
+``FD_SAFETY * error`` for finite differences). Two engines agree when their
+difference is within the sum of their tolerances.
+
+``SAFETY`` and ``FD_SAFETY`` were measured with ``benchmarks/tolerance.py``:
+over 200,000 random points of all catalog models and 20,000 cancellation
+points, the largest observed ratio ``|g - g_exact| / (EPS * M)`` was below 8
+for both float64 engines and below 24 for float32 autograd, and finite
+differences never exceeded 0.5 times their error estimate; the factors
+below leave a margin of 2.7x over those worsts (docs/numerics.md has the
+table). A 3x-wrong gradient is off by ``2|g| >= 2 EPS^-1`` units of
+``EPS * |g|``, far outside any of these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["EPS", "SAFETY", "FD_SAFETY", "rounding_scale", "engine_tolerance", "fd_tolerance"]
+
+#: Unit roundoff (machine epsilon) per dtype.
+EPS: dict[str, float] = {
+    "float64": float(np.finfo(np.float64).eps),
+    "float32": float(np.finfo(np.float32).eps),
+}
+
+#: Multiple of ``EPS * M`` an engine may be off by (Note [Tolerance model]).
+SAFETY = 64.0
+
+#: Multiple of the finite-difference error estimate accepted.
+FD_SAFETY = 8.0
+
+
+#: Relative size of the input perturbations of the precision probe.
+PROBE_DELTA = 2.0**-26
+#: Number of random perturbations (plus one float32 evaluation).
+PROBE_SAMPLES = 2
+PROBE_SEED = 20261126
+
+
+def rounding_scale(model, batch, g64: np.ndarray) -> np.ndarray:
+    """``M`` of Note [Tolerance model] for every point and component.
+
+    The largest of: ``|g|``; the gradient's largest component at the same
+    point; the float32 probe ``|g32 - g64| / EPS32`` (the rounding of the
+    closed form's own operations); and the perturbation probe
+    ``max_r |g(z (1 + d_r)) - g(z)| / PROBE_DELTA`` with ``d_r`` uniform in
+    ``[-PROBE_DELTA, PROBE_DELTA]`` for every input and parameter ``z``
+    (the condition of the gradient: how far a rounding of any input moves it).
+    The second probe cannot be fooled by a float32 evaluation that happens to
+    be exact, which the first alone can (small integer data).
+    """
+    from .engines.symbolic import compiled, evaluate
+    from .model import Batch
+
+    fn = compiled(model)
+    rng = np.random.default_rng(PROBE_SEED)
+    with np.errstate(all="ignore"):
+        absg = np.abs(g64)
+        absg_f = np.where(np.isfinite(absg), absg, 0.0)
+        scale = np.maximum(absg_f, np.max(absg_f, axis=1, keepdims=True))
+        probes = [np.abs(evaluate(fn, model, batch, "float32") - g64) / EPS["float32"]]
+        for _ in range(PROBE_SAMPLES):
+            dt = rng.uniform(-PROBE_DELTA, PROBE_DELTA, batch.theta.shape)
+            dd = rng.uniform(-PROBE_DELTA, PROBE_DELTA, batch.data.shape)
+            moved = Batch(batch.theta * (1 + dt), batch.data * (1 + dd))
+            probes.append(np.abs(evaluate(fn, model, moved, "float64") - g64) / PROBE_DELTA)
+        for probe in probes:
+            # Where a probe overflows it says nothing: skip it there.
+            scale = np.maximum(scale, np.where(np.isfinite(probe), probe, 0.0))
+    return scale
+
+
+def engine_tolerance(dtype: str, scale: np.ndarray) -> np.ndarray:
+    """Tolerance of an engine that computed in ``dtype``, per component."""
+    return SAFETY * EPS[dtype] * scale
+
+
+def fd_tolerance(error: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Tolerance of finite differences: their error bar plus float64 rounding."""
+    return FD_SAFETY * error + SAFETY * EPS["float64"] * scale
