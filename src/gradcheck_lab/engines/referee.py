@@ -30,7 +30,7 @@ def _compiled(model: Model):
 
 
 def gradients(model: Model, batch: Batch, dps: int = DPS) -> np.ndarray:
-    """Exact gradients (N, P) as float64; NaN where the closed form is undefined."""
+    """Exact gradients (N, P) as float64; NaN where the closed form is undefined or infinite."""
     import mpmath
 
     fn = _compiled(model)
@@ -47,4 +47,5 @@ def gradients(model: Model, batch: Batch, dps: int = DPS) -> np.ndarray:
                     out[r, i] = float(mpmath.re(val)) if mpmath.im(val) == 0 else np.nan
                 except (TypeError, ValueError, OverflowError):
                     out[r, i] = np.nan
+    out[~np.isfinite(out)] = np.nan
     return out

@@ -18,6 +18,11 @@ from . import Gradients
 
 __all__ = ["gradients", "derivatives", "simplified", "hessian", "compiled"]
 
+#: Largest derivative (in SymPy operations) that ``simplified`` hands to ``sympy.simplify``.
+SIMPLIFY_MAX_OPS = 40
+#: ... and in at most this many symbols.
+SIMPLIFY_MAX_SYMBOLS = 5
+
 
 def derivatives(model: Model) -> list:
     """d loss / d theta_i for every flat parameter, unsimplified, cached."""
@@ -30,10 +35,14 @@ def derivatives(model: Model) -> list:
     return model._cache["grads"]
 
 
-def simplified(model: Model, indices=None, max_ops: int = 400) -> list:
-    """The partial derivatives simplified for reading (large ones kept as derived).
+def simplified(model: Model, indices=None, max_ops: int = SIMPLIFY_MAX_OPS) -> list:
+    """The partial derivatives tidied for reading.
 
-    ``indices`` limits the work to some parameters (simplify is slow on big models).
+    ``sympy.simplify`` runs only on derivatives of at most ``max_ops``
+    operations in at most ``SIMPLIFY_MAX_SYMBOLS`` symbols: on larger ones
+    (the mlp's, softmax's) its polynomial GCDs and factorisations ran for
+    minutes. The others get ``factor_terms``, which is structural and fast.
+    ``indices`` limits the work to some parameters.
     """
     import sympy as sp
 
@@ -43,7 +52,8 @@ def simplified(model: Model, indices=None, max_ops: int = 400) -> list:
     for i in range(len(grads)) if indices is None else indices:
         if i not in cache:
             g = grads[i]
-            cache[i] = sp.simplify(g) if sp.count_ops(g) <= max_ops else g
+            small = sp.count_ops(g) <= max_ops and len(g.free_symbols) <= SIMPLIFY_MAX_SYMBOLS
+            cache[i] = sp.simplify(g) if small else sp.factor_terms(g)
         out.append(cache[i])
     return out
 

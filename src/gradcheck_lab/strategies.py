@@ -1,0 +1,101 @@
+"""Hypothesis strategies for a model's points, usable in any project's ``@given``.
+
+A point is a dict in the user's form -- inputs, target and a ``"params"``
+mapping -- exactly what :func:`gradcheck_lab.verify` takes in ``points``.
+Values respect the model's sampling domain: either uniform within each
+variable's ``domain``, or magnitudes spread log-uniformly from
+``min_magnitude`` up to the variable's ``max_abs`` (the default), with both
+signs. With ``cancellation=True`` some points get a target equal to the
+prediction, where the gradient is tiny and rounding is at its worst.
+
+>>> from hypothesis import given, settings
+>>> from gradcheck_lab import get_model, verify
+>>> from gradcheck_lab.strategies import points
+>>> model = get_model("quadratic")
+>>> @settings(max_examples=10, derandomize=True, deadline=None)
+... @given(points(model))
+... def test_quadratic(point):
+...     assert verify(model, points=[point], random=0).ok
+>>> test_quadratic()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .model import Model, Var
+
+__all__ = ["values", "points", "params"]
+
+
+def _real(var: Var, min_magnitude: float, max_magnitude: float | None, uniform: bool) -> st.SearchStrategy[float]:
+    if uniform:
+        lo, hi = var.domain
+        return st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False)
+    top = min(var.max_abs, max_magnitude) if max_magnitude is not None else var.max_abs
+    lo_exp, hi_exp = math.log10(min_magnitude), math.log10(max(top, min_magnitude))
+    magnitude = st.floats(min_value=lo_exp, max_value=hi_exp).map(lambda e: 10.0**e)
+    return st.builds(lambda m, s: m * s, magnitude, st.sampled_from([1.0, -1.0])) | st.just(0.0)
+
+
+def values(
+    var: Var, *, min_magnitude: float = 1e-3, max_magnitude: float | None = None, uniform: bool = False
+) -> st.SearchStrategy[Any]:
+    """Values of one variable in the user's form (a float, nested list, 0/1 or class label)."""
+    if var.kind == "binary":
+        return st.sampled_from([0, 1])
+    if var.kind == "class":
+        return st.integers(min_value=0, max_value=var.shape[0] - 1)
+    scalar = _real(var, min_magnitude, max_magnitude, uniform)
+    if not var.shape:
+        return scalar
+    flat = st.lists(scalar, min_size=var.size, max_size=var.size)
+    return flat.map(lambda xs: var.decode(np.asarray(xs, dtype=float)))
+
+
+def params(model: Model, **kwargs: Any) -> st.SearchStrategy[dict[str, Any]]:
+    """A mapping of every parameter of ``model`` to a value (see :func:`values`)."""
+    return st.fixed_dictionaries({v.name: values(v, **kwargs) for v in model.params})
+
+
+def points(
+    model: Model,
+    *,
+    min_magnitude: float = 1e-3,
+    max_magnitude: float | None = None,
+    uniform: bool = False,
+    cancellation: bool | str = True,
+) -> st.SearchStrategy[dict[str, Any]]:
+    """Points of ``model``: inputs, target and ``"params"``, shrinking towards small values.
+
+    ``cancellation``: ``True`` mixes in points whose target equals the
+    prediction (real scalar targets), ``"only"`` draws only those, ``False`` none.
+    """
+    kw = dict(min_magnitude=min_magnitude, max_magnitude=max_magnitude, uniform=uniform)
+    base = st.fixed_dictionaries(
+        {**{v.name: values(v, **kw) for v in model.data_vars}, "params": params(model, **kw)}
+    )
+    target = model.target
+    if not cancellation or target.kind != "real" or target.shape:
+        return base
+
+    def cancel(point: dict[str, Any]) -> dict[str, Any]:
+        from .ops import backend
+
+        batch = model.batch([point])
+        th, da = list(batch.theta[0]), list(batch.data[0])
+        try:
+            pred = float(model.prediction(backend("float"), th.__getitem__, da.__getitem__))
+        except (OverflowError, ValueError, ZeroDivisionError):
+            return point
+        if not math.isfinite(pred):
+            return point
+        return {**point, target.name: pred}
+
+    if cancellation == "only":
+        return base.map(cancel)
+    return st.one_of(base, base.map(cancel))

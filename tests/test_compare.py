@@ -1,0 +1,76 @@
+"""The verdict: tolerances, the referee naming the engine at fault, kinks."""
+
+import numpy as np
+import pytest
+
+from gradcheck_lab.catalog import get_model
+from gradcheck_lab.compare import compare
+from gradcheck_lab.engines import Gradients, engine
+from gradcheck_lab.model import Model
+
+
+def scaled(name, factor, where=None):
+    """An engine that returns ``factor`` times the real one (at component ``where``)."""
+    real = engine(name)
+
+    def wrong(model, batch, **kw):
+        g = real(model, batch, **kw)
+        v = g.values.copy()
+        if where is None:
+            v *= factor
+        else:
+            v[:, where] *= factor
+        return Gradients(g.engine, v, g.dtype, g.error, g.kink, g.lower, g.upper)
+
+    return wrong
+
+
+@pytest.mark.parametrize("eng", ["symbolic", "autograd", "finite_differences"])
+def test_wrong_engine_is_named(eng):
+    m = get_model("quadratic")
+    b = m.sample(50, seed=0)
+    c = compare(m, b, engines={eng: scaled(eng, 1 + 1e-6, where=1)})
+    assert c.fault[eng][:, 1].all()
+    for other in c.fault:
+        if other != eng:
+            assert not c.fault[other].any()
+    assert not c.fault[eng][:, [0, 2]].any()
+
+
+def test_agreement_has_no_fault():
+    m = get_model("softmax")
+    c = compare(m, m.sample(200, seed=1))
+    assert not c.any_fault().any()
+    assert not c.refereed.any()  # nobody disagreed: the referee was not needed
+
+
+def test_float32_autograd_passes_with_derived_tolerance():
+    m = get_model("mlp")
+    c = compare(m, m.sample(300, seed=2), dtype="float32")
+    assert not c.any_fault().any()
+
+
+def test_cancellation_point_is_not_a_false_failure():
+    m = get_model("quadratic")
+    # Target equal to the prediction in float64: the gradient is pure rounding.
+    w1, w2, b, x = 123.456, -7.89, 0.001, 31.7
+    y = w1 * x**2 + w2 * x + b
+    batch = m.batch([{"x": x, "y": y, "params": {"w1": w1, "w2": w2, "b": b}}])
+    c = compare(m, batch, dtype="float32")
+    assert not c.any_fault().any()
+
+
+def test_kink_accepts_any_subgradient():
+    m = Model.from_function(lambda ops, p, v: ops.relu(p.w * v.x + p.b), params={"w": 0.0, "b": 0.0})
+    b = m.batch([{"x": 1.0, "y": -1.0}])
+    c = compare(m, b, referee_rows=np.array([True]))
+    assert c.kink.all()
+    assert not c.any_fault().any()  # torch says 0, SymPy's Piecewise says 2: both in [0, 2]
+
+
+def test_candidate_outside_kink_interval_fails():
+    m = Model.from_function(lambda ops, p, v: ops.relu(p.w * v.x + p.b), params={"w": 0.0, "b": 0.0})
+    b = m.batch([{"x": 1.0, "y": -1.0}])
+    cand = Gradients("candidate", np.array([[5.0, 5.0]]))
+    c = compare(m, b, candidate=cand)
+    assert c.fault["candidate"].all()
