@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from gradcheck_lab import InvalidValueError, Model, UsageError, Var, get_model
+from gradcheck_lab.ops import FUNCTIONS, backend
+
+
+def test_every_backend_has_every_function():
+    for name in ("sympy", "torch", "numpy", "float"):
+        ops = backend(name)
+        assert set(FUNCTIONS) <= set(vars(ops))
+
+
+@pytest.mark.parametrize("fn", ["sigmoid", "softplus", "tanh", "exp", "sin"])
+def test_numpy_backend_matches_float_backend(fn):
+    z = np.linspace(-30, 30, 61)
+    got = getattr(backend("numpy"), fn)(z)
+    want = [getattr(backend("float"), fn)(float(v)) for v in z]
+    assert np.allclose(got, want, rtol=1e-14, atol=0)
+
+
+def test_logsumexp_is_stable():
+    assert backend("numpy").logsumexp([np.array(1000.0), np.array(1000.0)]) == pytest.approx(1000 + np.log(2))
+
+
+def test_theta_with_overrides():
+    m = get_model("mlp", H=3)
+    th = m.theta_with({"W1": [1, 2, 3], "b1[1]": 7, "b2": 0.5})
+    assert list(th[:3]) == [1, 2, 3] and th[4] == 7 and th[-1] == 0.5
+    with pytest.raises(InvalidValueError, match="shape"):
+        m.theta_with({"W1": [1, 2]})
+
+
+def test_sample_is_reproducible_and_in_domain():
+    m = get_model("quadratic")
+    a, b = m.sample(100, seed=4), m.sample(100, seed=4)
+    assert np.array_equal(a.theta, b.theta) and np.array_equal(a.data, b.data)
+    assert np.all(np.abs(a.theta) <= 3)
+
+
+def test_class_target_one_hot():
+    m = get_model("softmax")
+    b = m.batch([{"x": [1, 2], "y": 2}])
+    assert list(b.data[0]) == [1, 2, 0, 0, 1]
+    assert m.describe_point(b, 0)["y"] == 2
+
+
+def test_from_function_validates():
+    with pytest.raises(UsageError, match="loss"):
+        Model.from_function(lambda ops, p, v: p.w, params={"w": 1}, loss="hinge")
+    with pytest.raises(UsageError, match="distinct"):
+        Model.from_function(lambda ops, p, v: p.x, params={"x": 1})
+    with pytest.raises(UsageError, match="identifier"):
+        Model.from_function(lambda ops, p, v: 1, params=[Var("__class__")])
+
+
+def test_binary_target_checked():
+    m = get_model("logistic")
+    with pytest.raises(InvalidValueError, match="0 or 1"):
+        m.batch([{"x": 1, "y": 0.5}])
