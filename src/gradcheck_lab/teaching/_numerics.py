@@ -23,6 +23,17 @@ expression. We take ``k = 64`` (:data:`ULPS`): loose enough for torch's
 float32 kernels (a few ulps each, fused or reordered) and tight enough that a
 real error (an accumulated ``.grad``, a wrong rule) stands out by orders of
 magnitude. The tolerance is ``ULPS * eps(dtype) * (|g| + mag(g))``.
+Measured over the lesson's and the catalog's training runs (float32, 300
+epochs, lr 0.01 and 0.02), ``|autograd - closed form|`` never exceeded
+``0.5 * eps * mag``: a margin of over 100x, while an accumulated gradient is
+off by a whole previous gradient, about ``1e6`` times the tolerance.
+
+The numbers themselves (``EPS`` per dtype, the factor 64 as ``SAFETY``) are
+the project's, from :mod:`gradcheck_lab.tolerance` (Note [Tolerance model]);
+only the scale differs: the verify command *measures* the rounding scale with
+precision probes over a batch, while the teaching commands, which check one
+sample at a time at every SGD step, use this analytic bound (deterministic,
+no random probe, one extra lambdified evaluation per step).
 
 ``eps`` comes from the dtype the gradient was computed in (float32:
 1.19e-07, float64: 2.22e-16); the other side (SymPy's closed form) is
@@ -40,19 +51,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..tolerance import EPS, SAFETY
+
 __all__ = ["ULPS", "EXPLAIN_RTOL", "eps", "magnitudes", "magnitude_fn", "tolerance"]
 
 #: Ulps allowed per unit of magnitude (Note [Magnitude of a gradient]).
-ULPS = 64
+ULPS = SAFETY
 #: Relative part of the explain check (Note [Explain tolerance]).
 EXPLAIN_RTOL = 1e-12
-
-_EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
 
 
 def eps(dtype: str) -> float:
     """Machine epsilon of ``dtype`` (``float32`` or ``float64``)."""
-    return _EPS[dtype]
+    return EPS[dtype]
 
 
 def _mag(e):
