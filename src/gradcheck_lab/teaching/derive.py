@@ -13,8 +13,20 @@ from typing import Any
 
 __all__ = ["Derivation", "derive"]
 
-#: Hessian entries with more operations than this are shown as derived.
-HESSIAN_SIMPLIFY_MAX_OPS = 200
+#: Hessians with more entries (upper triangle) than this are only tidied
+#: (``factor_terms``): ``simplify`` costs about 0.2 s even on a small ``tanh``
+#: entry, and the default mlp's Hessian has 325.
+HESSIAN_SIMPLIFY_MAX_ENTRIES = 21
+
+
+def _tidy(e, simplify: bool):
+    """The engine's policy (``simplified``): ``simplify`` small expressions, ``factor_terms`` the rest."""
+    import sympy as sp
+
+    from ..engines.symbolic import SIMPLIFY_MAX_OPS, SIMPLIFY_MAX_SYMBOLS
+
+    small = simplify and sp.count_ops(e) <= SIMPLIFY_MAX_OPS and len(e.free_symbols) <= SIMPLIFY_MAX_SYMBOLS
+    return sp.simplify(e) if small else sp.factor_terms(e)
 
 
 @dataclass
@@ -33,19 +45,39 @@ class Derivation:
     prediction: Any
     partials: list[tuple[str, Any]]
     hessian: list[tuple[str, str, Any]] = field(default_factory=list)
+    param_labels: list[str] = field(default_factory=list)
+    param_symbols: list[Any] = field(default_factory=list)
 
     def render(self, form: str = "str") -> dict[str, Any]:
-        """Every expression as text: ``str`` (one line), ``pretty`` (2-D) or ``latex``."""
+        """Every expression as text: ``str`` (one line), ``pretty`` (2-D) or ``latex``.
+
+        ``equations`` lists ``(left side, right side)`` pairs in that form:
+        the loss, each partial derivative, then the Hessian entries.
+        """
         import sympy as sp
 
         fn = {"str": sp.sstr, "pretty": lambda e: sp.pretty(e, use_unicode=True), "latex": sp.latex}[form]
         pred = self.prediction
-        return {
+        out = {
             "loss": fn(self.loss),
             "prediction": [fn(p) for p in pred] if isinstance(pred, (list, tuple)) else fn(pred),
             "partials": {label: fn(e) for label, e in self.partials},
             "hessian": [{"row": r, "col": c, "expr": fn(e)} for r, c, e in self.hessian],
         }
+        if form == "latex":
+            sym = {lab: sp.latex(s) for lab, s in zip(self.param_labels, self.param_symbols)}
+            lhs = [r"\frac{\partial L}{\partial " + sym[lab[len("dloss/d"):]] + "}" for lab, _ in self.partials]
+            lhs += [
+                r"\frac{\partial^{2} L}{" + (rf"\partial {sym[r]}^{{2}}" if r == c else rf"\partial {sym[r]} \partial {sym[c]}") + "}"
+                for r, c, _ in self.hessian
+            ]
+            loss_lhs = "L"
+        else:
+            lhs = [lab for lab, _ in self.partials] + [f"d2loss/d{r}d{c}" for r, c, _ in self.hessian]
+            loss_lhs = "loss"
+        rhs = list(out["partials"].values()) + [h["expr"] for h in out["hessian"]]
+        out["equations"] = [(loss_lhs, out["loss"]), *zip(lhs, rhs)]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         text, latex = self.render("str"), self.render("latex")
@@ -57,7 +89,8 @@ class Derivation:
             "prediction": text["prediction"],
             "partials": text["partials"],
             "hessian": text["hessian"],
-            "latex": {k: latex[k] for k in ("loss", "prediction", "partials", "hessian")},
+            "latex": {k: latex[k] for k in ("loss", "prediction", "partials", "hessian")}
+            | {"equations": [list(eq) for eq in latex["equations"]]},
         }
 
 
@@ -82,12 +115,11 @@ def derive(model, hessian: bool = False) -> Derivation:
     entries = []
     if hessian:
         H = sym_hessian(model)
+        n = len(labels)
+        simplify = n * (n + 1) // 2 <= HESSIAN_SIMPLIFY_MAX_ENTRIES
         for i in range(len(labels)):
             for j in range(i, len(labels)):
-                e = H[i, j]
-                if sp.count_ops(e) <= HESSIAN_SIMPLIFY_MAX_OPS:
-                    e = sp.simplify(e)
-                entries.append((labels[i], labels[j], e))
+                entries.append((labels[i], labels[j], _tidy(H[i, j], simplify)))
     return Derivation(
         model=model.name,
         formula=model.formula,
@@ -96,4 +128,6 @@ def derive(model, hessian: bool = False) -> Derivation:
         prediction=model.predict_expr(),
         partials=partials,
         hessian=entries,
+        param_labels=list(labels),
+        param_symbols=list(th),
     )

@@ -108,7 +108,7 @@ def to_dot(tr: Trace, shaped_params: set[str] | None = None) -> str:
             label = "\n".join([n.name, value])
             attrs = f"shape=ellipse, label={_q(label)}"
         else:
-            label = "\n".join([expression(n), value, grad])
+            label = "\n".join([f"{n.name} = {expression(n)}", value, grad])
             fill = "#c9e4ff" if n.name == "loss" else "#ffffff"
             attrs = f'shape=box, style=filled, fillcolor="{fill}", label={_q(label)}'
         line = f"  {_q(n.name)} [{attrs}];"
@@ -120,7 +120,7 @@ def to_dot(tr: Trace, shaped_params: set[str] | None = None) -> str:
     lines += [line for _, line in decl]
     for key, members in sorted(clusters.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else kv[0]):
         lines.append(f"  subgraph {_q('cluster_' + key)} {{")
-        lines.append(f'    label={_q(f"[{key}]")}; style=dashed; color="#999999";')
+        lines.append(f'    label={_q(f"index [{key}]")}; style=dashed; color="#999999";')
         lines += ["  " + m for m in members]
         lines.append("  }")
     for n in tr.nodes:
