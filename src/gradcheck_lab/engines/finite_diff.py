@@ -41,13 +41,19 @@ prediction: ``logsumexp(z) - z_y`` with ``|z|`` large and the loss tiny).
 Note [Kinks]
 ~~~~~~~~~~~~
 At a kink (``relu`` or ``abs`` at 0) the derivative does not exist: the
-one-sided derivatives differ. The second differences
-``s_k = (f(t+h_k) - 2 f(t) + f(t-h_k)) / h_k`` shrink like ``h_k f''`` where
-``f`` is smooth but stay at the jump of slope across a kink. A component is
-flagged when ``s`` does not shrink between the last two steps and is far
-above rounding; then any value between the one-sided derivatives (the
-subgradient interval) is accepted from every engine. This is what keeps
-``relu`` at 0 from failing, unlike ``torch.autograd.gradcheck``.
+one-sided derivatives differ. The scaled second differences
+``s_k = (f(t+h_k) - 2 f(t) + f(t-h_k)) / h_k`` equal ``J + h_k f''+ O(h^3)``
+where ``J`` is the jump of slope (0 where ``f`` is smooth). One Richardson
+step removes the ``h f''`` term: ``J_k = 2 s_k - s_{k-1}``. A component is
+flagged when ``J`` from all ``K-1`` pairs of steps agree within 10% and
+stand far above rounding; a smooth function's ``J_k`` shrinks like ``h^3``
+and fails the test. (Two pairs within 25% flagged one smooth tanh point of
+300; three within 10% flag none of 12,000 random points of six catalog models.) (Comparing ``s`` alone missed kinks whose jump is
+smaller than ``h f''``: 3 of 200 relu points in benchmarks/anchors.py.)
+At a kink, every engine passes whose value lies between the one-sided
+derivatives (each extrapolated once, like ``J``): the subgradient interval.
+This is what keeps ``relu`` at 0 from failing, unlike
+``torch.autograd.gradcheck``.
 """
 
 from __future__ import annotations
@@ -129,10 +135,11 @@ def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str
             err = trunc + ROUNDING * EPS * big / hp[-1]
             # Note [Kinks]
             s = (fp - 2.0 * f0 + fm) / h
+            j = 2.0 * s[1:] - s[:-1]  # (K-1, N): J from each pair of steps
             noise = 64.0 * EPS * big / h[-1]
-            jump = (np.abs(s[-1]) > noise) & (np.abs(s[-1]) > 0.75 * np.abs(s[-2]))
-            right = (fp[-1] - f0) / hp[-1]
-            left = (f0 - fm[-1]) / hm[-1]
+            jump = (np.abs(j[-1]) > noise) & np.all(np.abs(j - j[-1]) <= 0.1 * np.abs(j[-1]), axis=0)
+            right = 2.0 * (fp[-1] - f0) / hp[-1] - (fp[-2] - f0) / hp[-2]
+            left = 2.0 * (f0 - fm[-1]) / hm[-1] - (f0 - fm[-2]) / hm[-2]
         values[:, i] = np.where(jump, (right + left) / 2.0, best)
         error[:, i] = np.where(jump, np.abs(right - left) / 2.0, err)
         error[:, i] = np.where(np.isfinite(values[:, i]), error[:, i], np.inf)
