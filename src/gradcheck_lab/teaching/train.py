@@ -77,12 +77,23 @@ class Mismatch:
     difference: float
     tolerance: float
     hint: str
+    x: Any = None
+    y: Any = None
+    dtype: str = "float32"
 
     def message(self) -> str:
-        return (
-            f"MISMATCH at step {self.step} (epoch {self.epoch}, sample {self.sample}), parameter {self.param}: "
-            f"autograd {self.autograd!r}, symbolic {self.symbolic!r} "
-            f"(|difference| {self.difference:.3g} > tolerance {self.tolerance:.3g}). {self.hint}"
+        """The report, several lines: where, both sides, the tolerance, the likely cause."""
+        return "\n".join(
+            [
+                f"MISMATCH at step {self.step} (epoch {self.epoch}, sample {self.sample}: "
+                f"x = {_fmt(self.x)}, y = {_fmt(self.y)}), parameter {self.param}:",
+                f"  {'autograd (torch, ' + self.dtype + ')':<33} {self.autograd!r}",
+                f"  {'symbolic (closed form, float64)':<33} {self.symbolic!r}",
+                f"  |difference| {self.difference:.3g} > tolerance {self.tolerance:.3g} "
+                f"= {ULPS:g} * eps({self.dtype}) * (|g| + mag(g))",
+                f"  {self.hint}",
+                "Training stopped.",
+            ]
         )
 
 
@@ -129,7 +140,7 @@ class TrainResult:
             if s.sample == per_epoch and (self.mismatch is None or s.step < self.mismatch.step):
                 out.append(f"{self.epoch_label} {s.epoch} {_fmt(self.epoch_losses[s.epoch])}")
         if self.mismatch is not None:
-            out.append(self.mismatch.message())
+            out += self.mismatch.message().splitlines()
         else:
             out.append(f"predict (after training) {at} {_fmt(self.prediction_after)}")
         return out
@@ -370,6 +381,7 @@ def train(
             result.steps.append(Step(step, epoch, s, x, y, before, loss, grads))
             mismatch = _check(step, epoch, s, before, row, grads, grad_fn, mag_fn, labels, tol_eps, zero_grad)
             if mismatch is not None:
+                mismatch.x, mismatch.y, mismatch.dtype = x, y, dtype
                 result.mismatch = mismatch
                 result.final_params = before
                 return result
