@@ -17,11 +17,14 @@ cannot see cancellation. We derive each tolerance from three things:
    scale at which rounding acts (the "precision probe"). ``M`` is the largest
    of that probe, ``|g|``, and the largest ``|g_j|`` of the same point (a
    component is judged against the gradient it belongs to, normwise).
-3. **The engine's own error bar** where it has one: finite differences
+3. **Underflow.** Near zero a float's spacing stops shrinking: ``TINY`` is
+   the smallest subnormal, the absolute rounding step there (a hypothesis
+   run found ``x = 5e-324`` failing without it).
+4. **The engine's own error bar** where it has one: finite differences
    report truncation plus rounding (Note [FD error estimate]).
 
 An engine computing in ``dtype`` passes a component when
-``|g_engine - g_exact| <= SAFETY * EPS[dtype] * M`` (plus
+``|g_engine - g_exact| <= SAFETY * (EPS[dtype] * M + TINY[dtype])`` (plus
 ``FD_SAFETY * error`` for finite differences). Two engines agree when their
 difference is within the sum of their tolerances.
 
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EPS", "SAFETY", "FD_SAFETY", "rounding_scale", "engine_tolerance", "fd_tolerance"]
+__all__ = ["EPS", "TINY", "SAFETY", "FD_SAFETY", "rounding_scale", "engine_tolerance", "fd_tolerance"]
 
 #: Unit roundoff (machine epsilon) per dtype.
 EPS: dict[str, float] = {
@@ -47,7 +50,13 @@ EPS: dict[str, float] = {
     "float32": float(np.finfo(np.float32).eps),
 }
 
-#: Multiple of ``EPS * M`` an engine may be off by (Note [Tolerance model]).
+#: Smallest subnormal per dtype: the absolute rounding step near zero.
+TINY: dict[str, float] = {
+    "float64": float(np.finfo(np.float64).smallest_subnormal),
+    "float32": float(np.finfo(np.float32).smallest_subnormal),
+}
+
+#: Multiple of ``EPS * M + TINY`` an engine may be off by (Note [Tolerance model]).
 SAFETY = 64.0
 
 #: Multiple of the finite-difference error estimate accepted.
@@ -96,9 +105,9 @@ def rounding_scale(model, batch, g64: np.ndarray) -> np.ndarray:
 
 def engine_tolerance(dtype: str, scale: np.ndarray) -> np.ndarray:
     """Tolerance of an engine that computed in ``dtype``, per component."""
-    return SAFETY * EPS[dtype] * scale
+    return SAFETY * (EPS[dtype] * scale + TINY[dtype])
 
 
 def fd_tolerance(error: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Tolerance of finite differences: their error bar plus float64 rounding."""
-    return FD_SAFETY * error + SAFETY * EPS["float64"] * scale
+    return FD_SAFETY * error + engine_tolerance("float64", scale)
