@@ -156,7 +156,9 @@ def _point_check(cmp, n: int, source: str, index: int) -> PointCheck:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+    """2 significant digits, exponent without padding: 0.5, 3.1e-4, 1.2e-15."""
+    text = f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+    return text.replace("e-0", "e-").replace("e+0", "e+")
 
 
 def _fault_message(parts: list[tuple[str, Any]], engines: list[str], model) -> str:
