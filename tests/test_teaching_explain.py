@@ -195,3 +195,14 @@ def test_help_imports_neither_torch_nor_sympy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_kink_is_reported_not_failed(cli):
+    code, out, _ = cli("explain", "mlp", "--hidden", 1, "--activation", "relu",
+                       "--param", "W1=0", "--param", "b1=0", "--param", "W2=1")
+    assert code == 0
+    t = rows_of(out)
+    assert any("derivative undefined at 0" in cell for cell in t["n3"])
+    assert "W1[0]    0.0    -4.0      -4.0     undefined (kink)" in out
+    assert "note: the derivative for W1[0], b1[0] is undefined at this point" in out
+    assert "check: every other traced gradient agrees" in out

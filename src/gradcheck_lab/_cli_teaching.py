@@ -150,12 +150,18 @@ def render_explanation(e) -> list[str]:
         ["dloss/d", "trace", "symbolic", "referee", "check"],
         [
             [c["param"], repr(c["trace"] + 0.0), repr(c["symbolic"] + 0.0), repr(c["referee"] + 0.0),
-             "ok" if c["ok"] else f"DIFFERS (tolerance {c['tolerance']:.3g})"]
+             "undefined (kink)" if c["kink"] else "ok" if c["ok"] else f"DIFFERS (tolerance {c['tolerance']:.3g})"]
             for c in e.checks
         ],
     )
+    if e.kinks:
+        out.append(
+            f"note: the derivative for {', '.join(e.kinks)} is undefined at this point (relu or abs at exactly 0): "
+            "the trace uses torch's convention (0), the closed form one branch; not counted as a mismatch."
+        )
     if e.agree:
-        out.append("check: the traced gradients agree with the symbolic engine and the referee "
+        out.append(("check: every other traced gradient agrees" if e.kinks else "check: the traced gradients agree")
+                   + " with the symbolic engine and the referee "
                    "(1e-12 relative + rounding at the terms' magnitude).")
     else:
         bad = [c["param"] for c in e.checks if not c["ok"]]

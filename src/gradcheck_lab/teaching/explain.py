@@ -27,8 +27,11 @@ class Explanation:
     """A traced loss and the check of its gradients.
 
     ``checks`` holds one dict per parameter component: ``param``, ``trace``,
-    ``symbolic``, ``referee``, ``tolerance``, ``ok``. ``agree`` is true when
-    every check passed.
+    ``symbolic``, ``referee``, ``tolerance``, ``ok`` and ``kink``. ``agree``
+    is true when every check passed. A parameter upstream of a kink (``relu``
+    or ``abs`` at exactly 0) has no derivative at the point: the trace uses
+    torch's convention (0) and SymPy's closed form one branch, so a
+    difference there is reported with ``kink`` true and does not fail.
     """
 
     model: str
@@ -39,6 +42,11 @@ class Explanation:
     @property
     def agree(self) -> bool:
         return all(c["ok"] for c in self.checks)
+
+    @property
+    def kinks(self) -> list[str]:
+        """Parameters whose derivative is undefined at the point and whose sides differ."""
+        return [c["param"] for c in self.checks if c["kink"]]
 
     @property
     def gradients(self) -> dict[str, float]:
@@ -60,6 +68,7 @@ class Explanation:
             "gradients": self.gradients,
             "checks": self.checks,
             "agree": self.agree,
+            "kinks": self.kinks,
         }
 
 
@@ -85,12 +94,14 @@ def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, 
     ref = referee.gradients(model, batch)[0]
     with np.errstate(all="ignore"):
         mag = np.asarray([float(m) for m in magnitude_fn(model)(*theta, *data)])
+    at_kink = _params_below_kinks(tr)
     checks = []
     for i, label in enumerate(model.param_labels):
         got = tr.gradients[label]
         tol_s = float(tolerance(sym[i], mag[i], "float64", EXPLAIN_RTOL))
         tol_r = float(tolerance(ref[i], mag[i], "float64", EXPLAIN_RTOL))
         ok = bool(abs(got - sym[i]) <= tol_s and (np.isnan(ref[i]) or abs(got - ref[i]) <= tol_r))
+        kink = not ok and label in at_kink
         checks.append(
             {
                 "param": label,
@@ -98,7 +109,24 @@ def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, 
                 "symbolic": float(sym[i]),
                 "referee": float(ref[i]),
                 "tolerance": max(tol_s, tol_r),
-                "ok": ok,
+                "ok": ok or kink,
+                "kink": kink,
             }
         )
     return Explanation(model=model.name, formula=model.formula, trace=tr, checks=checks)
+
+
+def _params_below_kinks(tr: Trace) -> set[str]:
+    """Parameters that feed a node evaluated exactly at its kink."""
+    out: set[str] = set()
+    stack = [i for n in tr.nodes if n.note for i in n.inputs]
+    seen: set[int] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.kind == "param":
+            out.add(n.name)
+        stack.extend(n.inputs)
+    return out

@@ -416,7 +416,10 @@ def _check(step, epoch, sample, theta, row, grads, grad_fn, mag_fn, labels, tol_
             elif not (math.isfinite(g) and math.isfinite(ref)):
                 hint = "A gradient is not finite here: the point is outside the loss's domain or overflowed."
             else:
-                hint = "The difference exceeds float rounding at this magnitude; check the model's rules."
+                hint = (
+                    "The difference exceeds float rounding at this magnitude: check the model's rules "
+                    "(or a relu/abs evaluated exactly at 0, where the derivative is undefined)."
+                )
             return Mismatch(step, epoch, sample, label, g, ref, diff, tol, hint)
     return None
 
