@@ -28,9 +28,8 @@ epochs, lr 0.01 and 0.02), ``|autograd - closed form|`` never exceeded
 ``0.5 * eps * mag``: a margin of over 100x, while an accumulated gradient is
 off by a whole previous gradient, about ``1e6`` times the tolerance.
 
-The numbers themselves (``EPS`` per dtype, the factor 64 as ``SAFETY``) are
-the project's, from :mod:`gradcheck_lab.tolerance` (Note [Tolerance model]);
-only the scale differs: the verify command *measures* the rounding scale with
+``EPS`` per dtype is the project's, from :mod:`gradcheck_lab.tolerance`
+(Note [Tolerance model]); the scale differs: the verify command *measures* the rounding scale with
 precision probes over a batch, while the teaching commands, which check one
 sample at a time at every SGD step, use this analytic bound (deterministic,
 no random probe, one extra lambdified evaluation per step).
@@ -51,12 +50,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tolerance import EPS, SAFETY
+from ..tolerance import EPS
 
 __all__ = ["ULPS", "EXPLAIN_RTOL", "eps", "magnitudes", "magnitude_fn", "tolerance"]
 
 #: Ulps allowed per unit of magnitude (Note [Magnitude of a gradient]).
-ULPS = SAFETY
+ULPS = 64.0
 #: Relative part of the explain check (Note [Explain tolerance]).
 EXPLAIN_RTOL = 1e-12
 
