@@ -7,18 +7,31 @@ Three kinds are accepted by ``verify(..., candidate=...)``:
   NumPy array of its shape; ``point`` maps every input and the target to its
   value (a class target as its integer label). It returns a mapping
   ``name -> gradient`` (each of the parameter's shape), or a flat sequence
-  in :attr:`Model.param_labels` order. It is called once per point.
+  in :attr:`Model.param_labels` order, or a sequence of one gradient per
+  parameter in declaration order (``dW1, db1, dW2, db2``). A gradient has
+  its parameter's shape, is flat in row-major order, or differs only by axes
+  of length 1; another shape of the same size (a transposed matrix) is
+  refused. Values may be floats, NumPy
+  arrays or torch tensors; float32 values are judged with float32's
+  tolerance. It is called once per point; an exception it raises propagates
+  unchanged, and a NaN it returns is a mismatch with the candidate at fault.
 * **a torch loss** wrapped by :func:`torch_loss`: ``loss(p, v) -> scalar
   tensor`` with ``p``/``v`` namespaces of tensors (``p.w1``, ``v.x``) as in
-  a model function; torch autograd is put under test, including any custom
+  a model function (vector parameters as tensors of their shape, a class
+  target one-hot); torch autograd is put under test, including any custom
   ``torch.autograd.Function`` it calls.
 * **a** ``torch.nn.Module`` whose ``forward(**point)`` returns the loss of one
-  sample; its parameters are matched to the model's by name and shape and
-  set to each point's values before the call.
+  sample; its parameters are matched to the model's by name and shape (a
+  scalar parameter may also have shape ``(1,)``). It is called through
+  ``torch.func.functional_call`` with each point's values in place of its
+  parameters (and its floating buffers in the check's dtype): the module
+  itself keeps its values, dtype and device.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
@@ -64,7 +77,7 @@ def as_candidate(obj: Any) -> Candidate:
     """A :class:`Candidate` from a gradient function, a torch loss or an ``nn.Module``."""
     if isinstance(obj, Candidate):
         return obj
-    if type(obj).__module__.startswith("torch") or _is_module(obj):
+    if _is_module(obj):
         return Candidate("torch_module", obj)
     if callable(obj):
         return Candidate("function", obj)
@@ -75,11 +88,8 @@ def as_candidate(obj: Any) -> Candidate:
 
 
 def _is_module(obj) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, torch.nn.Module)
+    torch = sys.modules.get("torch")  # not imported yet: obj cannot be a torch module
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def _user_params(model: Model, theta_row: np.ndarray) -> dict[str, Any]:
@@ -102,49 +112,122 @@ def _user_point(model: Model, data_row: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _flatten(model: Model, result: Any, where: str) -> np.ndarray:
-    p = model.n_params
+class _At:
+    """Where in a batch, for messages: ``at point n (x=..., y=..., params=...)``.
+
+    Formatted only when a message is built, so the happy path pays nothing.
+    """
+
+    def __init__(self, model: Model, batch: Batch, n: int):
+        self.model, self.batch, self.n = model, batch, n
+
+    def __str__(self) -> str:
+        text = ", ".join(f"{k}={v!r}" for k, v in self.model.describe_point(self.batch, self.n).items())
+        return f"at point {self.n} ({text if len(text) <= 160 else text[:157] + '...'})"
+
+
+def _precision(x: Any, what: str, where: Any) -> str:
+    """The tolerance a value is judged with: ``"float32"`` for float32 (NumPy or torch), else ``"float64"``."""
+    name = str(getattr(x, "dtype", "float64")).replace("torch.", "")
+    if name in ("float16", "bfloat16"):
+        raise UsageError(
+            f"Expected float32 or float64 gradient values but got {name} for {what} {where}; "
+            "half precision has no tolerance model here: convert to float32."
+        )
+    return "float32" if name == "float32" else "float64"
+
+
+def _values(x: Any, what: str, where: Any) -> tuple[np.ndarray, str]:
+    """A gradient value (float, NumPy array, torch tensor, nested list) as float64 and its precision."""
+    if x is None:
+        raise UsageError(f"Expected a gradient for {what} but got None {where}; is a return statement missing?")
+    if isinstance(x, (list, tuple)) and not all(type(v) in (float, int) for v in x):
+        parts = [_values(v, what, where) for v in x]
+        prec = "float32" if any(p == "float32" for _, p in parts) else "float64"
+        try:
+            return np.array([a for a, _ in parts], dtype=float), prec
+        except ValueError:
+            shapes = sorted({a.shape for a, _ in parts})
+            raise UsageError(
+                f"Expected {what} as one array of numbers but got a list of pieces of shapes {shapes} {where}; "
+                "return a mapping {name: gradient} or one gradient per parameter."
+            ) from None
+    prec = _precision(x, what, where)
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().double().numpy()
+    try:
+        return np.asarray(x, dtype=float), prec
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"Expected numbers for {what} but got {x!r:.80} (type={type(x).__name__}) {where}."
+        ) from None
+
+
+def _shape_fits(got: tuple[int, ...], var) -> bool:
+    """A gradient's shape is the parameter's, flat row-major, or differs only in axes of length 1.
+
+    Another shape of the same size (a transposed matrix) would silently
+    scramble the components, so it is refused.
+    """
+    if got == var.shape:
+        return True
+    if len(got) <= 1:
+        return math.prod(got) == var.size
+    return tuple(s for s in got if s != 1) == tuple(s for s in var.shape if s != 1)
+
+
+def _flatten(model: Model, result: Any, where: Any) -> tuple[np.ndarray, str]:
+    """The candidate's result as ``P`` flat float64 values (``param_labels`` order) and its precision."""
+    names = [v.name for v in model.params]
+    if result is None:
+        raise UsageError(f"Expected the candidate to return gradients but got None {where}; is a return statement missing?")
+    if isinstance(result, (list, tuple)) and len(result) == len(names):
+        result = dict(zip(names, result))  # one gradient per parameter (all scalars: the same as flat)
     if isinstance(result, Mapping):
-        parts = []
+        unknown = [k for k in result if k not in names]
+        if unknown:
+            raise UsageError(
+                f"Expected gradients for the parameters of model {model.name!r} ({', '.join(names)}) "
+                f"but got {unknown[0]!r} {where}."
+            )
+        parts, precs = [], []
         for var in model.params:
             if var.name not in result:
                 raise UsageError(
                     f"Expected the candidate to return a gradient for every parameter "
-                    f"({', '.join(v.name for v in model.params)}) but {var.name!r} is missing {where}."
+                    f"({', '.join(names)}) but {var.name!r} is missing {where}."
                 )
-            g = np.asarray(_to_numpy(result[var.name]), dtype=float)
-            if g.size != var.size:
+            g, prec = _values(result[var.name], var.name, where)
+            if g.size != var.size or not _shape_fits(g.shape, var):
+                hint = " (transposed?)" if g.size == var.size and len(g.shape) > 1 else ""
                 raise UsageError(
                     f"Expected the candidate's gradient for {var.name} to have shape {var.shape} "
-                    f"but got shape {g.shape} {where}."
+                    f"but got shape {g.shape}{hint} {where}."
                 )
             parts.append(g.ravel())
-        return np.concatenate(parts)
-    flat = np.asarray(_to_numpy(result), dtype=float).ravel()
+            precs.append(prec)
+        return np.concatenate(parts), ("float32" if "float32" in precs else "float64")
+    p = model.n_params
+    flat, prec = _values(result, "the gradient", where)
+    flat = flat.ravel()
     if flat.size != p:
         raise UsageError(
             f"Expected the candidate to return {p} gradient values ({', '.join(model.param_labels[:6])}"
-            f"{', ...' if p > 6 else ''}) but got {flat.size} {where}."
+            f"{', ...' if p > 6 else ''}), a mapping {{name: gradient}} or one gradient per parameter "
+            f"but got {flat.size} values {where}."
         )
-    return flat
-
-
-def _to_numpy(x):
-    if hasattr(x, "detach"):
-        return x.detach().cpu().double().numpy()
-    if isinstance(x, (list, tuple)):
-        return [_to_numpy(v) for v in x]
-    return x
+    return flat, prec
 
 
 def _from_function(fn, model: Model, batch: Batch, dtype: str, device: str):
     out = np.empty(batch.theta.shape)
     used = "float64"
     for n in range(len(batch)):
+        # A bug in fn raises here, unchanged: the traceback is the user's to read.
         result = fn(_user_params(model, batch.theta[n]), _user_point(model, batch.data[n]))
-        if isinstance(result, np.ndarray) and result.dtype == np.float32:
+        out[n], prec = _flatten(model, result, _At(model, batch, n))
+        if prec == "float32":
             used = "float32"
-        out[n] = _flatten(model, result, f"at point {n}")
     return out, used
 
 
@@ -165,45 +248,71 @@ def _namespaces(model: Model, theta_row, data_row, dtype, device):
     return leaves, point
 
 
-def _backward(loss, where: str):
+def _backward(loss, where: Any):
     import torch
 
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        raise UsageError(f"Expected the candidate to return a scalar loss tensor but got {loss!r} {where}.")
+        raise UsageError(f"Expected the candidate to return a scalar loss tensor but got {loss!r:.80} {where}.")
     loss.reshape(()).backward()
 
 
 def _from_torch_loss(fn, model: Model, batch: Batch, dtype: str, device: str):
     out = np.empty(batch.theta.shape)
     for n in range(len(batch)):
+        at = _At(model, batch, n)
         leaves, point = _namespaces(model, batch.theta[n], batch.data[n], dtype, device)
-        _backward(fn(SimpleNamespace(**leaves), SimpleNamespace(**point)), f"at point {n}")
+        _backward(fn(SimpleNamespace(**leaves), SimpleNamespace(**point)), at)
         grads = {k: (t.grad if t.grad is not None else t.detach() * 0) for k, t in leaves.items()}
-        out[n] = _flatten(model, grads, f"at point {n}")
+        out[n], _ = _flatten(model, grads, at)
     return out, dtype
 
 
-def _from_module(module, model: Model, batch: Batch, dtype: str, device: str):
-    import torch
-
-    named = dict(module.named_parameters())
+def _module_shapes(module, model: Model) -> dict[str, tuple[int, ...]]:
+    """The module's parameter shapes, checked against the model's by name and shape."""
+    named = {k: tuple(p.shape) for k, p in module.named_parameters()}
     want = {v.name: v for v in model.params}
     if set(named) != set(want):
         raise UsageError(
             f"Expected the module's parameters to be named like the model's ({', '.join(want)}) "
             f"but got ({', '.join(named) or 'none'}); rename them or wrap the module with torch_loss."
         )
+    # A scalar parameter may be a tensor of shape (1,); any other difference is refused,
+    # even of the same size: a transposed matrix would silently scramble the components.
+    bad = [
+        f"{k}: expected shape {v.shape}, got {named[k]}"
+        for k, v in want.items()
+        if named[k] != v.shape and not (v.shape == () and named[k] == (1,))
+    ]
+    if bad:
+        raise UsageError(
+            f"Expected the module's parameters to have the model's shapes but {'; '.join(bad)}; "
+            f"model {model.name!r} has {', '.join(f'{v.name} {v.shape}' for v in model.params)}."
+        )
+    return named
+
+
+def _from_module(module, model: Model, batch: Batch, dtype: str, device: str):
+    import torch
+    from torch.func import functional_call
+
+    shapes = _module_shapes(module, model)
     dt = getattr(torch, dtype)
-    module.to(device=device, dtype=dt)
+    # The module is called with our tensors in place of its parameters and
+    # buffers (functional_call): it keeps its own values, dtype and device.
+    buffers = {
+        k: b.to(device=device, dtype=dt) if b.is_floating_point() else b.to(device=device)
+        for k, b in module.named_buffers()
+    }
     offsets = model.param_offsets()
     out = np.empty(batch.theta.shape)
     for n in range(len(batch)):
-        with torch.no_grad():
-            for name, par in named.items():
-                par.copy_(torch.tensor(batch.theta[n, offsets[name]], dtype=dt).reshape(par.shape))
-        module.zero_grad(set_to_none=True)
+        at = _At(model, batch, n)
+        params = {
+            k: torch.tensor(batch.theta[n, offsets[k]], dtype=dt, device=device).reshape(shape).requires_grad_(True)
+            for k, shape in shapes.items()
+        }
         _, point = _namespaces(model, batch.theta[n], batch.data[n], dtype, device)
-        _backward(module(**point), f"at point {n}")
-        grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p)) for k, p in named.items()}
-        out[n] = _flatten(model, grads, f"at point {n}")
+        _backward(functional_call(module, {**buffers, **params}, args=(), kwargs=point), at)
+        grads = {k: (t.grad if t.grad is not None else torch.zeros_like(t)) for k, t in params.items()}
+        out[n], _ = _flatten(model, grads, at)
     return out, dtype
