@@ -74,3 +74,17 @@ def test_candidate_outside_kink_interval_fails():
     cand = Gradients("candidate", np.array([[5.0, 5.0]]))
     c = compare(m, b, candidate=cand)
     assert c.fault["candidate"].all()
+
+
+@pytest.mark.parametrize(
+    "x, note",
+    [(800.0, "infinite or beyond float64's range"), (0.0, "infinite or beyond"), (-1.0, "undefined (not real)")],
+)
+def test_points_without_a_float64_answer_are_not_judged(x, note):
+    from gradcheck_lab import verify
+
+    fn = (lambda ops, p, v: ops.exp(p.w * v.x)) if x == 800.0 else (lambda ops, p, v: ops.log(p.w * v.x))
+    m = Model.from_function(fn, params={"w": 1.0})
+    rep = verify(m, points=[{"x": x, "y": 1.0}], random=0)
+    assert rep.ok and "not judged" in rep.message
+    assert any(note in n for n in rep.notes)

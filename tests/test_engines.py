@@ -86,7 +86,7 @@ def test_richardson_order():
     assert errs[-1] < 1e-14 < errs[0]
 
 
-def test_referee_undefined_gives_nan():
+def test_referee_undefined_nan_and_infinite_inf():
     m = Model.from_function(lambda ops, p, v: ops.log(p.w * v.x), params={"w": 1.0})
-    b = m.batch([{"x": 0.0, "y": 0.0}])
-    assert np.isnan(referee.gradients(m, b)).all()
+    assert np.isnan(referee.gradients(m, m.batch([{"x": -1.0, "y": 0.0}]))).all()  # log of a negative
+    assert np.isinf(referee.gradients(m, m.batch([{"x": 0.0, "y": 0.0}]))).all()  # log(0) = -inf

@@ -157,13 +157,26 @@ def compare(
         exact[rows] = _referee.gradients(model, batch.take(rows))
         refereed[rows] = True
 
+    # Not judged: an exact value that is infinite or beyond float64's range,
+    # or a point where the loss is undefined for every engine and the referee.
+    beyond = np.isinf(exact)
+    undefined = np.isnan(exact) & refereed[:, None]
+    for res in results.values():
+        undefined &= ~np.isfinite(res.values)
+    if beyond.any():
+        notes.append(
+            f"{int(beyond.sum())} component(s) not judged: the exact gradient is infinite or beyond float64's range."
+        )
+    if undefined.any():
+        notes.append(f"{int(undefined.sum())} component(s) not judged: the loss is undefined (not real) there.")
+    disagree &= ~undefined
     for name, res in results.items():
         with np.errstate(invalid="ignore"):
             off = ~(np.abs(res.values - exact) <= tol[name])
         have = np.isfinite(exact) & ~kink
         fault[name] |= have & off
         # Undecided by the referee (beyond the cap or undefined there): majority.
-        undecided = disagree & ~np.isfinite(exact)
+        undecided = disagree & np.isnan(exact) & ~undefined
         if undecided.any():
             others = [o for o in results if o != name]
             lonely = np.ones((n, p), dtype=bool)

@@ -132,9 +132,10 @@ def _param_check(cmp, n: int, i: int) -> ParamCheck:
     faults = [e for e in res if cmp.fault[e][n, i]]
     disc = {}
     names = list(res)
-    for a_i, a in enumerate(names):
-        for b in names[a_i + 1 :]:
-            disc[pair_name(a, b)] = _f(abs(res[a].values[n, i] - res[b].values[n, i]))
+    with np.errstate(invalid="ignore"):
+        for a_i, a in enumerate(names):
+            for b in names[a_i + 1 :]:
+                disc[pair_name(a, b)] = _f(abs(res[a].values[n, i] - res[b].values[n, i]))
     fd = res["finite_differences"]
     return ParamCheck(
         param=label,
@@ -213,9 +214,9 @@ def _fault_message(parts: list[tuple[str, Any]], engines: list[str], model) -> s
 def _pair_worst(parts: list[tuple[str, Any]], a: str, b: str, model) -> PairWorst:
     best = None
     for source, cmp in parts:
-        d = np.abs(cmp.results[a].values - cmp.results[b].values)
-        tol = cmp.tol[a] + cmp.tol[b]
         with np.errstate(all="ignore"):
+            d = np.abs(cmp.results[a].values - cmp.results[b].values)
+            tol = cmp.tol[a] + cmp.tol[b]
             ratio = np.where(cmp.kink, 0.0, d / np.maximum(tol, np.finfo(float).tiny))
         ratio = np.nan_to_num(ratio, nan=np.inf)
         if ratio.size == 0:
@@ -270,6 +271,7 @@ def build_report(
             f"{model.n_params} parameter{'s' if model.n_params != 1 else ''}"
             + (", the exact referee confirming the data points" if data_points else "")
             + (f" ({kinks} kink{'s' if kinks != 1 else ''}: derivative undefined, subgradients accepted)" if kinks else "")
+            + ("; some components were not judged (see notes)" if any("not judged" in n for n in notes) else "")
         )
     return Report(
         model=model.name,

@@ -30,7 +30,11 @@ def _compiled(model: Model):
 
 
 def gradients(model: Model, batch: Batch, dps: int = DPS) -> np.ndarray:
-    """Exact gradients (N, P) as float64; NaN where the closed form is undefined or infinite."""
+    """Exact gradients (N, P) as float64.
+
+    NaN where the closed form is undefined (or not real); +-inf where the
+    exact value exists but lies beyond float64's range.
+    """
     import mpmath
 
     fn = _compiled(model)
@@ -44,8 +48,9 @@ def gradients(model: Model, batch: Batch, dps: int = DPS) -> np.ndarray:
                 continue
             for i, val in enumerate(vals):
                 try:
-                    out[r, i] = float(mpmath.re(val)) if mpmath.im(val) == 0 else np.nan
+                    if mpmath.im(val) != 0 or mpmath.isnan(val):
+                        continue
+                    out[r, i] = float(mpmath.re(val))  # beyond float64: +-inf
                 except (TypeError, ValueError, OverflowError):
                     out[r, i] = np.nan
-    out[~np.isfinite(out)] = np.nan
     return out
