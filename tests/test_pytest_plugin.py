@@ -1,5 +1,15 @@
 """The pytest plugin in a throwaway project (pytester)."""
 
+import re
+from pathlib import Path
+
+# pytester's in-process runs restore sys.modules afterwards, and extension modules
+# cannot be loaded twice in one process: import them once, outside the runs.
+import numpy  # noqa: F401
+import torch  # noqa: F401
+
+LIBRARY_GUIDE = Path(__file__).resolve().parents[1] / "docs" / "library.md"
+
 TEST_FILE = '''
 import pytest
 from hypothesis import given, settings
@@ -47,3 +57,33 @@ def test_plugin_fixture_options_and_failure_table(pytester):
 def test_plugin_help_lists_options(pytester):
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["*--gradcheck-points*", "*--gradcheck-seed*"])
+
+
+def _guide_blocks() -> dict[str, str]:
+    """docs/library.md's fenced blocks: ``# content of test_x.py`` files and ``$ pytest`` transcripts."""
+    text = LIBRARY_GUIDE.read_text(encoding="utf-8")
+    files = dict(re.findall(r"```python\n# content of (test_\w+\.py)\n(.*?)```", text, re.S))
+    runs = re.findall(r"```text\n\$ pytest (.*?)\n(.*?)```", text, re.S)
+    return files, {args.split()[-1]: (args.split()[:-1], shown) for args, shown in runs}
+
+
+def test_library_guide_plugin_examples(pytester):
+    """The guide's test files run, with the guide's options, as the guide says."""
+    files, runs = _guide_blocks()
+    assert set(files) == {"test_backprop.py", "test_broken.py"} == set(runs)
+    for name, source in files.items():
+        pytester.makepyfile(**{name[:-3]: source})
+
+    args, _ = runs["test_backprop.py"]
+    result = pytester.runpytest(*args, "test_backprop.py", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+    args, shown = runs["test_broken.py"]
+    result = pytester.runpytest(*args, "test_broken.py", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    # The transcript in the guide is real output: its message and table header lines appear verbatim.
+    for line in shown.splitlines():
+        if line.startswith(("GradientMismatch:", "test_broken.py::", "┃param", "data point 0:", "model quadratic")):
+            assert line in out, line
+    assert "Traceback" not in out and "gradcheck_lab/api.py" not in out

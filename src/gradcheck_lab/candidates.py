@@ -11,10 +11,10 @@ Three kinds are accepted by ``verify(..., candidate=...)``:
   parameter in declaration order (``dW1, db1, dW2, db2``). A gradient has
   its parameter's shape, is flat in row-major order, or differs only by axes
   of length 1; another shape of the same size (a transposed matrix) is
-  refused. Values may be floats, NumPy
-  arrays or torch tensors; float32 values are judged with float32's
-  tolerance. It is called once per point; an exception it raises propagates
-  unchanged, and a NaN it returns is a mismatch with the candidate at fault.
+  refused. Values may be floats, NumPy arrays or torch tensors; float32
+  values are judged with float32's tolerance. It is called once per point;
+  an exception it raises propagates unchanged, and a NaN it returns is a
+  mismatch with the candidate at fault.
 * **a torch loss** wrapped by :func:`torch_loss`: ``loss(p, v) -> scalar
   tensor`` with ``p``/``v`` namespaces of tensors (``p.w1``, ``v.x``) as in
   a model function (vector parameters as tensors of their shape, a class
