@@ -38,7 +38,10 @@ def _derivative_strings(model: Model) -> dict[str, str]:
     shown = list(range(min(len(labels), SHOW_DERIVATIVES)))
     out = {labels[i]: str(e) for i, e in zip(shown, simplified(model, shown))}
     if len(labels) > len(shown):
-        out["..."] = f"{len(labels) - len(shown)} more; `gradcheck-lab derive {model.name}` shows them all"
+        from .catalog import list_models
+
+        how = f"`gradcheck-lab derive {model.name}`" if model.name in list_models() else "`gradcheck_lab.derive(model)`"
+        out["..."] = f"{len(labels) - len(shown)} more; {how} shows them all"
     return out
 
 

@@ -226,9 +226,13 @@ class Model:
         >>> m.param_labels
         ['w']
         """
-        pvars = tuple(p if isinstance(p, Var) else Var(p, init=params[p]) for p in params) if isinstance(
-            params, Mapping
-        ) else tuple(params)
+        if isinstance(params, Mapping):
+            # The shape of a parameter given by its initial value: {"W": [[...], [...]]} is a matrix.
+            pvars = tuple(
+                v if isinstance(v, Var) else Var(name, shape=np.shape(v), init=v) for name, v in params.items()
+            )
+        else:
+            pvars = tuple(params)
         ivars = tuple(i if isinstance(i, Var) else Var(i) for i in inputs)
         tvar = target if isinstance(target, Var) else Var(target)
         if isinstance(loss, str):

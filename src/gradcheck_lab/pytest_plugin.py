@@ -79,4 +79,4 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     exc = call.excinfo.value if call.excinfo is not None else None
     if isinstance(exc, GradientMismatch) and report.failed:
-        report.longrepr = f"{item.nodeid}\nGradientMismatch: {exc}"
+        report.longrepr = f"GradientMismatch: {exc}"

@@ -158,6 +158,8 @@ def _point_check(cmp, n: int, source: str, index: int) -> PointCheck:
 
 def _fmt(x: float) -> str:
     """2 significant digits, exponent without padding: 0.5, 3.1e-4, 1.2e-15."""
+    if x == 0:
+        return "0"
     text = f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
     return text.replace("e-0", "e-").replace("e+0", "e+")
 
@@ -198,9 +200,13 @@ def _fault_message(parts: list[tuple[str, Any]], engines: list[str], model) -> s
         agree = ""
         if others:
             worst = max(abs(cmp.results[e].values[n, i] - ref) / max(abs(ref), np.finfo(float).tiny) for e in others)
-            who = " and ".join(ENGINE_LABELS[e] for e in others)
+            names = [ENGINE_LABELS[e] for e in others]
+            who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
             agree = f"; {who} agree{'s' if len(others) == 1 else ''} with it to {_fmt(worst)}"
         value = cmp.results[engine].values[n, i]
+        if not math.isfinite(value):
+            lines.append(f"{ENGINE_LABELS[engine]} gives {value} {where} where the exact value is {ref:.10g}{agree}")
+            continue
         kind = "relative" if ref != 0 else "absolute"
         size = rel if ref != 0 else abs(value)
         base = "the exact value" if math.isfinite(exact) else "the majority"

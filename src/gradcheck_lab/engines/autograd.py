@@ -30,9 +30,15 @@ def _device(device: str):
             "use --device cpu or install a CUDA build of torch (see README)."
         )
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise UsageError(f"Expected a torch device such as cpu or cuda but got {device!r}.") from None
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(
+            f"Expected a CUDA device index below {torch.cuda.device_count()} but got {device!r}; "
+            "use --device cuda for the first GPU."
+        )
+    return dev
 
 
 def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu") -> Gradients:

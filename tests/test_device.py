@@ -1,0 +1,31 @@
+"""Autograd on a CUDA device (skipped where torch sees none; run on a GPU machine)."""
+
+import pytest
+import torch
+
+from gradcheck_lab import UsageError, verify
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("name", ["quadratic", "logistic", "mlp", "softmax"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_engines_agree_on_cuda(name, dtype):
+    rep = verify(name, random=2000, device="cuda", dtype=dtype)
+    assert rep.ok, rep.message
+    assert rep.device == "cuda"
+
+
+@cuda
+def test_candidate_on_cuda():
+    from gradcheck_lab.candidates import torch_loss
+
+    cand = torch_loss(lambda p, v: (p.w1 * v.x**2 + p.w2 * v.x + p.b - v.y) ** 2)
+    assert verify("quadratic", candidate=cand, random=200, device="cuda").ok
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_without_gpu_is_a_usage_error():
+    with pytest.raises(UsageError, match="sees none"):
+        verify("quadratic", random=5, device="cuda")
