@@ -120,3 +120,25 @@ def test_module_entry_point():
     res = subprocess.run([sys.executable, "-m", "gradcheck_lab", "verify", "linear", "--quiet", "--points", "10"],
                          capture_output=True, text=True)
     assert res.returncode == 0 and "verdict: OK" in res.stdout
+
+
+def _hostile():
+    from test_expr import HOSTILE
+
+    return [h[0] for h in HOSTILE if h[0].strip() and "\x00" not in h[0]]
+
+
+@pytest.mark.parametrize("text", _hostile())
+def test_hostile_expression_is_one_line_exit_2(cli, text):
+    code, out, err = cli("verify", f"--expr={text}", "--params", "w1,w2,b", "--no-random", "--x", "1", "--y", "2")
+    assert code == 2
+    assert err.startswith("Error: Expected") and err.count("\n") == 1, err
+    assert out == ""
+
+
+def test_expr_model_verifies(cli):
+    code, out, _ = cli("verify", "--expr", "w1*x**2 + w2*x + b", "--params", "w1,w2,b", "--x", 2, "--y", 4,
+                       "--points", 50, "--json")
+    assert code == 0
+    checks = json.loads(out)["data_points"][0]["checks"]
+    assert [c["exact"] for c in checks] == [24, 12, 6]

@@ -33,6 +33,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # noqa: D401 - argparse API
         from .errors import UsageError
 
+        if "expected one argument" in message:
+            message += "; a value that starts with '-' needs the form --option=VALUE (e.g. --x=-2,1)"
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -67,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(args.run(args) or 0)
     except GradcheckError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        # One line: an expression error's caret display is for library users;
+        # its first line already names the token and its column.
+        print(f"Error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)
