@@ -19,6 +19,7 @@ MODELS = {
     "mlp-tanh": get_model("mlp", H=4),
     "mlp-sigmoid": get_model("mlp", H=4, activation="sigmoid"),
     "mlp-softplus": get_model("mlp", H=4, activation="softplus"),
+    "mlp-relu": get_model("mlp", H=4, activation="relu"),
     "softmax": get_model("softmax", d=3, K=3),
 }
 
