@@ -142,3 +142,17 @@ def test_expr_model_verifies(cli):
     assert code == 0
     checks = json.loads(out)["data_points"][0]["checks"]
     assert [c["exact"] for c in checks] == [24, 12, 6]
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "quadratic", "--epochs", "1", "--plot", "/nonexistent/dir/a.png"], "existing directory"),
+        (["graph", "quadratic", "--out", "/nonexistent/g.svg"], "existing directory"),
+        (["explain", "quadratic", "--param", "w9=1"], "Did you mean w2, w1?"),
+        (["verify", "softmax", "--x", "-2,1", "--y", "1"], "--x=-2,1"),
+    ],
+)
+def test_more_bad_input(cli, argv, fragment):
+    code, out, err = cli(*argv)
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err

@@ -206,10 +206,16 @@ def run_train(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     data = parse_data(args.data, model) if args.data is not None else None
     at = parse_number_list(args.at, "--at") if args.at is not None else None
-    if args.plot is not None and not args.plot.lower().endswith(".png"):
+    if args.plot is not None:
+        from pathlib import Path
+
         from .errors import UsageError
 
-        raise UsageError(f"Expected --plot FILE ending in .png but got {args.plot!r}.")
+        if not args.plot.lower().endswith(".png"):
+            raise UsageError(f"Expected --plot FILE ending in .png but got {args.plot!r}.")
+        parent = Path(args.plot).parent
+        if not parent.is_dir():
+            raise UsageError(f"Expected an existing directory for --plot but {str(parent)!r} does not exist.")
     r = train(
         model,
         lr=args.lr,

@@ -351,7 +351,7 @@ class Model:
             elif key in labels:
                 theta[labels.index(key)] = _as_float(value, key)
             else:
-                close = difflib.get_close_matches(key, [*byvar, *labels], n=3, cutoff=0.4)
+                close = difflib.get_close_matches(key, list(dict.fromkeys([*byvar, *labels])), n=3, cutoff=0.4)
                 hint = f" Did you mean {', '.join(close)}?" if close else ""
                 raise InvalidValueError(
                     f"Expected a parameter of model {self.name!r} ({', '.join(byvar)}) but got {key!r}.{hint}"

@@ -458,6 +458,12 @@ def plot_training(result: TrainResult, path: str) -> str:
     if len(result.param_labels) <= 12:
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        from ..errors import UsageError
+
+        raise UsageError(f"Expected a writable --plot path but saving {path!r} failed: {exc.strerror or exc}.") from None
+    finally:
+        plt.close(fig)
     return path
