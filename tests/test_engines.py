@@ -72,13 +72,18 @@ def test_fd_detects_relu_kink_at_zero():
     assert -0.05 < fd.lower[0, 1] <= 0 and 2 <= fd.upper[0, 1] < 2.05
 
 
-def test_fd_gives_no_estimate_across_a_kink_beside_the_point():
+def test_fd_retries_beside_a_kink_and_gives_up_when_too_close():
     m = relu_model()
-    # w*x + b = 0.001: the derivative exists (relu active) but the stencil crosses 0.
+    # w*x + b = 0.001: the derivative exists (relu active) but the first stencil crosses 0;
+    # the retry's smaller steps fit: d/db (relu(z) + 1)**2 = 2 * 1.001.
     b = m.batch([{"x": 1.0, "y": -1.0}], params={"w": 0.0, "b": 0.001})
     fd = engine("finite_differences")(m, b)
     assert not fd.kink.any()
-    assert np.isinf(fd.error).all()
+    assert fd.values[0, 1] == pytest.approx(2.002, rel=1e-9)
+    # w*x + b = 1e-7: even the retry's stencil crosses 0: no estimate at all.
+    b = m.batch([{"x": 1.0, "y": -1.0}], params={"w": 0.0, "b": 1e-7})
+    fd = engine("finite_differences")(m, b)
+    assert not fd.kink.any() and np.isinf(fd.error).all()
 
 
 def test_fd_no_kink_on_smooth_points():
