@@ -17,26 +17,20 @@ from .errors import UsageError
 __all__ = ["add_parser"]
 
 
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer but got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer but got {n}")
-    if n > 10_000_000:
-        raise argparse.ArgumentTypeError(f"expected at most 10000000 points but got {n}")
-    return n
+def _int_at_least(minimum: int, maximum: int = 10_000_000):
+    """An argparse type: an integer in ``[minimum, maximum]``."""
+    what = "a positive integer" if minimum == 1 else "a non-negative integer"
 
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} but got {text!r}") from None
+        if not minimum <= n <= maximum:
+            raise argparse.ArgumentTypeError(f"expected {what} of at most {maximum} but got {n}")
+        return n
 
-def _seed(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer but got {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer but got {n}")
-    return n
+    return parse
 
 
 def add_parser(sub) -> None:
@@ -49,9 +43,9 @@ def add_parser(sub) -> None:
     )
     add_model_arguments(p)
     add_point_arguments(p)
-    p.add_argument("--points", type=_positive, default=1000, metavar="N", help="random points (default 1000)")
+    p.add_argument("--points", type=_int_at_least(1), default=1000, metavar="N", help="random points (default 1000)")
     p.add_argument("--no-random", action="store_true", help="check only the data points")
-    p.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of the random points (default 0)")
+    p.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=0, metavar="S", help="seed of the random points (default 0)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="autograd precision")
     p.add_argument("--device", default="cpu", help="torch device for autograd, e.g. cuda (default cpu)")
     out = p.add_mutually_exclusive_group()
