@@ -88,3 +88,13 @@ def test_points_without_a_float64_answer_are_not_judged(x, note):
     rep = verify(m, points=[{"x": x, "y": 1.0}], random=0)
     assert rep.ok and "not judged" in rep.message
     assert any(note in n for n in rep.notes)
+
+
+def test_float32_engine_not_judged_where_rounding_crosses_a_kink():
+    from gradcheck_lab import get_model, verify
+
+    m = get_model("mlp", H=4, activation="relu")
+    point = {"x": -1.0, "y": 1.0, "params": {"W1": [0, 0, -4.6e-247, 0], "b1": [0] * 4, "W2": [0, 0, 1, 0], "b2": 0}}
+    rep = verify(m, points=[point], random=0, dtype="float32")  # -4.6e-247 is 0 in float32: on the kink
+    assert rep.ok and any("rounding the inputs to float32" in n for n in rep.notes)
+    assert verify(m, points=[point], random=0, dtype="float64").notes == []

@@ -125,6 +125,21 @@ def compare(
     fd = results["finite_differences"]
     kink = fd.kink if fd.kink is not None else np.zeros((n, p), dtype=bool)
 
+    # Engines in float32 differentiate at the float32-rounded point: where that
+    # lies across a kink from the exact point, their value is not judged.
+    from .engines.finite_diff import kinks_moved_by_rounding
+
+    notes: list[str] = []
+    for name, res in results.items():
+        if res.dtype != "float64":
+            moved = kinks_moved_by_rounding(model, batch, res.dtype)
+            if moved.any():
+                tol[name] = np.where(moved[:, None], np.inf, tol[name])
+                notes.append(
+                    f"{name} not judged at {int(moved.sum())} point(s): rounding the inputs to {res.dtype} "
+                    "moves them onto or across a relu/abs kink."
+                )
+
     disagree = np.zeros((n, p), dtype=bool)
     for a, b in combinations(results, 2):
         with np.errstate(invalid="ignore"):
@@ -143,7 +158,6 @@ def compare(
     if referee_rows is not None:
         want = want | referee_rows
     rows = np.flatnonzero(want)
-    notes: list[str] = []
     if len(rows) > REFEREE_CAP:
         forced = np.flatnonzero(referee_rows) if referee_rows is not None else np.array([], dtype=int)
         rest = np.setdiff1d(rows, forced)[: max(REFEREE_CAP - len(forced), 0)]
