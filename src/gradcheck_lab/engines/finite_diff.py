@@ -7,7 +7,7 @@ shape ``(2K + 1, N)`` and broadcasts against the others.
 
 Why not numdifftools, which does Richardson extrapolation with error
 estimates too: it takes one point per call, and measured in the same run
-(benchmarks/speed.py) our whole three-engine check is 81x to 305x faster
+(benchmarks/speed.py) our whole three-engine check is 91x to 260x faster
 than numdifftools' gradient alone; it also knows nothing of kinks, which
 this engine detects (Note [Kinks]).
 
