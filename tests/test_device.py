@@ -29,3 +29,24 @@ def test_candidate_on_cuda():
 def test_cuda_without_gpu_is_a_usage_error():
     with pytest.raises(UsageError, match="sees none"):
         verify("quadratic", random=5, device="cuda")
+
+
+@cuda
+def test_module_candidate_on_cuda():
+    class Quad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = torch.nn.Parameter(torch.tensor(1.0))
+            self.w2 = torch.nn.Parameter(torch.tensor(1.0))
+            self.b = torch.nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x, y):
+            return (self.w1 * x**2 + self.w2 * x + self.b - y) ** 2
+
+    assert verify("quadratic", candidate=Quad(), random=100, device="cuda").ok
+    assert verify("quadratic", candidate=Quad(), random=100, device="cuda", dtype="float32").ok
+
+
+@cuda
+def test_relu_mlp_on_cuda_float32():
+    assert verify("mlp", activation="relu", random=5000, device="cuda", dtype="float32").ok
