@@ -98,3 +98,12 @@ def test_float32_engine_not_judged_where_rounding_crosses_a_kink():
     rep = verify(m, points=[point], random=0, dtype="float32")  # -4.6e-247 is 0 in float32: on the kink
     assert rep.ok and any("rounding the inputs to float32" in n for n in rep.notes)
     assert verify(m, points=[point], random=0, dtype="float64").notes == []
+
+
+@pytest.mark.parametrize("expr", ["1/(w*x)", "sqrt(w*x)", "log(w*x)"])
+def test_poles_and_domain_edges_in_the_stencil_do_not_blame_fd(expr):
+    from gradcheck_lab import verify
+
+    m = Model.from_expr(expr, params="w")
+    rep = verify(m, points=[], random=3000, seed=0)
+    assert rep.ok, rep.message

@@ -45,7 +45,7 @@ def _point_table(p: PointCheck, engines: list[str], dtype: str):
             c.param,
             _num(c.exact),
             *[_num(c.values[e]) for e in engines],
-            _num(c.fd_error, 2) if c.fd_error is not None else "none (kink near)",
+            _num(c.fd_error, 2) if c.fd_error is not None else "none",
             _num(tol, 2),
             verdict,
         )
