@@ -162,7 +162,7 @@ def render_explanation(e) -> list[str]:
     if e.agree:
         out.append(("check: every other traced gradient agrees" if e.kinks else "check: the traced gradients agree")
                    + " with the symbolic engine and the referee "
-                   "(1e-12 relative + rounding at the terms' magnitude).")
+                   "(within float64 rounding at this point, Note [Tolerance model]).")
     else:
         bad = [c["param"] for c in e.checks if not c["ok"]]
         out.append(f"check: MISMATCH for {', '.join(bad)}: the traced gradient differs from the closed form.")

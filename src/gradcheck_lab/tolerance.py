@@ -45,7 +45,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EPS", "TINY", "SAFETY", "FD_SAFETY", "rounding_scale", "engine_tolerance", "fd_tolerance"]
+__all__ = [
+    "EPS",
+    "TINY",
+    "SAFETY",
+    "FD_SAFETY",
+    "rounding_scale",
+    "engine_tolerance",
+    "fd_tolerance",
+    "tolerance_at",
+]
 
 #: Unit roundoff (machine epsilon) per dtype.
 EPS: dict[str, float] = {
@@ -114,3 +123,12 @@ def engine_tolerance(dtype: str, scale: np.ndarray) -> np.ndarray:
 def fd_tolerance(error: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Tolerance of finite differences: their error bar plus float64 rounding."""
     return FD_SAFETY * error + engine_tolerance("float64", scale)
+
+
+def tolerance_at(model, batch, reference: np.ndarray, dtype: str) -> np.ndarray:
+    """The tolerance of an engine in ``dtype`` at every point of ``batch``.
+
+    ``reference`` is the float64 closed form there (the symbolic engine's
+    values). Used by ``train`` at every SGD step and by ``explain``.
+    """
+    return engine_tolerance(dtype, rounding_scale(model, batch, np.asarray(reference, dtype=float)))

@@ -5,8 +5,8 @@ inputs, forward value and local derivatives; the reverse pass gives every
 node's upstream gradient ``dloss/dnode`` and what it passes to each input
 (upstream times local derivative: the chain rule, one step at a time).
 The resulting ``dloss/dparam`` are then checked against SymPy's closed form
-(the symbolic engine, float64) and the exact referee (Note [Explain tolerance]
-in :mod:`._numerics`).
+(the symbolic engine, float64) and the exact referee, within the float64
+tolerance of :mod:`gradcheck_lab.tolerance` (Note [Tolerance model]).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._numerics import EXPLAIN_RTOL, magnitude_fn, tolerance
+from ..tolerance import tolerance_at
 from .trace import Trace, point_row, trace_row
 
 __all__ = ["Explanation", "explain"]
@@ -92,15 +92,12 @@ def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, 
     batch = Batch(theta[None, :], data[None, :])
     sym = engine("symbolic")(model, batch).values[0]
     ref = referee.gradients(model, batch)[0]
-    with np.errstate(all="ignore"):
-        mag = np.asarray([float(m) for m in magnitude_fn(model)(*theta, *data)])
+    tol = tolerance_at(model, batch, sym[None, :], "float64")[0]
     at_kink = _params_below_kinks(tr)
     checks = []
     for i, label in enumerate(model.param_labels):
         got = tr.gradients[label]
-        tol_s = float(tolerance(sym[i], mag[i], "float64", EXPLAIN_RTOL))
-        tol_r = float(tolerance(ref[i], mag[i], "float64", EXPLAIN_RTOL))
-        ok = bool(abs(got - sym[i]) <= tol_s and (np.isnan(ref[i]) or abs(got - ref[i]) <= tol_r))
+        ok = bool(abs(got - sym[i]) <= tol[i] and (np.isnan(ref[i]) or abs(got - ref[i]) <= tol[i]))
         kink = not ok and label in at_kink
         checks.append(
             {
@@ -108,7 +105,7 @@ def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, 
                 "trace": got,
                 "symbolic": float(sym[i]),
                 "referee": float(ref[i]),
-                "tolerance": max(tol_s, tol_r),
+                "tolerance": float(tol[i]),
                 "ok": ok or kink,
                 "kink": kink,
             }

@@ -22,8 +22,9 @@ is what the lesson's ``print`` shows.
 
 At every step the autograd gradient is compared with SymPy's closed form
 evaluated in float64 at the same parameters (the float32 values, converted
-exactly) and the same sample, within ``64 * eps(dtype) * (|g| + mag(g))``
-(Note [Magnitude of a gradient] in :mod:`._numerics`). The first
+exactly) and the same sample, within the project's tolerance for ``dtype``
+at that point: ``SAFETY * (eps(dtype) * M + tiny)``, ``M`` the rounding
+scale measured there (Note [Tolerance model] in :mod:`gradcheck_lab.tolerance`). The first
 disagreement stops training and is reported; ``zero_grad=False`` reproduces
 the classic bug of never zeroing ``.grad``, which the check catches at the
 first step whose accumulated gradient is not zero (step 2 for the lesson's
@@ -39,7 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import InvalidValueError, UsageError
-from ._numerics import ULPS, eps, magnitude_fn
+from ..tolerance import SAFETY, tolerance_at
 
 __all__ = ["TrainResult", "Step", "Mismatch", "train", "parse_data", "plot_training", "DTYPES", "MAX_EPOCHS"]
 
@@ -90,7 +91,7 @@ class Mismatch:
                 f"  {'autograd (torch, ' + self.dtype + ')':<33} {self.autograd!r}",
                 f"  {'symbolic (closed form, float64)':<33} {self.symbolic!r}",
                 f"  |difference| {self.difference:.3g} > tolerance {self.tolerance:.3g} "
-                f"= {ULPS:g} * eps({self.dtype}) * (|g| + mag(g))",
+                f"= {SAFETY[self.dtype]:g} * (eps({self.dtype}) * M + tiny), M the rounding scale here",
                 f"  {self.hint}",
                 "Training stopped.",
             ]
@@ -168,7 +169,7 @@ class TrainResult:
             "check": {
                 "ok": self.ok,
                 "checked_steps": self.checked_steps,
-                "tolerance": f"{ULPS} * eps({self.dtype}) * (|g| + mag(g))",
+                "tolerance": f"{SAFETY[self.dtype]:g} * (eps({self.dtype}) * M + tiny), M measured per step (Note [Tolerance model])",
                 "mismatch": None if self.mismatch is None else asdict(self.mismatch),
             },
         }
@@ -345,9 +346,8 @@ def train(
         vals = [float(v) for v in at_row[:n_in]] + [None] * model.target.size
         return _value(model.prediction(ops, theta_col, vals.__getitem__))
 
-    grad_fn, mag_fn = compiled(model), magnitude_fn(model)
+    grad_fn = compiled(model)
     labels = model.param_labels
-    tol_eps = eps(dtype)
     xvar, tvar = model.inputs[0], model.target
     n_in = sum(v.size for v in model.inputs)
 
@@ -379,7 +379,7 @@ def train(
             x = xvar.decode(row[: xvar.size]) if len(model.inputs) == 1 else [float(v) for v in row[:n_in]]
             y = tvar.decode(row[n_in:])
             result.steps.append(Step(step, epoch, s, x, y, before, loss, grads))
-            mismatch = _check(step, epoch, s, before, row, grads, grad_fn, mag_fn, labels, tol_eps, zero_grad)
+            mismatch = _check(model, step, epoch, s, before, row, grads, grad_fn, dtype, zero_grad)
             if mismatch is not None:
                 mismatch.x, mismatch.y, mismatch.dtype = x, y, dtype
                 result.mismatch = mismatch
@@ -397,14 +397,15 @@ def train(
     return result
 
 
-def _check(step, epoch, sample, theta, row, grads, grad_fn, mag_fn, labels, tol_eps, zero_grad):
-    """Compare autograd with the closed form at this step (Note [Magnitude of a gradient])."""
+def _check(model, step, epoch, sample, theta, row, grads, grad_fn, dtype, zero_grad):
+    """Compare autograd with the closed form at this step (Note [Tolerance model])."""
+    from ..model import Batch
+
     args = [*theta, *[float(v) for v in row]]
     with np.errstate(all="ignore"):
         sym = [float(v) for v in grad_fn(*args)]
-        mag = [abs(float(v)) for v in mag_fn(*args)]
-    for label, g, ref, m in zip(labels, grads, sym, mag):
-        tol = ULPS * tol_eps * (abs(ref) + m)
+        tols = tolerance_at(model, Batch(np.asarray([theta], dtype=float), np.asarray([row], dtype=float)), [sym], dtype)[0]
+    for label, g, ref, tol in zip(model.param_labels, grads, sym, tols):
         diff = abs(g - ref)
         if not (diff <= tol):  # also catches NaN on either side
             if not zero_grad:
