@@ -286,3 +286,13 @@ def test_library_validates(kwargs, error):
 
 def test_parse_data():
     assert parse_data("1:2;3:4", get_model("quadratic")) == [{"x": 1.0, "y": 2.0}, {"x": 3.0, "y": 4.0}]
+
+
+def test_relu_exactly_at_its_kink_is_not_a_mismatch():
+    from gradcheck_lab import get_model, train
+
+    model = get_model("mlp", H=2, activation="relu")
+    result = train(model, epochs=2, params={"W1": 0.0, "b1": 0.0})  # every pre-activation is 0
+    assert result.mismatch is None and result.checked_steps == 6
+    bad = train(model, epochs=2, params={"W1": 0.0, "b1": 0.0}, zero_grad=False)
+    assert bad.mismatch is not None  # the accumulated-gradient bug is still caught

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..tolerance import tolerance_at
-from .trace import Trace, point_row, trace_row
+from .trace import Trace, params_below_kinks, point_row, trace_row
 
 __all__ = ["Explanation", "explain"]
 
@@ -93,7 +93,7 @@ def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, 
     sym = engine("symbolic")(model, batch).values[0]
     ref = referee.gradients(model, batch)[0]
     tol = tolerance_at(model, batch, sym[None, :], "float64")[0]
-    at_kink = _params_below_kinks(tr)
+    at_kink = params_below_kinks(tr)
     checks = []
     for i, label in enumerate(model.param_labels):
         got = tr.gradients[label]
@@ -111,19 +111,3 @@ def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, 
             }
         )
     return Explanation(model=model.name, formula=model.formula, trace=tr, checks=checks)
-
-
-def _params_below_kinks(tr: Trace) -> set[str]:
-    """Parameters that feed a node evaluated exactly at its kink."""
-    out: set[str] = set()
-    stack = [i for n in tr.nodes if n.note for i in n.inputs]
-    seen: set[int] = set()
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if n.kind == "param":
-            out.add(n.name)
-        stack.extend(n.inputs)
-    return out

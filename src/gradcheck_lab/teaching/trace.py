@@ -402,3 +402,19 @@ def point_row(model, point: Mapping[str, Any] | None, params: Mapping[str, Any] 
         point = model.dataset[0]
     batch = model.batch([point], params)
     return np.asarray(batch.theta[0]), np.asarray(batch.data[0])
+
+
+def params_below_kinks(tr: Trace) -> set[str]:
+    """Parameters that feed a node evaluated exactly at its kink."""
+    out: set[str] = set()
+    stack = [i for n in tr.nodes if n.note for i in n.inputs]
+    seen: set[int] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.kind == "param":
+            out.add(n.name)
+        stack.extend(n.inputs)
+    return out
