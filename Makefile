@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: verify test bench setup clean
+.PHONY: verify test lint bench setup clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,10 @@ $(STAMP): pyproject.toml
 verify: $(STAMP)
 	$(PY) -m gradcheck_lab verify quadratic
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -17,7 +17,6 @@ import numpy as np
 
 from gradcheck_lab.catalog import get_model
 from gradcheck_lab.engines import engine, referee
-from gradcheck_lab.engines.symbolic import compiled, evaluate
 from gradcheck_lab.model import Batch
 from gradcheck_lab.ops import backend
 from gradcheck_lab.tolerance import EPS, fd_tolerance, rounding_scale

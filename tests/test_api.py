@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradcheck_lab import GradientMismatch, UsageError, assert_gradients_agree, get_model, verify
+from gradcheck_lab import GradientMismatch, UsageError, assert_gradients_agree, verify
 from gradcheck_lab.candidates import torch_loss
 
 

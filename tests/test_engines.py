@@ -96,7 +96,7 @@ def test_richardson_order():
     h = 0.2 * 2.0 ** -np.arange(4)
     d = (np.sin(1 + h) - np.sin(1 - h)) / (2 * h)
     levels = finite_diff.richardson(d)
-    errs = [abs(l - np.cos(1)) for l in levels]
+    errs = [abs(level - np.cos(1)) for level in levels]
     assert errs[-1] < 1e-14 < errs[0]
 
 

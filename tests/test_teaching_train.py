@@ -88,14 +88,14 @@ def lesson_loop(forward_of, n_params, *, lr=0.01, epochs=100, init=1.0, data=Non
     print("predict (before training)", 4, forward(4).item(), file=buf)
     for epoch in range(epochs):
         for x, y in data:
-            l = loss(x, y)
-            l.backward()
+            loss_t = loss(x, y)
+            loss_t.backward()
             print("grad:", x, y, *[p.grad.item() for p in ps], file=buf)
             for p in ps:
                 p.data = p.data - lr * p.grad.data
             for p in ps:
                 p.grad.data.zero_()
-        print(label, epoch, l.item(), file=buf)
+        print(label, epoch, loss_t.item(), file=buf)
     print("predict (after training)", 4, forward(4).item(), file=buf)
     return buf.getvalue()
 
@@ -149,8 +149,8 @@ def test_train_logistic_matches_a_hand_written_loop():
     for _ in range(25):
         for x, y in [(1.0, 0.0), (2.0, 0.0), (3.0, 1.0)]:
             z = w * x + b
-            l = torch.logaddexp(z, torch.zeros_like(z)) - y * z  # the torch backend's softplus
-            l.backward()
+            loss_t = torch.logaddexp(z, torch.zeros_like(z)) - y * z  # the torch backend's softplus
+            loss_t.backward()
             grads.append([w.grad.item(), b.grad.item()])
             w.data -= 0.1 * w.grad.data
             b.data -= 0.1 * b.grad.data

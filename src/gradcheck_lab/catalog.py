@@ -9,7 +9,8 @@ non-linearity, many weights, and vector inputs with matrix parameters.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

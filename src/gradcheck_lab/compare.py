@@ -18,9 +18,9 @@ For every point and parameter component:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Callable, Mapping
 
 import numpy as np
 

@@ -59,8 +59,9 @@ import keyword
 import math
 import operator
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NoReturn, Sequence, Union
+from typing import Any, NoReturn
 
 from .errors import ExpressionError
 from .ops import FUNCTIONS, backend
@@ -124,7 +125,7 @@ class Name:
 class Neg:
     """Unary minus."""
 
-    operand: "Node"
+    operand: Node
     pos: int | None = field(default=None, compare=False, repr=False)
 
 
@@ -132,7 +133,7 @@ class Neg:
 class Pos:
     """Unary plus (evaluates to its operand)."""
 
-    operand: "Node"
+    operand: Node
     pos: int | None = field(default=None, compare=False, repr=False)
 
 
@@ -141,8 +142,8 @@ class BinOp:
     """``left op right`` with ``op`` one of ``+ - * / **``."""
 
     op: str
-    left: "Node"
-    right: "Node"
+    left: Node
+    right: Node
     pos: int | None = field(default=None, compare=False, repr=False)
 
 
@@ -151,11 +152,11 @@ class Call:
     """``func(args...)`` with ``func`` in :data:`UNARY_FUNCTIONS` (one argument)."""
 
     func: str
-    args: tuple["Node", ...]
+    args: tuple[Node, ...]
     pos: int | None = field(default=None, compare=False, repr=False)
 
 
-Node = Union[Num, Name, Neg, Pos, BinOp, Call]
+Node = Num | Name | Neg | Pos | BinOp | Call
 
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 _OTHER_OPS = {

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -135,11 +136,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.theta)
 
-    def take(self, index) -> "Batch":
+    def take(self, index) -> Batch:
         return Batch(self.theta[index], self.data[index])
 
     @staticmethod
-    def concat(batches: Sequence["Batch"]) -> "Batch":
+    def concat(batches: Sequence[Batch]) -> Batch:
         return Batch(np.concatenate([b.theta for b in batches]), np.concatenate([b.data for b in batches]))
 
 
@@ -214,7 +215,7 @@ class Model:
         formula: str = "",
         dataset: Sequence[Mapping[str, Any]] = (),
         description: str = "",
-    ) -> "Model":
+    ) -> Model:
         """A model from a forward function ``predict(ops, p, v)``.
 
         ``params`` maps each parameter name to its initial value (or is a
@@ -265,7 +266,7 @@ class Model:
         return model
 
     @classmethod
-    def from_expr(cls, expr: str, **kwargs) -> "Model":
+    def from_expr(cls, expr: str, **kwargs) -> Model:
         """A model from an expression string, parsed by a whitelist (never ``eval``).
 
         See :func:`gradcheck_lab.expr.model_from_expr` for the arguments.

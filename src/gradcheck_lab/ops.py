@@ -28,8 +28,8 @@ evaluates it in arbitrary precision, where overflow cannot happen.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable
 
 __all__ = ["FUNCTIONS", "backend", "Ops"]
 

@@ -11,8 +11,8 @@ The referee is not in the table: it is only asked where engines disagree.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

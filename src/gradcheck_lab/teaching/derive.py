@@ -102,7 +102,6 @@ def derive(model, hessian: bool = False) -> Derivation:
     >>> d.render()["partials"]
     {'dloss/dw': '2*x*(b + w*x - y)', 'dloss/db': '2*b + 2*w*x - 2*y'}
     """
-    import sympy as sp
 
     from ..engines.symbolic import hessian as sym_hessian
     from ..engines.symbolic import simplified

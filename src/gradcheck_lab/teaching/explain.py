@@ -11,8 +11,9 @@ tolerance of :mod:`gradcheck_lab.tolerance` (Note [Tolerance model]).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -83,8 +84,7 @@ def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, 
     >>> e.gradients, e.agree
     ({'w1': 2.0, 'w2': 2.0, 'b': 2.0}, True)
     """
-    from ..engines import engine
-    from ..engines import referee
+    from ..engines import engine, referee
     from ..model import Batch
 
     theta, data = point_row(model, point, params)

@@ -24,8 +24,9 @@ The backend is registered as ``"trace"`` in :mod:`gradcheck_lab.ops`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -35,8 +35,9 @@ at that step: the derivative is undefined there and torch picks 0.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -371,12 +372,12 @@ def train(
         for s, row in enumerate(rows, 1):
             step += 1
             before = flat(leaves)
-            l = model.loss(ops, theta_col, data_col_of(row))
-            if not (isinstance(l, torch.Tensor) and l.requires_grad):
+            loss_t = model.loss(ops, theta_col, data_col_of(row))
+            if not (isinstance(loss_t, torch.Tensor) and loss_t.requires_grad):
                 raise UsageError(f"Expected the loss of model {model.name!r} to depend on its parameters.")
-            l.backward()
+            loss_t.backward()
             grads = flat(p.grad if p.grad is not None else torch.zeros_like(p) for p in leaves)
-            loss = l.item()
+            loss = loss_t.item()
             x = xvar.decode(row[: xvar.size]) if len(model.inputs) == 1 else [float(v) for v in row[:n_in]]
             y = tvar.decode(row[n_in:])
             result.steps.append(Step(step, epoch, s, x, y, before, loss, grads))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .errors import InvalidValueError, UsageError
+from ..errors import InvalidValueError, UsageError
 
 __all__ = [
     "add_model_arguments",
@@ -97,7 +97,7 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_from_args(args: argparse.Namespace):
     """The model named by MODEL or described by --expr."""
-    from .catalog import MODEL_OPTIONS, get_model
+    from ..catalog import MODEL_OPTIONS, get_model
 
     expr = getattr(args, "expr", None)
     options = {k: getattr(args, k, None) for k in ("H", "activation", "d", "K")}
@@ -106,7 +106,7 @@ def model_from_args(args: argparse.Namespace):
             raise UsageError(f"Expected either MODEL or --expr but got both ({args.model!r} and --expr).")
         if not args.params:
             raise UsageError('Expected --params with --expr (e.g. --expr "w*x + b" --params w,b).')
-        from .model import Model
+        from ..model import Model
 
         loss = None if args.loss in ("none", "") else args.loss
         return Model.from_expr(

@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from .errors import GradcheckError
+from ..errors import GradcheckError
 
 __all__ = ["main", "build_parser"]
 
 #: Modules that contribute sub-commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "gradcheck_lab._cli_verify",
-    "gradcheck_lab._cli_teaching",
+    "gradcheck_lab.cli.verify",
+    "gradcheck_lab.cli.teaching",
 )
 
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so every error has one shape."""
 
     def error(self, message):  # noqa: D401 - argparse API
-        from .errors import UsageError
+        from ..errors import UsageError
 
         if "expected one argument" in message:
             message += "; a value that starts with '-' needs the form --option=VALUE (e.g. --x=-2,1)"
@@ -39,7 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(
         prog="gradcheck-lab",

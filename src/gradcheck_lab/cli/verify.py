@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._cli_common import (
+from ..errors import UsageError
+from .common import (
     add_model_arguments,
     add_point_arguments,
     model_from_args,
     params_from_args,
     point_from_args,
 )
-from .errors import UsageError
 
 __all__ = ["add_parser"]
 
@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
 
 
 def _run_verify(args) -> int:
-    from .api import verify
+    from ..api import verify
 
     model = model_from_args(args)
     params = params_from_args(args)
@@ -100,14 +100,14 @@ def _run_verify(args) -> int:
     if args.json:
         print(report.to_json())
     else:
-        from .render import print_report
+        from ..render import print_report
 
         print_report(report, quiet=args.quiet)
     return 0 if report.ok else 1
 
 
 def _run_list(args) -> int:
-    from .catalog import MODEL_OPTIONS, get_model, list_models
+    from ..catalog import MODEL_OPTIONS, get_model, list_models
 
     models = [get_model(name) for name in list_models()]
     if args.json:

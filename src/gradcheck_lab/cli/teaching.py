@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from ._cli_common import (
+from .common import (
     add_model_arguments,
     add_point_arguments,
     model_from_args,
@@ -98,7 +98,7 @@ def add_parser(subparsers) -> None:
 
 # ---------------------------------------------------------------- derive
 def run_derive(args: argparse.Namespace) -> int:
-    from .teaching import derive
+    from ..teaching import derive
 
     model = model_from_args(args)
     d = derive(model, hessian=args.hessian)
@@ -170,7 +170,7 @@ def render_explanation(e) -> list[str]:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from .teaching import explain
+    from ..teaching import explain
 
     model = model_from_args(args)
     e = explain(model, point_from_args(model, args), params_from_args(args))
@@ -183,7 +183,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- graph
 def run_graph(args: argparse.Namespace) -> int:
-    from .teaching import graph
+    from ..teaching import graph
 
     model = model_from_args(args)
     g = graph(model, point_from_args(model, args), params_from_args(args), out=args.out)
@@ -199,9 +199,9 @@ def run_graph(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- train
 def run_train(args: argparse.Namespace) -> int:
-    from ._cli_common import parse_number_list
-    from .teaching import train
-    from .teaching.train import parse_data, plot_training
+    from ..teaching import train
+    from ..teaching.train import parse_data, plot_training
+    from .common import parse_number_list
 
     model = model_from_args(args)
     data = parse_data(args.data, model) if args.data is not None else None
@@ -209,7 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.plot is not None:
         from pathlib import Path
 
-        from .errors import UsageError
+        from ..errors import UsageError
 
         if not args.plot.lower().endswith(".png"):
             raise UsageError(f"Expected --plot FILE ending in .png but got {args.plot!r}.")
