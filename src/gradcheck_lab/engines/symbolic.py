@@ -16,7 +16,7 @@ import numpy as np
 from ..model import Batch, Model
 from . import Gradients
 
-__all__ = ["gradients", "derivatives", "simplified", "hessian", "compiled"]
+__all__ = ["gradients", "derivatives", "derivative_program", "simplified", "hessian", "compiled"]
 
 #: Largest derivative (in SymPy operations) that ``simplified`` hands to ``sympy.simplify``.
 SIMPLIFY_MAX_OPS = 40
@@ -33,6 +33,23 @@ def derivatives(model: Model) -> list:
         th, _ = model.symbols()
         model._cache["grads"] = [sp.diff(loss, s) for s in th]
     return model._cache["grads"]
+
+
+def derivative_program(model: Model) -> tuple[list, list]:
+    """The partial derivatives as a straight-line program, cached.
+
+    ``(assignments, outputs)``: ``assignments`` is a list of ``(symbol,
+    expression)`` evaluated in order, ``outputs`` one expression per flat
+    parameter in terms of the parameters, the data and those symbols
+    (``sympy.cse``'s form). Every compiled evaluator (NumPy, the referee)
+    reads this one form, so shared subexpressions are computed once.
+    """
+    if "program" not in model._cache:
+        import sympy as sp
+
+        assignments, outputs = sp.cse(derivatives(model), symbols=sp.numbered_symbols("_c"))
+        model._cache["program"] = (list(assignments), list(outputs))
+    return model._cache["program"]
 
 
 def simplified(model: Model, indices=None, max_ops: int = SIMPLIFY_MAX_OPS) -> list:
