@@ -20,7 +20,7 @@ def test_verify_json_lesson_point(cli):
                        "--param", "b=1", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["schema"] == "gradcheck_lab.report/1"
+    assert doc["schema"] == "gradcheck_lab.report/2"
     checks = doc["data_points"][0]["checks"]
     for engine in ("symbolic", "autograd", "finite_differences"):
         got = [c["values"][engine] for c in checks]

@@ -33,9 +33,28 @@ def test_theta_with_overrides():
 
 def test_sample_is_reproducible_and_in_domain():
     m = get_model("quadratic")
-    a, b = m.sample(100, seed=4), m.sample(100, seed=4)
+    a, b = m.sample(100, seed=4, spread=False), m.sample(100, seed=4, spread=False)
     assert np.array_equal(a.theta, b.theta) and np.array_equal(a.data, b.data)
     assert np.all(np.abs(a.theta) <= 3)
+
+
+def test_sample_does_not_depend_on_chunking():
+    m = get_model("mlp", H=2)
+    whole = m.sample(3000, seed=7)
+    parts = [m.sample(700, seed=7, start=s) for s in range(0, 2800, 700)] + [m.sample(200, seed=7, start=2800)]
+    assert np.array_equal(whole.theta, np.concatenate([p.theta for p in parts]))
+    assert np.array_equal(whole.data, np.concatenate([p.data for p in parts]))
+
+
+def test_every_eighth_point_spreads_over_magnitudes():
+    from gradcheck_lab.model import SPREAD_EVERY
+
+    m = get_model("quadratic")
+    b = m.sample(8000, seed=1)
+    tail = np.abs(b.theta[SPREAD_EVERY - 1 :: SPREAD_EVERY])
+    body = np.delete(np.abs(b.theta), np.s_[SPREAD_EVERY - 1 :: SPREAD_EVERY], axis=0)
+    assert np.all(body <= 3)
+    assert tail.max() > 100 and tail.min() < 0.01 and np.all(tail <= m.params[0].max_abs)
 
 
 def test_class_target_one_hot():

@@ -11,10 +11,16 @@ import numpy as np
 from .errors import GradientMismatch, UsageError
 from .model import Batch, Model
 
-__all__ = ["verify", "assert_gradients_agree", "resolve_model"]
+__all__ = ["verify", "assert_gradients_agree", "resolve_model", "chunk_size"]
 
-#: Random points are processed in chunks of this size (progress granularity).
-CHUNK = 500
+#: Working memory one chunk of random points may take (Note [Streaming] in report.py).
+CHUNK_BYTES = 32 * 2**20
+#: Float arrays kept per point and parameter component while a chunk is compared.
+ARRAYS_PER_COMPONENT = 48
+MIN_CHUNK, MAX_CHUNK = 64, 65536
+#: The referee's budget for the random points of one run (Note [Verdict] in compare.py).
+REFEREE_POINTS = 2000
+REFEREE_SECONDS = 5.0
 #: Derivatives shown in a report before "... N more".
 SHOW_DERIVATIVES = 6
 
@@ -58,6 +64,9 @@ def verify(
     candidate: Any = None,
     engines: Mapping[str, Callable] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    strict: bool = False,
+    referee_points: int = REFEREE_POINTS,
+    referee_seconds: float = REFEREE_SECONDS,
     **options: Any,
 ):
     """Check the model's gradients with every engine; return a :class:`Report`.
@@ -73,7 +82,9 @@ def verify(
     params : mapping, optional
         Parameter values for the explicit points (default: initial values).
     random : int
-        Number of random points from the model's sampling domain (0 for none).
+        Number of random points (0 for none): from the model's sampling
+        domain, every 8th spread over magnitudes up to each variable's
+        ``max_abs`` (:meth:`Model.sample`).
     seed : int
         Seed of the random points; the same seed gives the same points.
     dtype : "float64" or "float32"
@@ -87,6 +98,15 @@ def verify(
         Replace engines by name (testing the checker itself).
     progress : callable(done, total), optional
         Called after each chunk of random points.
+    strict : bool
+        Count "numerically unstable" components (Note [Verdict]) as mismatches.
+    referee_points, referee_seconds : int, float
+        The referee's budget for the random points of this run (explicit
+        points are always refereed); see Note [Verdict].
+
+    Random points are checked in chunks sized to a memory budget
+    (``CHUNK_BYTES``) and reduced into running summaries as they go, so
+    memory does not grow with ``random``.
 
     Examples
     --------
@@ -96,8 +116,8 @@ def verify(
     (True, [24.0, 12.0, 6.0])
     """
     from .candidates import as_candidate
-    from .compare import compare
-    from .report import build_report
+    from .compare import RefereeBudget
+    from .report import Accumulator
 
     started = time.perf_counter()
     model = resolve_model(model, **options)
@@ -107,79 +127,51 @@ def verify(
         raise UsageError(f"Expected seed to be a non-negative integer but got seed={seed!r}.")
     cand = as_candidate(candidate) if candidate is not None else None
 
-    parts = []
+    acc = Accumulator(model)
+    budget = RefereeBudget(points=int(referee_points), seconds=float(referee_seconds))
     if points is None:
         points = list(model.dataset)
     if points:
         batch = model.batch(list(points), params)
-        parts.append(("data", _compare(compare, model, batch, dtype, device, cand, engines, force_referee=True)))
+        acc.add("data", _compare(model, batch, dtype, device, cand, engines, budget, strict, force_referee=True))
     elif params:
         raise UsageError("Expected points to go with params, but points=[] (random points draw their own parameters).")
     if random:
-        sample = model.sample(int(random), seed=int(seed))
-        chunks = []
-        for start in range(0, random, CHUNK):
-            chunks.append(_compare(compare, model, sample.take(slice(start, start + CHUNK)), dtype, device, cand, engines))
+        random = int(random)
+        size = chunk_size(model)
+        for start in range(0, random, size):
+            stop = min(start + size, random)
+            sample = model.sample(stop - start, seed=int(seed), start=start)
+            acc.add("random", _compare(model, sample, dtype, device, cand, engines, budget, strict), offset=start)
             if progress:
-                progress(min(start + CHUNK, random), random)
-        parts.append(("random", _merge(chunks)))
-    if not parts:
+                progress(stop, random)
+    if not points and not random:
         raise UsageError("Expected at least one point: pass points or random > 0.")
-    return build_report(
-        model,
-        parts,
+    return acc.report(
         dtype=dtype,
         device=device,
         seed=int(seed) if random else None,
         derivatives=_derivative_strings(model),
         seconds=time.perf_counter() - started,
+        strict=strict,
     )
 
 
-def _compare(compare, model, batch: Batch, dtype, device, cand, engines, force_referee: bool = False):
+def chunk_size(model: Model) -> int:
+    """Points per chunk: the working arrays of one chunk stay near ``CHUNK_BYTES``."""
+    per_point = 8 * (model.n_params * ARRAYS_PER_COMPONENT + model.n_data * 4)
+    return int(min(MAX_CHUNK, max(MIN_CHUNK, CHUNK_BYTES // per_point)))
+
+
+def _compare(model, batch: Batch, dtype, device, cand, engines, budget, strict, force_referee: bool = False):
+    from .compare import compare
+
     cgrads = cand.gradients(model, batch, dtype=dtype, device=device) if cand is not None else None
+    crun = (lambda b, s: cand.rounding(model, b, dtype=dtype, device=device, seed=s)) if cand is not None else None
     rows = np.ones(len(batch), dtype=bool) if force_referee else None
-    return compare(model, batch, dtype=dtype, device=device, engines=engines, candidate=cgrads, referee_rows=rows)
-
-
-def _merge(chunks):
-    """One Comparison from several over consecutive chunks of points."""
-    if len(chunks) == 1:
-        return chunks[0]
-    from dataclasses import replace
-
-    from .engines import Gradients
-
-    first = chunks[0]
-
-    def cat(get):
-        vals = [get(c) for c in chunks]
-        return None if vals[0] is None else np.concatenate(vals)
-
-    results = {
-        name: Gradients(
-            r.engine,
-            cat(lambda c, n=name: c.results[n].values),
-            r.dtype,
-            cat(lambda c, n=name: c.results[n].error),
-            cat(lambda c, n=name: c.results[n].kink),
-            cat(lambda c, n=name: c.results[n].lower),
-            cat(lambda c, n=name: c.results[n].upper),
-        )
-        for name, r in first.results.items()
-    }
-    return replace(
-        first,
-        batch=Batch.concat([c.batch for c in chunks]),
-        results=results,
-        tol={k: cat(lambda c, k=k: c.tol[k]) for k in first.tol},
-        scale=cat(lambda c: c.scale),
-        exact=cat(lambda c: c.exact),
-        refereed=cat(lambda c: c.refereed),
-        kink=cat(lambda c: c.kink),
-        fault={k: cat(lambda c, k=k: c.fault[k]) for k in first.fault},
-        disagree=cat(lambda c: c.disagree),
-        notes=[n for c in chunks for n in c.notes],
+    return compare(
+        model, batch, dtype=dtype, device=device, engines=engines, candidate=cgrads,
+        candidate_rounding=crun, referee_rows=rows, budget=budget, strict=strict,
     )
 
 

@@ -55,8 +55,36 @@ class Candidate:
 
     def gradients(self, model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu") -> Gradients:
         fn = {"function": _from_function, "torch_loss": _from_torch_loss, "torch_module": _from_module}[self.kind]
-        values, used = fn(self.target, model, batch, dtype, device)
-        return Gradients("candidate", values, dtype=used)
+        values, f32 = fn(self.target, model, batch, dtype, device)
+        if f32 is None:
+            return Gradients("candidate", values, dtype=dtype if self.kind != "function" else "float64")
+        nominal = "float32" if f32.all() else "float64"
+        return Gradients("candidate", values, dtype=nominal, f32=f32 if f32.any() and not f32.all() else None)
+
+    def rounding(self, model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", seed: int = 0):
+        """The candidate re-run to measure its own rounding (Note [Own rounding] in rounding.py).
+
+        torch code runs in Monte Carlo arithmetic (every aten operation of its
+        forward and backward perturbed); a gradient function, which we cannot
+        instrument, is called at inputs moved by the same relative amount.
+        """
+        from .rounding import VIRTUAL, torch_mca
+
+        if self.kind == "function":
+            rng = np.random.default_rng(seed)
+            delta = 2.0 ** -VIRTUAL["float32" if dtype == "float32" else "float64"]
+            moved = Batch(
+                batch.theta * (1 + rng.uniform(-delta, delta, batch.theta.shape)),
+                batch.data * (1 + rng.uniform(-delta, delta, batch.data.shape) * _real_mask(model)),
+            )
+            return self.gradients(model, moved, dtype=dtype, device=device).values
+        with torch_mca(dtype, seed, 1) as mode:
+            values = []
+            for n in range(len(batch)):  # one point per call: an underflow taints that point only
+                mode.tainted[:] = False
+                v = self.gradients(model, batch.take(slice(n, n + 1)), dtype=dtype, device=device).values
+                values.append(np.where(mode.tainted[0], np.inf, v))
+        return np.concatenate(values)
 
 
 def torch_loss(fn: Callable) -> Candidate:
@@ -88,20 +116,28 @@ def as_candidate(obj: Any) -> Candidate:
     )
 
 
+def _real_mask(model: Model) -> np.ndarray:
+    """1 for real data components, 0 for binary and class ones (which are never perturbed)."""
+    return np.concatenate([np.full(v.size, 1.0 if v.kind == "real" else 0.0) for v in model.data_vars])
+
+
 def _is_module(obj) -> bool:
     torch = sys.modules.get("torch")  # not imported yet: obj cannot be a torch module
     return torch is not None and isinstance(obj, torch.nn.Module)
 
 
-def _user_params(model: Model, theta_row: np.ndarray) -> dict[str, Any]:
+def _user_params(model: Model, theta_row: np.ndarray, cast=None) -> dict[str, Any]:
     out = {}
     for var, sl in zip(model.params, model.param_offsets().values()):
-        vals = theta_row[sl]
-        out[var.name] = float(vals[0]) if not var.shape else vals.reshape(var.shape).copy()
+        vals = theta_row[sl] if cast is None else theta_row[sl].astype(cast)
+        if not var.shape:
+            out[var.name] = float(vals[0]) if cast is None else vals[0]
+        else:
+            out[var.name] = vals.reshape(var.shape).copy()
     return out
 
 
-def _user_point(model: Model, data_row: np.ndarray) -> dict[str, Any]:
+def _user_point(model: Model, data_row: np.ndarray, cast=None) -> dict[str, Any]:
     out, off = {}, 0
     for var in model.data_vars:
         vals = data_row[off : off + var.size]
@@ -109,7 +145,11 @@ def _user_point(model: Model, data_row: np.ndarray) -> dict[str, Any]:
         if var.kind == "class":
             out[var.name] = int(np.argmax(vals))
         else:
-            out[var.name] = float(vals[0]) if not var.shape else vals.reshape(var.shape).copy()
+            vals = vals if cast is None else vals.astype(cast)
+            if not var.shape:
+                out[var.name] = float(vals[0]) if cast is None else vals[0]
+            else:
+                out[var.name] = vals.reshape(var.shape).copy()
     return out
 
 
@@ -177,8 +217,8 @@ def _shape_fits(got: tuple[int, ...], var) -> bool:
     return tuple(s for s in got if s != 1) == tuple(s for s in var.shape if s != 1)
 
 
-def _flatten(model: Model, result: Any, where: Any) -> tuple[np.ndarray, str]:
-    """The candidate's result as ``P`` flat float64 values (``param_labels`` order) and its precision."""
+def _flatten(model: Model, result: Any, where: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate's result as ``P`` flat float64 values (``param_labels`` order), and which were float32."""
     names = [v.name for v in model.params]
     if result is None:
         raise UsageError(f"Expected the candidate to return gradients but got None {where}; is a return statement missing?")
@@ -206,8 +246,8 @@ def _flatten(model: Model, result: Any, where: Any) -> tuple[np.ndarray, str]:
                     f"but got shape {g.shape}{hint} {where}."
                 )
             parts.append(g.ravel())
-            precs.append(prec)
-        return np.concatenate(parts), ("float32" if "float32" in precs else "float64")
+            precs.append(np.full(g.size, prec == "float32"))
+        return np.concatenate(parts), np.concatenate(precs)
     p = model.n_params
     flat, prec = _values(result, "the gradient", where)
     flat = flat.ravel()
@@ -217,19 +257,24 @@ def _flatten(model: Model, result: Any, where: Any) -> tuple[np.ndarray, str]:
             f"{', ...' if p > 6 else ''}), a mapping {{name: gradient}} or one gradient per parameter "
             f"but got {flat.size} values {where}."
         )
-    return flat, prec
+    return flat, np.full(p, prec == "float32")
 
 
 def _from_function(fn, model: Model, batch: Batch, dtype: str, device: str):
+    """Values and, per point and component, whether they came in float32.
+
+    With ``dtype="float32"`` the function receives float32 values (NumPy
+    float32 scalars and arrays), as the code under test would in float32.
+    """
     out = np.empty(batch.theta.shape)
-    used = "float64"
+    f32 = np.zeros(batch.theta.shape, dtype=bool)
+    cast = np.float32 if dtype == "float32" else None
     for n in range(len(batch)):
         # A bug in fn raises here, unchanged: the traceback is the user's to read.
-        result = fn(_user_params(model, batch.theta[n]), _user_point(model, batch.data[n]))
+        result = fn(_user_params(model, batch.theta[n], cast), _user_point(model, batch.data[n], cast))
         out[n], prec = _flatten(model, result, _At(model, batch, n))
-        if prec == "float32":
-            used = "float32"
-    return out, used
+        f32[n] = prec
+    return out, f32
 
 
 def _namespaces(model: Model, theta_row, data_row, dtype, device):
@@ -265,7 +310,7 @@ def _from_torch_loss(fn, model: Model, batch: Batch, dtype: str, device: str):
         _backward(fn(SimpleNamespace(**leaves), SimpleNamespace(**point)), at)
         grads = {k: (t.grad if t.grad is not None else t.detach() * 0) for k, t in leaves.items()}
         out[n], _ = _flatten(model, grads, at)
-    return out, dtype
+    return out, None
 
 
 def _module_shapes(module, model: Model) -> dict[str, tuple[int, ...]]:
@@ -316,4 +361,4 @@ def _from_module(module, model: Model, batch: Batch, dtype: str, device: str):
         _backward(functional_call(module, {**buffers, **params}, args=(), kwargs=point), at)
         grads = {k: (t.grad if t.grad is not None else torch.zeros_like(t)) for k, t in params.items()}
         out[n], _ = _flatten(model, grads, at)
-    return out, dtype
+    return out, None

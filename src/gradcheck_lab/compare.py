@@ -1,26 +1,59 @@
-"""Comparison: run the engines on a batch, apply the tolerance model, ask the referee.
+"""Comparison: run the engines on a batch, screen, then prove every verdict.
 
 Note [Verdict]
 ~~~~~~~~~~~~~~
-For every point and parameter component:
+For every point and parameter component, in two stages.
 
-1. Each engine's value gets its tolerance (Note [Tolerance model]).
-2. Two engines agree when ``|a - b| <= tol_a + tol_b``.
-3. Where any pair disagrees, and at every explicitly given point, the
-   referee computes the exact value; an engine is *at fault* when
-   ``|g - exact| > tol``. The referee is only asked for the first
-   ``REFEREE_CAP`` disagreeing points; beyond that an engine is at fault
-   where it disagrees with every other engine (majority).
-4. Where finite differences detect a kink (Note [Kinks]) the derivative
-   does not exist: every engine passes whose value lies within the
-   one-sided derivatives (the subgradient interval) widened by its tolerance.
+**Screening** (every point, vectorised). Each engine's value gets the cheap
+tolerance of Note [Tolerance model] (tolerance.py); two engines agree when
+``|a - b| <= tol_a + tol_b``. Components where every pair agrees are
+*agree*: three independently derived values (and a candidate) coincide.
+
+**Proof** (points where some pair disagrees, and every explicitly given
+point). The referee returns an enclosure of the exact derivative, certified
+to a width far below the tolerances (Note [Certified referee]). An engine
+within its screening tolerance of the exact value passes. One that is not
+is re-run with Monte Carlo arithmetic (Note [Own rounding], rounding.py):
+its tolerance becomes ``OWN_SAFETY`` times the rounding its *own*
+computation shows at that point (plus, for finite differences, their error
+bar). Then, per engine:
+
+* **agree** -- within that tolerance, with fewer than half its digits lost;
+* **unstable** -- within it, but more than half its dtype's digits lost
+  (``|g - exact| > sqrt(eps) |exact|``): the engine's own arithmetic
+  explains the deviation, so it is no bug, but this point is numerically
+  hard for it. Also a *project* engine (symbolic, autograd, finite
+  differences) that produces no finite value where the exact gradient is
+  finite (overflow in its formula). With ``strict=True`` these are
+  mismatches;
+* **mismatch** -- beyond what its own rounding explains, or a candidate
+  (the code under test) returning NaN or inf where the exact gradient is
+  finite: the engine is *at fault*, with the exact value as proof;
+* **not judged** -- the referee proved the loss undefined there, the exact
+  value beyond float64's range, could not certify it within its budget,
+  or the engine computed in a dtype that cannot hold the point (float32 at
+  ``x = 1e150``), or a kink lies between the point and its rounding to the
+  engine's dtype.
+
+**Kinks** (``relu``/``abs`` at 0: finite differences detect them, the
+referee proves an argument exactly 0): the derivative does not exist;
+every engine passes whose value lies between the one-sided derivatives
+widened by its tolerance (the subgradient interval).
+
+**Budget.** The referee costs ~0.1-5 ms a point: a run gives it a budget
+(:class:`RefereeBudget`: points and seconds for the whole run, not per
+chunk). Disagreements beyond the budget are decided by majority only for
+an engine the referee has already proven at fault in this run (the count
+of its mismatches is then an estimate); otherwise they are *not judged*
+("referee budget spent"). A majority alone never blames anyone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
 from dataclasses import dataclass, field
 from itertools import combinations
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -28,28 +61,80 @@ from .engines import ENGINE_NAMES, Gradients, engine
 from .engines import referee as _referee
 from .errors import UsageError
 from .model import Batch, Model
-from .tolerance import EPS, engine_tolerance, fd_tolerance, rounding_scale
+from .tolerance import EPS, FD_SAFETY, OWN_SAFETY, engine_tolerance, fd_tolerance, rounding_scale
 
-__all__ = ["Comparison", "compare", "REFEREE_CAP"]
+__all__ = [
+    "Comparison",
+    "compare",
+    "RefereeBudget",
+    "AGREE",
+    "MISMATCH",
+    "UNSTABLE",
+    "NOT_JUDGED",
+    "KINK",
+    "CLASSES",
+    "PROJECT_ENGINES",
+]
 
-#: Most points per call the referee evaluates (it costs ~0.1-5 ms a point).
-REFEREE_CAP = 500
+#: Per-engine and per-component verdict codes (Note [Verdict]).
+AGREE, MISMATCH, UNSTABLE, NOT_JUDGED, KINK = 0, 1, 2, 3, 4
+CLASSES = {AGREE: "agree", MISMATCH: "mismatch", UNSTABLE: "unstable", NOT_JUDGED: "not_judged", KINK: "kink"}
+#: The project's own engines: their overflow is "unstable", a candidate's is a mismatch.
+PROJECT_ENGINES = ("symbolic", "autograd", "finite_differences")
+
+#: Why a component was not judged, for the notes.
+REASONS = {
+    "undefined": "the loss is undefined (not real) there",
+    "beyond": "the exact gradient is infinite or beyond float64's range",
+    "unresolved": "the referee could not certify the exact value within its budget",
+    "budget": "the referee's budget for this run was spent (disagreement not proven)",
+    "range": "the point lies outside float32's range (an input overflows to inf there)",
+    "kink_rounding": "rounding the inputs to float32 moves them onto or across a relu/abs kink",
+}
+
+
+@dataclass
+class RefereeBudget:
+    """What the referee may still spend in one run: points and seconds, shared by its chunks.
+
+    Explicitly given points are always refereed and are not counted.
+    """
+
+    points: int = 2000
+    seconds: float = 5.0
+    started: float = field(default_factory=time.perf_counter)
+    used: int = 0
+    proven: set = field(default_factory=set)  # engines the referee has proven at fault in this run
+
+    def take(self, want: int) -> int:
+        if time.perf_counter() - self.started > self.seconds:
+            return 0
+        k = max(0, min(want, self.points - self.used))
+        self.used += k
+        return k
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.seconds
 
 
 @dataclass
 class Comparison:
-    """Arrays over ``(N, P)``: every engine's values, tolerances and faults."""
+    """Arrays over ``(N, P)``: every engine's values, tolerances and verdicts."""
 
     model: Model
     batch: Batch
     results: dict[str, Gradients]
     tol: dict[str, np.ndarray]
     scale: np.ndarray
-    exact: np.ndarray
+    exact: np.ndarray  # (N, P) float64 where certified, else nan
     refereed: np.ndarray  # (N,) bool
     kink: np.ndarray  # (N, P) bool
-    fault: dict[str, np.ndarray]  # engine -> (N, P) bool
-    disagree: np.ndarray  # (N, P) bool: some pair disagrees
+    state: dict[str, np.ndarray]  # engine -> (N, P) int8 verdict code
+    verdict: np.ndarray  # (N, P) int8 component class
+    disagree: np.ndarray  # (N, P) bool: some pair disagreed at screening
+    own: dict[str, np.ndarray]  # engine -> (N, P) own-rounding estimate (nan where not measured)
+    reasons: dict[str, int] = field(default_factory=dict)  # not-judged reason -> components
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -60,18 +145,35 @@ class Comparison:
     def pairs(self) -> list[tuple[str, str]]:
         return list(combinations(self.results, 2))
 
+    @property
+    def fault(self) -> dict[str, np.ndarray]:
+        """engine -> (N, P) bool: at fault (a mismatch)."""
+        return {e: s == MISMATCH for e, s in self.state.items()}
+
     def values(self, name: str) -> np.ndarray:
         return self.results[name].values
 
     def any_fault(self) -> np.ndarray:
-        out = np.zeros(self.batch.theta.shape, dtype=bool)
-        for f in self.fault.values():
-            out |= f
-        return out
+        return self.verdict == MISMATCH
 
 
 def _within(values, lo, hi, tol):
     return (values >= lo - tol) & (values <= hi + tol)
+
+
+def _eps_of(res: Gradients, shape) -> np.ndarray | float:
+    """Unit roundoff of every component of an engine's values (a candidate may mix dtypes)."""
+    if res.f32 is not None:
+        return np.where(res.f32, EPS["float32"], EPS["float64"])
+    return EPS[res.dtype]
+
+
+def _outside_range(batch: Batch, dtype: str) -> np.ndarray:
+    """(N,) points with an input or parameter that ``dtype`` cannot hold (it overflows to inf)."""
+    if dtype == "float64":
+        return np.zeros(len(batch), dtype=bool)
+    big = float(np.finfo(dtype).max)
+    return (np.abs(batch.theta) > big).any(axis=1) | (np.abs(batch.data) > big).any(axis=1)
 
 
 def compare(
@@ -82,14 +184,19 @@ def compare(
     device: str = "cpu",
     engines: Mapping[str, Callable] | None = None,
     candidate: Gradients | None = None,
+    candidate_rounding: Callable[[Batch, int], np.ndarray] | None = None,
     referee_rows: np.ndarray | None = None,
+    budget: RefereeBudget | None = None,
+    strict: bool = False,
 ) -> Comparison:
-    """Run every engine on ``batch`` and decide, per component, who is right.
+    """Run every engine on ``batch`` and decide, per component, who is right (Note [Verdict]).
 
     ``engines`` replaces engines by name (a function with the signature of
     :func:`gradcheck_lab.engines.symbolic.gradients`); used to test the
     checker itself. ``candidate`` is the user's own gradient, judged like an
-    engine. ``referee_rows`` marks points the referee must always evaluate.
+    engine, and ``candidate_rounding(batch, seed)`` re-runs it perturbed
+    (Note [Own rounding]). ``referee_rows`` marks points the referee must
+    always evaluate; ``budget`` bounds it for the rest.
     """
     if dtype not in EPS:
         raise UsageError(f"Expected dtype in {tuple(EPS)} but got dtype={dtype!r}.")
@@ -98,6 +205,7 @@ def compare(
         if name not in table:
             raise UsageError(f"Expected an engine name in {ENGINE_NAMES} but got {name!r}.")
         table[name] = fn
+    budget = budget if budget is not None else RefereeBudget()
 
     n, p = batch.theta.shape
     results: dict[str, Gradients] = {}
@@ -112,97 +220,122 @@ def compare(
                 f"Expected engine {name} to return gradients of shape {(n, p)} but got {res.values.shape}."
             )
 
-    # Note [Tolerance model]: the precision probe reads the symbolic closed form.
+    # ---------------------------------------------------------------- screening
     scale = rounding_scale(model, batch, results["symbolic"].values)
-
     tol: dict[str, np.ndarray] = {}
     for name, res in results.items():
         if res.error is not None:
             tol[name] = fd_tolerance(res.error, scale)
         else:
-            tol[name] = engine_tolerance(res.dtype, scale)
+            tol[name] = np.broadcast_to(
+                engine_tolerance("float64", scale) * (_eps_of(res, (n, p)) / EPS["float64"]), (n, p)
+            ).copy()
 
     fd = results["finite_differences"]
-    kink = fd.kink if fd.kink is not None else np.zeros((n, p), dtype=bool)
+    kink = fd.kink.copy() if fd.kink is not None else np.zeros((n, p), dtype=bool)
+    state = {name: np.full((n, p), AGREE, dtype=np.int8) for name in results}
+    reasons: dict[str, int] = {}
+    notes: list[str] = []
 
-    # Engines in float32 differentiate at the float32-rounded point: where that
-    # lies across a kink from the exact point, their value is not judged.
+    def not_judged(name: str, where: np.ndarray, reason: str) -> None:
+        where = where & (state[name] != NOT_JUDGED)
+        if where.any():
+            state[name][where] = NOT_JUDGED
+            reasons[reason] = reasons.get(reason, 0) + int(where.sum())
+
+    # Engines in float32 cannot hold some points, and differentiate at the
+    # float32-rounded point: where that lies across a kink, their value is no evidence.
     from .engines.finite_diff import kinks_moved_by_rounding
 
-    notes: list[str] = []
     for name, res in results.items():
-        if res.dtype != "float64":
+        if res.dtype != "float64" and name != "finite_differences":
+            not_judged(name, np.broadcast_to(_outside_range(batch, res.dtype)[:, None], (n, p)), "range")
             moved = kinks_moved_by_rounding(model, batch, res.dtype)
-            if moved.any():
-                tol[name] = np.where(moved[:, None], np.inf, tol[name])
-                notes.append(
-                    f"{name} not judged at {int(moved.sum())} point(s): rounding the inputs to {res.dtype} "
-                    "moves them onto or across a relu/abs kink."
-                )
+            not_judged(name, np.broadcast_to(moved[:, None], (n, p)), "kink_rounding")
+    # Finite differences without an estimate (a kink or pole inside the stencil) take no part.
+    judged = {name: (state[name] != NOT_JUDGED) & ~np.isinf(tol[name]) for name in results}
 
     disagree = np.zeros((n, p), dtype=bool)
     for a, b in combinations(results, 2):
         with np.errstate(invalid="ignore"):
             ok = np.abs(results[a].values - results[b].values) <= tol[a] + tol[b]
-        ok |= np.isinf(tol[a]) | np.isinf(tol[b])
-        disagree |= ~ok & ~kink
+        disagree |= ~ok & judged[a] & judged[b] & ~kink
+    # A non-finite value is a disagreement even where no other engine is judged.
+    for name, res in results.items():
+        disagree |= ~np.isfinite(res.values) & judged[name] & ~kink
 
     # Kinks: judge each engine against the subgradient interval.
-    fault = {name: np.zeros((n, p), dtype=bool) for name in results}
     if kink.any():
         for name, res in results.items():
             inside = _within(res.values, fd.lower, fd.upper, tol[name] if name != "finite_differences" else 0.0)
-            fault[name] |= kink & ~inside
+            bad = kink & ~inside & judged[name]
+            state[name][bad] = MISMATCH
 
-    # The referee: explicit rows plus disagreeing rows, up to the cap.
+    # ---------------------------------------------------------------- proof
     want = disagree.any(axis=1)
-    if referee_rows is not None:
-        want = want | referee_rows
-    rows = np.flatnonzero(want)
-    if len(rows) > REFEREE_CAP:
-        forced = np.flatnonzero(referee_rows) if referee_rows is not None else np.array([], dtype=int)
-        rest = np.setdiff1d(rows, forced)[: max(REFEREE_CAP - len(forced), 0)]
-        rows = np.union1d(forced, rest)
-        notes.append(
-            f"{int(want.sum())} points needed the referee; it judged {len(rows)} and the rest were decided by majority."
-        )
+    forced = referee_rows if referee_rows is not None else np.zeros(n, dtype=bool)
+    optional = np.flatnonzero(want & ~forced)
+    allowed = budget.take(len(optional))
+    rows = np.union1d(np.flatnonzero(forced), optional[:allowed]).astype(int)
+    unproven = np.zeros(n, dtype=bool)
+    unproven[optional[allowed:]] = True
+
     exact = np.full((n, p), np.nan)
     refereed = np.zeros(n, dtype=bool)
+    own = {name: np.full((n, p), np.nan) for name in results}
     if len(rows):
-        exact[rows] = _referee.gradients(model, batch.take(rows))
+        sub = batch.take(rows)
+        need = np.full((len(rows), p), np.inf)
+        for name in results:
+            t = np.where(judged[name][rows], tol[name][rows], np.inf)
+            need = np.minimum(need, t)
+        need = np.where(np.isfinite(need), need * 2.0**-6, 0.0)
+        cert = _certify(model, sub, need, budget.deadline + 60.0 if referee_rows is not None else budget.deadline)
         refereed[rows] = True
+        st = cert.status
+        ex = np.where(st == _referee_codes()["CERTIFIED"], cert.value, np.nan)
+        exact[rows] = ex
+        codes = _referee_codes()
+        ref_kink = st == codes["KINK"]
+        for name in results:
+            j = judged[name][rows]
+            mark = np.zeros((n, p), dtype=bool)
+            for reason, code in (("undefined", "UNDEFINED"), ("beyond", "BEYOND"), ("unresolved", "UNRESOLVED")):
+                mark[:] = False
+                mark[rows] = (st == codes[code]) & j & ~kink[rows]
+                not_judged(name, mark, reason)
+        # A kink the referee proves (an argument exactly 0) that finite differences did not flag.
+        if ref_kink.any():
+            extra = np.zeros((n, p), dtype=bool)
+            extra[rows] = ref_kink & ~kink[rows]
+            kink |= extra
+        _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch, dtype, device,
+                     candidate_rounding, strict)
+        for name in results:
+            if (state[name] == MISMATCH).any():
+                budget.proven.add(name)
 
-    # Not judged: an exact value that is infinite or beyond float64's range,
-    # or a point where the loss is undefined for every engine and the referee.
-    beyond = np.isinf(exact)
-    undefined = np.isnan(exact) & refereed[:, None]
-    for res in results.values():
-        undefined &= ~np.isfinite(res.values)
-    if beyond.any():
-        notes.append(
-            f"{int(beyond.sum())} component(s) not judged: the exact gradient is infinite or beyond float64's range."
-        )
-    if undefined.any():
-        notes.append(f"{int(undefined.sum())} component(s) not judged: the loss is undefined (not real) there.")
-    disagree &= ~undefined
-    for name, res in results.items():
-        with np.errstate(invalid="ignore"):
-            off = ~(np.abs(res.values - exact) <= tol[name])
-        # An infinite tolerance is an engine's "no estimate here" (finite
-        # differences across a kink or pole, float32 across a kink).
-        off &= ~np.isinf(tol[name])
-        have = np.isfinite(exact) & ~kink
-        fault[name] |= have & off
-        # Undecided by the referee (beyond the cap or undefined there): majority.
-        undecided = disagree & np.isnan(exact) & ~undefined
-        if undecided.any():
-            others = [o for o in results if o != name]
+    # Disagreements the referee could not take: majority, only for an engine already proven at fault.
+    if unproven.any():
+        for name, res in results.items():
+            rows_u = unproven[:, None] & disagree & judged[name] & (state[name] == AGREE)
+            if not rows_u.any():
+                continue
             lonely = np.ones((n, p), dtype=bool)
-            for o in others:
+            for o in results:
+                if o == name:
+                    continue
                 with np.errstate(invalid="ignore"):
-                    lonely &= ~(np.abs(res.values - results[o].values) <= tol[name] + tol[o])
-            fault[name] |= undecided & lonely
+                    lonely &= ~(np.abs(res.values - results[o].values) <= tol[name] + tol[o]) | ~judged[o]
+            if name in budget.proven:
+                state[name][rows_u & lonely] = MISMATCH
+                not_judged(name, rows_u & ~lonely, "budget")
+            else:
+                not_judged(name, rows_u, "budget")
 
+    verdict = _component_classes(state, kink)
+    for reason, count in reasons.items():
+        notes.append(f"{count} component(s) not judged for some engine: {REASONS[reason]}.")
     return Comparison(
         model=model,
         batch=batch,
@@ -212,7 +345,93 @@ def compare(
         exact=exact,
         refereed=refereed,
         kink=kink,
-        fault=fault,
+        state=state,
+        verdict=verdict,
         disagree=disagree,
+        own=own,
+        reasons=reasons,
         notes=notes,
     )
+
+
+def _component_classes(state: dict[str, np.ndarray], kink: np.ndarray) -> np.ndarray:
+    """One class per component: mismatch > unstable > kink > not judged (any engine) > agree."""
+    stack = np.stack(list(state.values()))
+    out = np.full(kink.shape, AGREE, dtype=np.int8)
+    out[(stack == NOT_JUDGED).any(axis=0)] = NOT_JUDGED
+    out[kink] = KINK
+    out[(stack == UNSTABLE).any(axis=0)] = UNSTABLE
+    out[(stack == MISMATCH).any(axis=0)] = MISMATCH
+    return out
+
+
+def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch, dtype, device,
+                 candidate_rounding, strict) -> None:
+    """Each engine against the certified exact value at ``rows`` (Note [Verdict])."""
+    from . import rounding
+
+    have = np.isfinite(ex) & ~kink[rows]
+    for name, res in results.items():
+        g = res.values[rows]
+        j = judged[name][rows] & have & (state[name][rows] == AGREE)
+        with np.errstate(invalid="ignore"):
+            dev = np.abs(g - ex)
+        off = j & ~(dev <= tol[name][rows])
+        if not off.any():
+            continue
+        nonfinite = off & ~np.isfinite(g)
+        finite_off = off & np.isfinite(g)
+        st = state[name][rows]  # a copy (fancy indexing): written back below
+        if nonfinite.any():
+            project = name in PROJECT_ENGINES
+            st[nonfinite] = MISMATCH if (strict or not project) else UNSTABLE
+        if finite_off.any():
+            pts = np.flatnonzero(finite_off.any(axis=1))
+            sub = batch.take(rows[pts])
+            est = rounding.own_rounding(name, model, sub, res, g[pts], dtype=res.dtype, device=device,
+                                        candidate_rounding=candidate_rounding)
+            o = own[name]
+            block = o[rows[pts]]
+            block[:] = est
+            o[rows[pts]] = block
+            allowed = tol[name][rows][pts]
+            if name == "finite_differences" and res.error is not None:
+                allowed = np.maximum(allowed, FD_SAFETY * res.error[rows[pts]] + OWN_SAFETY * est)
+            else:
+                allowed = np.maximum(allowed, OWN_SAFETY * est)
+            d = dev[pts]
+            explained = d <= allowed
+            eps = _eps_of(res, d.shape)
+            eps = eps[rows[pts]] if isinstance(eps, np.ndarray) else eps
+            with np.errstate(invalid="ignore", divide="ignore"):
+                lost_half = d > np.sqrt(eps) * np.abs(ex[pts])
+            fo = finite_off[pts]
+            sub_st = st[pts]
+            sub_st[fo & explained & lost_half] = MISMATCH if strict else UNSTABLE
+            sub_st[fo & ~explained] = MISMATCH
+            st[pts] = sub_st
+        state[name][rows] = st
+
+
+# ------------------------------------------------------------------ referee adapter
+
+
+def _referee_codes() -> dict[str, int]:
+    return {k: getattr(_referee, k, v) for k, v in
+            (("CERTIFIED", 0), ("UNDEFINED", 1), ("UNRESOLVED", 2), ("BEYOND", 3), ("KINK", 4))}
+
+
+@dataclass
+class _Exact:
+    value: np.ndarray
+    status: np.ndarray
+
+
+def _certify(model: Model, batch: Batch, need: np.ndarray, deadline: float):
+    """The referee's certified enclosure (Note [Certified referee] in engines/referee.py)."""
+    if hasattr(_referee, "certify"):
+        return _referee.certify(model, batch, need=need, deadline=deadline)
+    values = _referee.gradients(model, batch)
+    status = np.where(np.isnan(values), 1, np.where(np.isinf(values), 3, 0)).astype(np.int8)
+    return _Exact(values, status)
+

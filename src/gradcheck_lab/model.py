@@ -30,6 +30,10 @@ from .errors import InvalidValueError, UsageError
 __all__ = ["Var", "Model", "Batch", "LOSSES"]
 
 KINDS = ("real", "binary", "class")
+#: Random points are drawn in blocks of this many, each from its own seeded generator (Note [Sampling]).
+SAMPLE_BLOCK = 1024
+#: Every SPREAD_EVERY-th random point is spread over magnitudes up to max_abs (Note [Sampling]).
+SPREAD_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -396,9 +400,44 @@ class Model:
         """The model's dataset at its initial parameters (with ``params`` applied)."""
         return self.batch(list(self.dataset), params)
 
-    def sample(self, n: int, seed: int = 0) -> Batch:
-        """``n`` random points drawn uniformly from the sampling domain, reproducibly."""
-        rng = np.random.default_rng(seed)
+    def sample(self, n: int, seed: int = 0, start: int = 0, spread: bool = True) -> Batch:
+        """Points ``start .. start + n - 1`` of the seeded random sequence, reproducibly.
+
+        Note [Sampling]
+        ~~~~~~~~~~~~~~~
+        The sequence is cut into blocks of ``SAMPLE_BLOCK`` points, block
+        ``k`` drawn from ``numpy.random.default_rng([seed, k])``: a point's
+        value depends only on ``seed`` and its index, never on how a run is
+        chunked. Each component is uniform in its variable's ``domain``,
+        except at every ``SPREAD_EVERY``-th point (index ``SPREAD_EVERY - 1``
+        modulo it), where real variables are spread over magnitudes:
+        ``+-10**u`` with ``u`` uniform in ``[-3, log10(max_abs)]``. Those
+        points reach the tails (saturated activations, large logits,
+        cancellation) where region-only bugs live, such as a backward that is
+        wrong only where a pre-activation exceeds 20. ``spread=False`` keeps
+        every point in the domain.
+        """
+        if n < 0 or start < 0:
+            raise UsageError(f"Expected non-negative n and start but got n={n}, start={start}.")
+        first, last = start // SAMPLE_BLOCK, (start + n - 1) // SAMPLE_BLOCK if n else start // SAMPLE_BLOCK
+        thetas, datas = [], []
+        for k in range(first, last + 1):
+            th, da = self._sample_block(seed, k, spread)
+            thetas.append(th)
+            datas.append(da)
+        lo = start - first * SAMPLE_BLOCK
+        theta = np.concatenate(thetas)[lo : lo + n]
+        data = np.concatenate(datas)[lo : lo + n]
+        return Batch(theta, data)
+
+    def _sample_block(self, seed: int, k: int, spread_on: bool) -> tuple[np.ndarray, np.ndarray]:
+        cache = self._cache.setdefault("sample_blocks", {})
+        key = (seed, k, spread_on)
+        if key in cache:
+            return cache[key]
+        n = SAMPLE_BLOCK
+        rng = np.random.default_rng([seed, k])
+        spread = ((np.arange(n) % SPREAD_EVERY) == SPREAD_EVERY - 1) & spread_on
 
         def draw(var: Var) -> np.ndarray:
             if var.kind == "binary":
@@ -406,11 +445,18 @@ class Model:
             if var.kind == "class":
                 return np.eye(var.shape[0])[rng.integers(0, var.shape[0], size=n)]
             lo, hi = var.domain
-            return rng.uniform(lo, hi, size=(n, var.size))
+            flat = rng.uniform(lo, hi, size=(n, var.size))
+            top = math.log10(max(var.max_abs, 1e-3))
+            mags = 10.0 ** rng.uniform(-3.0, top, size=(n, var.size))
+            signs = np.where(rng.random((n, var.size)) < 0.5, -1.0, 1.0)
+            return np.where(spread[:, None], signs * mags, flat)
 
         theta = np.concatenate([draw(v) for v in self.params], axis=1)
         data = np.concatenate([draw(v) for v in self.data_vars], axis=1)
-        return Batch(theta, data)
+        if len(cache) >= 4:  # bounded: memory must not grow with the number of points
+            cache.clear()
+        cache[key] = (theta, data)
+        return theta, data
 
     def describe_point(self, batch: Batch, i: int) -> dict[str, Any]:
         """Point ``i`` of ``batch`` in user form: inputs, target and parameters."""

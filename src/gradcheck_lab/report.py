@@ -1,7 +1,10 @@
 """The report: a comparison as data (JSON-ready), with the verdict and who is at fault.
 
-Built from one or more :class:`~gradcheck_lab.compare.Comparison` objects by
-:func:`build_report`; rendered for terminals by :mod:`gradcheck_lab.render`.
+Built by :class:`Accumulator`, which reduces each chunk's
+:class:`~gradcheck_lab.compare.Comparison` into running summaries as it
+arrives (worst discrepancy per pair and per engine, counts per verdict
+class, histograms, the failing points in full), so memory does not grow
+with the number of points; rendered for terminals by :mod:`gradcheck_lab.render`.
 The JSON schema is documented in docs/json.md (``schema`` field: version).
 """
 
@@ -14,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Report", "PointCheck", "ParamCheck", "PairWorst", "build_report", "SCHEMA", "pair_name"]
+__all__ = ["Report", "PointCheck", "ParamCheck", "PairWorst", "Accumulator", "SCHEMA", "pair_name", "RATIO_EDGES", "MAGNITUDE_EDGES"]
 
-SCHEMA = "gradcheck_lab.report/1"
+SCHEMA = "gradcheck_lab.report/2"
 
 ENGINE_LABELS = {
     "symbolic": "symbolic",
@@ -46,9 +49,11 @@ class ParamCheck:
     tolerance: dict[str, float | None]
     fd_error: float | None
     discrepancy: dict[str, float | None]
-    verdict: str  # "agree", "mismatch" or "kink"
+    verdict: str  # "agree", "mismatch", "unstable", "not_judged" or "kink"
     at_fault: list[str]
     kink_interval: list[float] | None = None
+    engine_verdicts: dict[str, str] = field(default_factory=dict)
+    own_rounding: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,6 +65,15 @@ class PointCheck:
     point: dict[str, Any]
     checks: list[ParamCheck]
     verdict: str
+
+    @property
+    def inputs(self) -> str:
+        """The point in one line: inputs, target and parameters."""
+        pt = dict(self.point)
+        params = pt.pop("params", {})
+        text = ", ".join(f"{k}={v!r}" for k, v in pt.items())
+        ps = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        return f"{text}; {ps}" if len(ps) <= 200 else f"{text}; {ps[:197]}..."
 
 
 @dataclass
@@ -80,7 +94,12 @@ class Report:
     """Everything ``verify`` found: per-point tables, a summary, the verdict.
 
     ``ok`` is true when no engine (or candidate) is at fault anywhere.
-    ``at_fault`` names the engines that are; ``message`` says by how much.
+    ``at_fault`` names the engines that are; ``message`` says by how much
+    and at which point. ``verdict`` is ``"mismatch"``, ``"unstable"``
+    (some engine lost most of its digits somewhere, explained by its own
+    rounding; not a failure) or ``"agree"``. ``counts`` has the components
+    per verdict class, ``engine_counts`` the same per engine, ``failures``
+    the failing points in full (every point the message names among them).
     """
 
     model: str
@@ -103,11 +122,17 @@ class Report:
     message: str
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    engine_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    unstable: dict[str, int] = field(default_factory=dict)
+    histograms: dict[str, Any] = field(default_factory=dict)
+    strict: bool = False
     schema: str = SCHEMA
 
     @property
     def ok(self) -> bool:
-        return self.verdict == "agree"
+        """True when no engine (or candidate) is at fault: exit code 0 (Note [Verdict])."""
+        return self.verdict != "mismatch"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,7 +150,16 @@ class Report:
         return self.render()
 
 
+
+#: Bin edges (log10) of the histograms of |error| / tolerance.
+RATIO_EDGES = [x / 2 for x in range(-16, 9)]  # 1e-8 .. 1e4
+#: Bin edges (log10) of the magnitude of the reference value.
+MAGNITUDE_EDGES = [float(x) for x in range(-20, 11)]
+
+
 def _param_check(cmp, n: int, i: int) -> ParamCheck:
+    from .compare import CLASSES
+
     res = cmp.results
     label = cmp.model.param_labels[i]
     kink = bool(cmp.kink[n, i])
@@ -144,15 +178,21 @@ def _param_check(cmp, n: int, i: int) -> ParamCheck:
         tolerance={e: _f(cmp.tol[e][n, i]) for e in res},
         fd_error=_f(fd.error[n, i]) if fd.error is not None else None,
         discrepancy=disc,
-        verdict="mismatch" if faults else ("kink" if kink else "agree"),
+        verdict=CLASSES[int(cmp.verdict[n, i])],
         at_fault=faults,
-        kink_interval=[float(fd.lower[n, i]), float(fd.upper[n, i])] if kink else None,
+        kink_interval=[float(fd.lower[n, i]), float(fd.upper[n, i])] if kink and fd.lower is not None else None,
+        engine_verdicts={e: CLASSES[int(cmp.state[e][n, i])] for e in res},
+        own_rounding={e: _f(cmp.own[e][n, i]) for e in res if np.isfinite(cmp.own[e][n, i])},
     )
 
 
-def _point_check(cmp, n: int, source: str, index: int) -> PointCheck:
+def point_check(cmp, n: int, source: str, index: int) -> PointCheck:
+    """Point ``n`` of a comparison in full, labelled as point ``index`` of ``source``."""
+    from .compare import CLASSES, MISMATCH
+
     checks = [_param_check(cmp, n, i) for i in range(cmp.batch.theta.shape[1])]
-    verdict = "mismatch" if any(c.at_fault for c in checks) else "agree"
+    row = cmp.verdict[n]
+    verdict = "mismatch" if (row == MISMATCH).any() else CLASSES[int(row.max())] if row.size else "agree"
     return PointCheck(index=index, source=source, point=cmp.model.describe_point(cmp.batch, n), checks=checks, verdict=verdict)
 
 
@@ -164,140 +204,273 @@ def _fmt(x: float) -> str:
     return text.replace("e-0", "e-").replace("e+0", "e+")
 
 
-def _fault_message(parts: list[tuple[str, Any]], engines: list[str], model) -> str:
-    """'autograd differs from the exact value by ...; symbolic and finite differences agree with it to ...'."""
-    lines = []
-    for engine in engines:
-        best = None  # (relative error, source, cmp, n, i)
-        for source, cmp in parts:
-            f = cmp.fault[engine]
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _fault_line(cmp, engine: str, n: int, i: int, source: str, index: int) -> str:
+    """'autograd differs from the exact value by ... at w2, random point 84 (...); symbolic ... agree with it to ...'."""
+    label = cmp.model.param_labels[i]
+    where = f"at {label}, {source} point {index}"
+    value = cmp.results[engine].values[n, i]
+    if cmp.kink[n, i]:
+        fd = cmp.results["finite_differences"]
+        return (f"{ENGINE_LABELS[engine]} gives {value:.6g} at a kink {where}; "
+                f"any value in [{fd.lower[n, i]:.6g}, {fd.upper[n, i]:.6g}] would do")
+    exact = cmp.exact[n, i]
+    proven = math.isfinite(exact)
+    ref = exact if proven else cmp.results["symbolic"].values[n, i]
+    others = [e for e in cmp.results if e != engine and not cmp.fault[e][n, i] and e != "candidate"
+              and math.isfinite(cmp.results[e].values[n, i])]
+    agree = ""
+    if others:
+        worst = max(abs(cmp.results[e].values[n, i] - ref) / max(abs(ref), np.finfo(float).tiny) for e in others)
+        agree = f"; {_join([ENGINE_LABELS[e] for e in others])} agree{'s' if len(others) == 1 else ''} with it to {_fmt(worst)}"
+    base = "the exact value" if proven else "the majority"
+    if not math.isfinite(value):
+        return f"{ENGINE_LABELS[engine]} gives {value} {where} where {base} is {ref:.10g}{agree}"
+    own = cmp.own[engine][n, i]
+    bound = ""
+    if np.isfinite(own):
+        bound = f" (its own rounding there: about {_fmt(own)})"
+    kind = "relative" if ref != 0 else "absolute"
+    size = abs(value - ref) / abs(ref) if ref != 0 else abs(value)
+    return (f"{ENGINE_LABELS[engine]} differs from {base} by {_fmt(size)} ({kind}) {where} "
+            f"({value:.10g} vs {ref:.10g}){agree}{bound}")
+
+
+def _hist(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Counts of log10(values) in bins of ``edges``, out-of-range values clamped to the end bins."""
+    v = values[np.isfinite(values)]
+    with np.errstate(divide="ignore"):
+        lg = np.log10(np.maximum(v, 1e-300))
+    idx = np.clip(np.searchsorted(edges, lg, side="right") - 1, 0, len(edges) - 2)
+    return np.bincount(idx, minlength=len(edges) - 1)
+
+
+class Accumulator:
+    """Running summaries of a check, fed one :class:`~gradcheck_lab.compare.Comparison` at a time.
+
+    Keeps, whatever the number of points: counts per verdict class (total
+    and per engine), the worst discrepancy per engine pair, per engine the
+    worst proven fault (its message line and its point in full), the first
+    ``max_failures`` failing points, histograms, and the notes' counts.
+    """
+
+    def __init__(self, model, max_failures: int = 5):
+        self.model = model
+        self.max_failures = max_failures
+        self.engines: list[str] = []
+        self.data_points: list[PointCheck] = []
+        self.failures: list[PointCheck] = []
+        self.random_n = 0
+        self.total = 0
+        self.counts: dict[str, int] = {}
+        self.engine_counts: dict[str, dict[str, int]] = {}
+        self.mismatches: dict[str, int] = {}
+        self.unstable: dict[str, int] = {}
+        self.kinks = 0
+        self.pair_best: dict[str, tuple[float, PairWorst]] = {}
+        self.worst_fault: dict[str, tuple[float, str, PointCheck]] = {}
+        self.reasons: dict[str, int] = {}
+        self.notes: list[str] = []
+        self.hist_engines: dict[str, np.ndarray] = {}
+        self.hist_pairs: dict[str, np.ndarray] = {}
+        self.hist_mag: dict[str, np.ndarray] = {}
+
+    def add(self, source: str, cmp, offset: int = 0) -> None:
+        """Fold in one comparison whose point ``n`` is point ``offset + n`` of ``source``."""
+        from .compare import CLASSES, MISMATCH, UNSTABLE
+
+        if not self.engines:
+            self.engines = list(cmp.results)
+            for e in self.engines:
+                self.mismatches[e] = 0
+                self.unstable[e] = 0
+                self.engine_counts[e] = {c: 0 for c in CLASSES.values()}
+        n_pts = len(cmp.batch)
+        self.total += n_pts
+        for code, name in CLASSES.items():
+            self.counts[name] = self.counts.get(name, 0) + int((cmp.verdict == code).sum())
+        for e in self.engines:
+            st = cmp.state[e]
+            for code, name in CLASSES.items():
+                self.engine_counts[e][name] += int((st == code).sum())
+            self.mismatches[e] += int((st == MISMATCH).any(axis=1).sum())
+            self.unstable[e] += int((st == UNSTABLE).any(axis=1).sum())
+        self.kinks += int(cmp.kink.sum())
+        for reason, count in cmp.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
+        for note in cmp.notes:
+            if "not judged for some engine" not in note and note not in self.notes:
+                self.notes.append(note)
+        self._pairs(source, cmp, offset)
+        self._histograms(cmp)
+        if source == "data":
+            self.data_points.extend(point_check(cmp, n, source, offset + n) for n in range(n_pts))
+        else:
+            self.random_n += n_pts
+        self._faults(source, cmp, offset)
+
+    def _pairs(self, source, cmp, offset) -> None:
+        tiny = np.finfo(float).tiny
+        for k, a in enumerate(self.engines):
+            for b in self.engines[k + 1 :]:
+                with np.errstate(all="ignore"):
+                    d = np.abs(cmp.results[a].values - cmp.results[b].values)
+                    tol = cmp.tol[a] + cmp.tol[b]
+                    ratio = np.where(cmp.kink, 0.0, d / np.maximum(tol, tiny))
+                ratio = np.nan_to_num(ratio, nan=np.inf)
+                if ratio.size == 0:
+                    continue
+                j = int(np.argmax(ratio))
+                n, i = divmod(j, ratio.shape[1])
+                key = pair_name(a, b)
+                if key not in self.pair_best or ratio[n, i] > self.pair_best[key][0]:
+                    ref = abs(cmp.results["symbolic"].values[n, i])
+                    rel = d[n, i] / ref if ref > 0 else (0.0 if d[n, i] == 0 else math.inf)
+                    self.pair_best[key] = (
+                        float(ratio[n, i]),
+                        PairWorst(key, _f(d[n, i]), _f(rel), _f(tol[n, i]), self.model.param_labels[i], source, offset + n),
+                    )
+
+    def _reference(self, cmp, engine: str) -> np.ndarray:
+        other = "autograd" if engine == "symbolic" else "symbolic"
+        return np.where(np.isfinite(cmp.exact), cmp.exact, cmp.results[other].values)
+
+    def _histograms(self, cmp) -> None:
+        tiny = np.finfo(float).tiny
+        judged_any = ~cmp.kink
+        for e in self.engines:
+            ref = self._reference(cmp, e)
+            with np.errstate(all="ignore"):
+                ratio = np.abs(cmp.results[e].values - ref) / np.maximum(cmp.tol[e], tiny)
+            keep = judged_any & np.isfinite(ratio) & np.isfinite(cmp.tol[e])
+            h = _hist(ratio[keep], RATIO_EDGES)
+            self.hist_engines[e] = self.hist_engines.get(e, 0) + h
+            # error against magnitude: 2-D counts [magnitude bin][ratio bin]
+            r = ratio[keep]
+            m = np.abs(ref[keep])
+            with np.errstate(divide="ignore"):
+                mi = np.clip(np.searchsorted(MAGNITUDE_EDGES, np.log10(np.maximum(m, 1e-300)), side="right") - 1,
+                             0, len(MAGNITUDE_EDGES) - 2)
+                ri = np.clip(np.searchsorted(RATIO_EDGES, np.log10(np.maximum(r, 1e-300)), side="right") - 1,
+                             0, len(RATIO_EDGES) - 2)
+            grid = np.zeros((len(MAGNITUDE_EDGES) - 1, len(RATIO_EDGES) - 1), dtype=np.int64)
+            np.add.at(grid, (mi, ri), 1)
+            self.hist_mag[e] = self.hist_mag.get(e, 0) + grid
+        for k, a in enumerate(self.engines):
+            for b in self.engines[k + 1 :]:
+                with np.errstate(all="ignore"):
+                    ratio = np.abs(cmp.results[a].values - cmp.results[b].values) / np.maximum(
+                        cmp.tol[a] + cmp.tol[b], tiny
+                    )
+                keep = judged_any & np.isfinite(ratio)
+                key = pair_name(a, b)
+                self.hist_pairs[key] = self.hist_pairs.get(key, 0) + _hist(ratio[keep], RATIO_EDGES)
+
+    def _faults(self, source, cmp, offset) -> None:
+        from .compare import MISMATCH
+
+        bad_rows = np.flatnonzero((cmp.verdict == MISMATCH).any(axis=1))
+        if not len(bad_rows):
+            return
+        shown = {(p.source, p.index) for p in self.failures}
+        if source != "data":
+            for n in bad_rows[: max(self.max_failures - len(self.failures), 0)]:
+                self.failures.append(point_check(cmp, int(n), source, offset + int(n)))
+                shown.add((source, offset + int(n)))
+        tiny = np.finfo(float).tiny
+        for e in self.engines:
+            f = cmp.state[e] == MISMATCH
             if not f.any():
                 continue
-            vals = cmp.results[engine].values
-            ref = np.where(np.isfinite(cmp.exact), cmp.exact, cmp.results["symbolic"].values)
+            vals = cmp.results[e].values
+            proven = np.isfinite(cmp.exact)
+            ref = np.where(proven, cmp.exact, cmp.results["symbolic"].values)
             with np.errstate(all="ignore"):
-                rel = np.abs(vals - ref) / np.maximum(np.abs(ref), np.finfo(float).tiny)
-            rel = np.where(f, np.nan_to_num(rel, nan=np.inf), -1.0)
-            k = int(np.argmax(rel))
-            n, i = divmod(k, rel.shape[1])
-            if best is None or rel[n, i] > best[0]:
-                best = (float(rel[n, i]), source, cmp, n, i)
-        if best is None:
-            continue
-        rel, source, cmp, n, i = best
-        label = model.param_labels[i]
-        where = f"at {label}, {source} point {n}"
-        if cmp.kink[n, i]:
-            lo, hi = cmp.results["finite_differences"].lower[n, i], cmp.results["finite_differences"].upper[n, i]
-            lines.append(
-                f"{ENGINE_LABELS[engine]} gives {cmp.results[engine].values[n, i]:.6g} at a kink {where}; "
-                f"any value in [{lo:.6g}, {hi:.6g}] would do"
-            )
-            continue
-        exact = cmp.exact[n, i]
-        others = [e for e in cmp.results if e != engine and not cmp.fault[e][n, i] and e != "candidate"]
-        ref = exact if math.isfinite(exact) else cmp.results["symbolic"].values[n, i]
-        agree = ""
-        if others:
-            worst = max(abs(cmp.results[e].values[n, i] - ref) / max(abs(ref), np.finfo(float).tiny) for e in others)
-            names = [ENGINE_LABELS[e] for e in others]
-            who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-            agree = f"; {who} agree{'s' if len(others) == 1 else ''} with it to {_fmt(worst)}"
-        value = cmp.results[engine].values[n, i]
-        if not math.isfinite(value):
-            lines.append(f"{ENGINE_LABELS[engine]} gives {value} {where} where the exact value is {ref:.10g}{agree}")
-            continue
-        kind = "relative" if ref != 0 else "absolute"
-        size = rel if ref != 0 else abs(value)
-        base = "the exact value" if math.isfinite(exact) else "the majority"
-        lines.append(
-            f"{ENGINE_LABELS[engine]} differs from {base} by {_fmt(size)} ({kind}) {where} "
-            f"({value:.10g} vs {ref:.10g}){agree}"
-        )
-    return "\n".join(lines)
+                rel = np.abs(vals - ref) / np.maximum(np.abs(ref), tiny)
+            # A proven fault ranks above any majority one.
+            score = np.where(f, np.nan_to_num(rel, nan=np.inf, posinf=1e308) + np.where(proven, 1e308, 0.0), -1.0)
+            j = int(np.argmax(score))
+            n, i = divmod(j, score.shape[1])
+            if e not in self.worst_fault or score[n, i] > self.worst_fault[e][0]:
+                line = _fault_line(cmp, e, n, i, source, offset + n)
+                pc = point_check(cmp, n, source, offset + n)
+                line += f"\n  at that point: {pc.inputs}"
+                self.worst_fault[e] = (float(score[n, i]), line, pc)
 
+    def report(self, *, dtype: str, device: str, seed: int | None, derivatives: dict[str, str],
+               seconds: float = 0.0, strict: bool = False) -> Report:
+        from .compare import REASONS
 
-def _pair_worst(parts: list[tuple[str, Any]], a: str, b: str, model) -> PairWorst:
-    best = None
-    for source, cmp in parts:
-        with np.errstate(all="ignore"):
-            d = np.abs(cmp.results[a].values - cmp.results[b].values)
-            tol = cmp.tol[a] + cmp.tol[b]
-            ratio = np.where(cmp.kink, 0.0, d / np.maximum(tol, np.finfo(float).tiny))
-        ratio = np.nan_to_num(ratio, nan=np.inf)
-        if ratio.size == 0:
-            continue
-        k = int(np.argmax(ratio))
-        n, i = divmod(k, ratio.shape[1])
-        if best is None or ratio[n, i] > best[0]:
-            ref = abs(cmp.results["symbolic"].values[n, i])
-            rel = d[n, i] / ref if ref > 0 else (0.0 if d[n, i] == 0 else math.inf)
-            best = (ratio[n, i], PairWorst(pair_name(a, b), _f(d[n, i]), _f(rel), _f(tol[n, i]), model.param_labels[i], source, int(n)))
-    return best[1] if best else PairWorst(pair_name(a, b), None, None, None, None, None, None)
-
-
-def build_report(
-    model,
-    parts: list[tuple[str, Any]],
-    *,
-    dtype: str,
-    device: str,
-    seed: int | None,
-    derivatives: dict[str, str],
-    max_failures: int = 5,
-    seconds: float = 0.0,
-) -> Report:
-    """A :class:`Report` from comparisons tagged ``"data"`` or ``"random"``."""
-    engines = list(parts[0][1].results) if parts else []
-    data_points, failures = [], []
-    mismatches = {e: 0 for e in engines}
-    kinks = 0
-    random_n = 0
-    notes: list[str] = []
-    for source, cmp in parts:
-        notes.extend(cmp.notes)
-        kinks += int(cmp.kink.sum())
-        for e in engines:
-            mismatches[e] += int(cmp.fault[e].any(axis=1).sum())
-        if source == "data":
-            data_points.extend(_point_check(cmp, n, source, n) for n in range(len(cmp.batch)))
+        model = self.model
+        at_fault = [e for e in self.engines if self.mismatches.get(e)]
+        failures = list(self.failures)
+        for e in at_fault:
+            pc = self.worst_fault[e][2] if e in self.worst_fault else None
+            if pc is not None and pc.source != "data" and all((p.source, p.index) != (pc.source, pc.index) for p in failures):
+                failures.append(pc)
+        notes = list(self.notes)
+        for reason, count in self.reasons.items():
+            notes.append(f"{count} component(s) not judged for some engine: {REASONS[reason]}.")
+        for e, count in self.unstable.items():
+            if count:
+                notes.append(
+                    f"{ENGINE_LABELS[e]} is numerically unstable at {count} point(s): its own rounding explains the "
+                    f"deviation, but it lost more than half its digits there"
+                    + (" (strict: counted as mismatches)" if strict else "")
+                    + "."
+                )
+        unstable_any = any(self.unstable.values())
+        if at_fault:
+            message = "\n".join(self.worst_fault[e][1] for e in at_fault if e in self.worst_fault)
+            verdict = "mismatch"
         else:
-            random_n += len(cmp.batch)
-            bad = np.flatnonzero(cmp.any_fault().any(axis=1))
-            for n in bad[: max(max_failures - len(failures), 0)]:
-                failures.append(_point_check(cmp, int(n), source, int(n)))
-    at_fault = [e for e in engines if mismatches[e]]
-    summary = [_pair_worst(parts, a, b, model) for k, a in enumerate(engines) for b in engines[k + 1 :]]
-    total = sum(len(c.batch) for _, c in parts)
-    if at_fault:
-        message = _fault_message(parts, at_fault, model)
-    else:
-        message = (
-            f"all {len(engines)} engines agree on {total} point{'s' if total != 1 else ''} x "
-            f"{model.n_params} parameter{'s' if model.n_params != 1 else ''}"
-            + (", the exact referee confirming the data points" if data_points else "")
-            + (f" ({kinks} kink{'s' if kinks != 1 else ''}: derivative undefined, subgradients accepted)" if kinks else "")
-            + ("; some components were not judged (see notes)" if any("not judged" in n for n in notes) else "")
+            total = self.total
+            message = (
+                f"all {len(self.engines)} engines agree on {total} point{'s' if total != 1 else ''} x "
+                f"{model.n_params} parameter{'s' if model.n_params != 1 else ''}"
+                + (", the exact referee confirming the data points" if self.data_points else "")
+                + (f" ({self.kinks} kink{'s' if self.kinks != 1 else ''}: derivative undefined, subgradients accepted)" if self.kinks else "")
+                + (f"; {self.counts.get('unstable', 0)} component(s) numerically unstable (see notes)" if unstable_any else "")
+                + ("; some components were not judged (see notes)" if self.reasons else "")
+            )
+            verdict = "unstable" if unstable_any else "agree"
+        summary = [self.pair_best[pair_name(a, b)][1] if pair_name(a, b) in self.pair_best else
+                   PairWorst(pair_name(a, b), None, None, None, None, None, None)
+                   for k, a in enumerate(self.engines) for b in self.engines[k + 1 :]]
+        histograms = {
+            "ratio_edges": RATIO_EDGES,
+            "engines": {e: [int(x) for x in np.asarray(h).tolist()] for e, h in self.hist_engines.items()},
+            "pairs": {k: [int(x) for x in np.asarray(h).tolist()] for k, h in self.hist_pairs.items()},
+            "magnitude_edges": MAGNITUDE_EDGES,
+            "magnitude": {e: np.asarray(h).astype(int).tolist() for e, h in self.hist_mag.items()},
+        }
+        return Report(
+            model=model.name,
+            formula=model.formula,
+            loss=model.loss_name,
+            params=model.param_labels,
+            derivatives=derivatives,
+            dtype=dtype,
+            device=device,
+            seed=seed,
+            engines=self.engines,
+            data_points=self.data_points,
+            random_points=self.random_n,
+            summary=summary,
+            mismatches=dict(self.mismatches),
+            kinks=self.kinks,
+            failures=failures,
+            verdict=verdict,
+            at_fault=at_fault,
+            message=message,
+            notes=notes,
+            seconds=round(seconds, 4),
+            counts=dict(self.counts),
+            engine_counts={e: dict(c) for e, c in self.engine_counts.items()},
+            unstable=dict(self.unstable),
+            histograms=histograms,
+            strict=strict,
         )
-    return Report(
-        model=model.name,
-        formula=model.formula,
-        loss=model.loss_name,
-        params=model.param_labels,
-        derivatives=derivatives,
-        dtype=dtype,
-        device=device,
-        seed=seed,
-        engines=engines,
-        data_points=data_points,
-        random_points=random_n,
-        summary=summary,
-        mismatches=mismatches,
-        kinks=kinks,
-        failures=failures,
-        verdict="mismatch" if at_fault else "agree",
-        at_fault=at_fault,
-        message=message,
-        notes=notes,
-        seconds=round(seconds, 4),
-    )

@@ -50,6 +50,7 @@ __all__ = [
     "TINY",
     "SAFETY",
     "FD_SAFETY",
+    "OWN_SAFETY",
     "rounding_scale",
     "engine_tolerance",
     "fd_tolerance",
@@ -73,6 +74,9 @@ SAFETY: dict[str, float] = {"float64": 128.0, "float32": 256.0}
 
 #: Multiple of the finite-difference error estimate accepted.
 FD_SAFETY = 16.0
+
+#: Multiple of an engine's own measured rounding it may be off by (Note [Own rounding], rounding.py).
+OWN_SAFETY = 32.0
 
 
 #: Relative size of the input perturbations of the precision probe.

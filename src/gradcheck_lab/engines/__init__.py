@@ -26,7 +26,9 @@ class Gradients:
     ``error`` is the engine's own error estimate per component where it has
     one (finite differences), else ``None``. ``kink`` marks components where
     the loss has a kink at the point (finite differences detect them) and
-    ``lower``/``upper`` bound the one-sided derivatives there.
+    ``lower``/``upper`` bound the one-sided derivatives there. ``f32`` marks
+    components computed in float32 where precision varies per point and
+    component (a candidate returning NumPy float32 at some points only).
     """
 
     engine: str
@@ -36,6 +38,7 @@ class Gradients:
     kink: np.ndarray | None = None
     lower: np.ndarray | None = None
     upper: np.ndarray | None = None
+    f32: np.ndarray | None = None
 
 
 #: name -> module implementing ``gradients``; imported on first use.

@@ -128,9 +128,16 @@ RETRY_SHRINK = 2.0**-8
 EPS = np.finfo(np.float64).eps
 
 
-def _loss(model: Model, theta_cols: list, data_cols: list, ops=None) -> np.ndarray:
+def _loss(model: Model, theta_cols: list, data_cols: list, ops=None, perturb=None) -> np.ndarray:
+    """The loss on the NumPy backend; ``perturb`` (a rounding context) runs it in Monte Carlo arithmetic."""
     with np.errstate(all="ignore"):
         ops = ops or backend("numpy")
+        if perturb is not None:
+            from ..rounding import perturbed_numpy, plain
+
+            theta_cols = perturbed_numpy(theta_cols, perturb.rng, "float64", perturb)
+            data_cols = perturbed_numpy(data_cols, perturb.rng, "float64", perturb)
+            return plain(model.loss(ops, theta_cols.__getitem__, data_cols.__getitem__)).astype(float)
         return np.asarray(model.loss(ops, theta_cols.__getitem__, data_cols.__getitem__), dtype=float)
 
 
@@ -208,7 +215,7 @@ def richardson(d: np.ndarray) -> list[np.ndarray]:
     return bests
 
 
-def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale):
+def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=None):
     """Value, error, kink flag, subgradient bounds and 'kink beside' of parameter ``i``."""
     n = len(f0)
     K = len(ladder)
@@ -220,7 +227,7 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale):
     cols = list(theta_cols)
     cols[i] = np.concatenate([tp, tm, t[None, :]])
     record: list = []
-    f = np.broadcast_to(_loss(model, cols, data_cols, _recording_ops(record)), (2 * K + 1, n))
+    f = np.broadcast_to(_loss(model, cols, data_cols, _recording_ops(record), perturb), (2 * K + 1, n))
     beside, at = _crossings(record, (2 * K + 1, n))
     f = f[: 2 * K]
     fp, fm = f[:K], f[K:]
@@ -261,12 +268,18 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale):
     return value, error, jump, lower, upper, beside & ~at & ~jump
 
 
-def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu") -> Gradients:
-    """Richardson central differences of the NumPy loss, with error estimates and kink flags."""
+def gradients(
+    model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", perturb=None
+) -> Gradients:
+    """Richardson central differences of the NumPy loss, with error estimates and kink flags.
+
+    ``perturb`` (a :func:`gradcheck_lab.rounding.context`) evaluates every loss in Monte Carlo
+    arithmetic, to measure this engine's own rounding (Note [Own rounding]).
+    """
     n, p = batch.theta.shape
     theta_cols = [batch.theta[:, i] for i in range(p)]
     data_cols = [batch.data[:, j] for j in range(batch.data.shape[1])]
-    f0 = np.broadcast_to(_loss(model, theta_cols, data_cols), (n,))
+    f0 = np.broadcast_to(_loss(model, theta_cols, data_cols, perturb=perturb), (n,))
     # Note [FD error estimate]: the loss's rounding scale, from a float32 run.
     f32 = _loss(model, [c.astype(np.float32) for c in theta_cols], [c.astype(np.float32) for c in data_cols])
     with np.errstate(all="ignore"):
@@ -277,13 +290,15 @@ def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str
     out = {k: np.empty((n, p)) for k in ("values", "error", "lower", "upper")}
     kink = np.zeros((n, p), dtype=bool)
     for i in range(p):
-        value, error, jump, lower, upper, beside = _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale)
+        value, error, jump, lower, upper, beside = _one_parameter(
+            model, theta_cols, data_cols, i, ladder, f0, fscale, perturb
+        )
         rows = np.flatnonzero(beside)
         if len(rows):
             # Note [Convergence]: a kink beside the point; retry with steps that may fit before it.
             sub = _one_parameter(
                 model, [c[rows] for c in theta_cols], [c[rows] for c in data_cols], i,
-                ladder * RETRY_SHRINK, f0[rows], fscale[rows],
+                ladder * RETRY_SHRINK, f0[rows], fscale[rows], perturb,
             )
             for arr, new in zip((value, error, jump, lower, upper), sub[:5]):
                 arr[rows] = new

@@ -1,0 +1,317 @@
+"""Monte Carlo arithmetic: each engine's rounding error measured on the computation it performs.
+
+Note [Own rounding]
+~~~~~~~~~~~~~~~~~~~
+A tolerance derived from one algorithm says nothing about another: SymPy's
+derivative of ``sigmoid`` is ``exp(-z)/(1 + exp(-z))**2``, well conditioned,
+while torch's autograd computes ``s * (1 - s)`` and loses ``log10(1/(1-s))``
+digits when ``s`` saturates. So every engine (and a candidate written in
+NumPy or torch) is re-run with **Monte Carlo arithmetic** (Parker 1997;
+the "random rounding" mode of verificarlo): the result of every floating
+point operation it performs is multiplied by ``1 + d`` with ``d`` uniform
+in ``[-2**-VIRTUAL, 2**-VIRTUAL]`` relative to its dtype's unit roundoff,
+and the spread of ``SAMPLES`` perturbed runs around the plain run
+estimates how far the plain run's own rounding can have moved the result.
+
+How the perturbation reaches each engine:
+
+* NumPy (the symbolic engine's compiled closed form, the finite differences'
+  loss evaluations): the inputs are wrapped in :class:`MCAArray`, an
+  ``ndarray`` subclass whose ``__array_ufunc__`` perturbs the output of
+  every ufunc (``+ - * / **``, ``exp``, ``log``, reductions...). Every
+  operation lambdify's generated code or the NumPy backend performs is a
+  ufunc, so no operation escapes.
+* torch (the autograd engine and torch candidates, custom
+  ``autograd.Function`` backwards included): a ``TorchDispatchMode`` sees
+  every aten operation of the forward *and* the backward pass and perturbs
+  the floating output of each computing one (views and copies are exact and
+  left alone). ``TorchDispatchMode`` lives in ``torch.utils._python_dispatch``:
+  private, but the mechanism torch's own ``FlopCounterMode`` and
+  ``CrossRefMode`` use, stable since torch 1.13; the autograd engine's
+  values themselves are never computed under it.
+* A gradient function (Python or NumPy code we cannot instrument) is
+  measured by its sensitivity to its inputs: it is called at inputs moved
+  by ``2**-VIRTUAL`` relative, as the issue of hand-written code suggests.
+
+The estimate is ``(max_r g_r - min_r g_r) * 2**-(MANTISSA - VIRTUAL)``: with
+``VIRTUAL = MANTISSA - 3`` the perturbations are 8 units of roundoff, well
+above the plain run's own rounding (so the spread measures the
+perturbations, not noise) and far below any nonlinearity. The verdict uses
+``OWN_SAFETY`` times it (Note [Verdict] in compare.py, the constant in tolerance.py); the
+figures that set it are in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "MCAArray",
+    "SAMPLES",
+    "VIRTUAL",
+    "own_rounding",
+    "perturbed_numpy",
+    "torch_mca",
+    "spread",
+    "scale_back",
+]
+
+#: Number of perturbed runs per estimate.
+SAMPLES = 3
+#: Bits below the dtype's unit roundoff at which results are perturbed: 2**-(p - 3) relative.
+VIRTUAL_SHIFT = 3
+VIRTUAL = {"float64": 52 - VIRTUAL_SHIFT, "float32": 23 - VIRTUAL_SHIFT}
+
+
+#: Operations that never round: their results are not perturbed.
+_EXACT_UFUNCS = frozenset({"negative", "positive", "absolute", "maximum", "minimum", "fmax", "fmin", "sign",
+                           "copysign", "greater", "less", "equal", "not_equal", "greater_equal", "less_equal",
+                           "logical_and", "logical_or", "logical_not", "isfinite", "isnan", "isinf"})
+#: ... and those whose result is exact whenever it is subnormal (Sterbenz): they cannot underflow.
+_NO_UNDERFLOW = _EXACT_UFUNCS | {"add", "subtract"}
+
+
+class _Context:
+    """What the perturbed arrays of one run share: the generator, the size, the underflow record."""
+
+    def __init__(self, rng: np.random.Generator, delta: float, n: int):
+        self.rng, self.delta, self.n = rng, delta, n
+        #: points where some operation underflowed (a result below the smallest normal number):
+        #: relative perturbations cannot measure the absolute error that makes (Note [Own rounding]).
+        self.tainted = np.zeros(n, dtype=bool)
+
+    def underflow(self, result: np.ndarray, inputs: list) -> None:
+        tiny = np.finfo(result.dtype).tiny
+        with np.errstate(all="ignore"):
+            small = np.abs(result) < tiny
+            if not small.any():
+                return
+            for x in inputs:
+                if isinstance(x, np.ndarray) or np.isscalar(x):
+                    small = small & (np.asarray(x) != 0)
+        if small.ndim and small.shape[-1] == self.n:
+            self.tainted |= small.reshape(-1, self.n).any(axis=0)
+        elif small.any():
+            self.tainted[:] = True
+
+
+class MCAArray(np.ndarray):
+    """An array whose every ufunc result is perturbed by a random relative error.
+
+    Created by :func:`perturbed_numpy`; the run's :class:`_Context` travels
+    to every result.
+    """
+
+    _ctx: _Context | None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self._ctx = getattr(obj, "_ctx", None)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        ctx = None
+        plain_inputs = []
+        for x in inputs:
+            if isinstance(x, MCAArray):
+                ctx = ctx or x._ctx
+                plain_inputs.append(x.view(np.ndarray))
+            else:
+                plain_inputs.append(x)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, MCAArray) else o for o in kwargs["out"])
+        result = getattr(ufunc, method)(*plain_inputs, **kwargs)
+        if ctx is not None and method == "__call__" and ufunc.__name__ not in _NO_UNDERFLOW:
+            for r in result if isinstance(result, tuple) else (result,):
+                arr = np.asarray(r)
+                if arr.dtype.kind == "f":
+                    ctx.underflow(arr, plain_inputs)
+        return _wrap(result, ctx, ufunc.__name__ not in _EXACT_UFUNCS)
+
+
+def _wrap(result: Any, ctx: _Context | None, perturb: bool) -> Any:
+    if isinstance(result, tuple):
+        return tuple(_wrap(r, ctx, perturb) for r in result)
+    arr = np.asarray(result)
+    if ctx is None or arr.dtype.kind != "f":
+        return result
+    if perturb:
+        noise = ctx.rng.uniform(-ctx.delta, ctx.delta, size=arr.shape).astype(arr.dtype)
+        arr = np.asarray(arr * (1 + noise))
+    out = arr.view(MCAArray)
+    out._ctx = ctx
+    return out
+
+
+def perturbed_numpy(columns: list[np.ndarray], rng: np.random.Generator, dtype: str, ctx: _Context | None = None):
+    """``columns`` as :class:`MCAArray` views that perturb every operation done with them."""
+    if ctx is None:
+        n = max((np.shape(c)[-1] for c in columns if np.ndim(c)), default=1)
+        ctx = _Context(rng, 2.0 ** -VIRTUAL[dtype], n)
+    out = []
+    for c in columns:
+        a = np.asarray(c).view(MCAArray)
+        a._ctx = ctx
+        out.append(a)
+    return out
+
+
+def context(n: int, seed: int, dtype: str) -> _Context:
+    """A fresh run context for ``n`` points."""
+    return _Context(np.random.default_rng(seed), 2.0 ** -VIRTUAL[dtype], n)
+
+
+def plain(x: Any) -> np.ndarray:
+    """An :class:`MCAArray` (or anything array-like) as a plain float array."""
+    return np.asarray(x).view(np.ndarray) if isinstance(x, np.ndarray) else np.asarray(x, dtype=float)
+
+
+def torch_mca(dtype: str, seed: int, n: int | None = None):
+    """A ``TorchDispatchMode`` perturbing every computing aten operation's floating result.
+
+    With ``n`` (points along the last axis) it records in ``mode.tainted``
+    the points where some operation underflowed.
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    gen = torch.Generator().manual_seed(seed)
+    delta = 2.0 ** -VIRTUAL[dtype]
+    exact_ops = _exact_ops()
+
+    class _MCA(TorchDispatchMode):
+        tainted = np.zeros(n or 1, dtype=bool)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            if name in exact_ops or name.endswith("_") or func._schema.is_mutable:
+                return out
+            if name not in ("add", "sub", "rsub") and isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
+                self._underflow(out, args)
+            return _perturb_tree(out, gen, delta, torch)
+
+        def _underflow(self, out, args):
+            small = out.abs() < torch.finfo(out.dtype).tiny
+            if not bool(small.any()):
+                return
+            for a in args:
+                if isinstance(a, torch.Tensor) and a.is_floating_point():
+                    try:
+                        small = small & (a != 0).broadcast_to(out.shape)
+                    except RuntimeError:
+                        pass
+            small_np = small.detach().cpu().numpy()
+            size = len(self.tainted)
+            if small_np.ndim and small_np.shape[-1] == size:
+                self.tainted |= small_np.reshape(-1, size).any(axis=0)
+            elif small_np.any():
+                self.tainted[:] = True
+
+    return _MCA()
+
+
+def _perturb_tree(out, gen, delta, torch):
+    if isinstance(out, torch.Tensor):
+        if out.is_floating_point() and out.numel():
+            noise = (torch.rand(out.shape, generator=gen, dtype=out.dtype, device="cpu") * 2 - 1) * delta
+            return out * (1 + noise.to(out.device))
+        return out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_perturb_tree(o, gen, delta, torch) for o in out)
+    return out
+
+
+def _exact_ops() -> frozenset[str]:
+    """aten operations that move, select or compare values without rounding them."""
+    return frozenset(
+        """view _unsafe_view reshape alias t transpose permute expand squeeze unsqueeze select slice
+        index index_select gather narrow clone contiguous copy detach lift_fresh zeros_like ones_like
+        empty_like new_zeros new_ones new_empty zeros ones empty full fill scalar_tensor stack cat
+        split split_with_sizes unbind _to_copy to where masked_fill relu threshold_backward abs neg
+        sign ge gt le lt eq ne maximum minimum max min clamp _conj resolve_conj resolve_neg
+        as_strided expand_as flatten unflatten diagonal movedim select_backward slice_backward
+        expand_copy permute_copy view_copy t_copy transpose_copy squeeze_copy unsqueeze_copy
+        index_put new_empty_strided empty_strided zero""".split()
+    )
+
+
+def spread(runs: list[np.ndarray]) -> np.ndarray:
+    """``max - min`` over perturbed runs per component; infinite where a run is not finite.
+
+    The runs are compared with each other, not with the engine's reported
+    values, so the estimate is that of the computation itself even where
+    an engine was replaced (tests of the checker) or is wrong.
+    """
+    stack = np.stack([np.asarray(r, dtype=float) for r in runs])
+    with np.errstate(invalid="ignore"):
+        out = np.max(stack, axis=0) - np.min(stack, axis=0)
+    finite = np.isfinite(stack).all(axis=0)
+    all_same_nonfinite = (stack == stack[0]).all(axis=0)
+    return np.where(finite, out, np.where(all_same_nonfinite & ~np.isnan(stack[0]), 0.0, np.inf))
+
+
+def scale_back(s: np.ndarray) -> np.ndarray:
+    """A spread measured at the virtual precision, scaled to the dtype's own rounding."""
+    return s * 2.0**-VIRTUAL_SHIFT
+
+
+def estimate(run: Callable[[int], np.ndarray], seed: int = 0) -> np.ndarray:
+    """The own-rounding estimate of a computation: ``run(sample) -> values`` perturbed, ``SAMPLES`` times."""
+    return scale_back(spread([run(seed * 1009 + s) for s in range(SAMPLES)]))
+
+
+def own_rounding(
+    name: str,
+    model,
+    batch,
+    result,
+    values: np.ndarray,
+    *,
+    dtype: str,
+    device: str = "cpu",
+    candidate_rounding: Callable | None = None,
+) -> np.ndarray:
+    """Engine ``name``'s own rounding at every point of ``batch`` (Note [Own rounding]).
+
+    ``values`` are the engine's plain values there, ``result`` its
+    :class:`~gradcheck_lab.engines.Gradients` (for a candidate's dtype).
+    """
+    if name == "symbolic":
+        from .engines.symbolic import compiled
+
+        fn = compiled(model)
+        cols = [batch.theta[:, i] for i in range(batch.theta.shape[1])] + [
+            batch.data[:, j] for j in range(batch.data.shape[1])
+        ]
+
+        def run(seed: int) -> np.ndarray:
+            ctx = context(len(batch), seed, "float64")
+            moved = perturbed_numpy(cols, ctx.rng, "float64", ctx)
+            with np.errstate(all="ignore"):
+                out = fn(*moved)
+            vals = np.stack([np.broadcast_to(plain(o), (len(batch),)) for o in out], axis=1)
+            return np.where(ctx.tainted[:, None], np.inf, vals)
+
+        return estimate(run)
+    if name == "autograd":
+        from .engines.autograd import gradients
+
+        def run(seed: int) -> np.ndarray:
+            with torch_mca(dtype, seed, len(batch)) as mode:
+                vals = gradients(model, batch, dtype=dtype, device=device).values
+            return np.where(mode.tainted[:, None], np.inf, vals)
+
+        return estimate(run)
+    if name == "finite_differences":
+        from .engines.finite_diff import gradients as fd
+
+        def run(seed: int) -> np.ndarray:
+            ctx = context(len(batch), seed, "float64")
+            vals = fd(model, batch, perturb=ctx).values
+            return np.where(ctx.tainted[:, None], np.inf, vals)
+
+        return estimate(run)
+    if name == "candidate" and candidate_rounding is not None:
+        return estimate(lambda seed: candidate_rounding(batch, seed))
+    return np.zeros_like(values)
