@@ -51,9 +51,9 @@ of its mismatches is then an estimate); otherwise they are *not judged*
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Callable, Mapping
 
 import numpy as np
 

@@ -43,7 +43,8 @@ figures that set it are in docs/reliability.md.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
