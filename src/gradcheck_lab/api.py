@@ -39,6 +39,9 @@ def resolve_model(model: Model | str, **options: Any) -> Model:
 
 
 def _derivative_strings(model: Model) -> dict[str, str]:
+    """The first derivatives as text for the report, cached on the model (printing costs ms)."""
+    if "derivative_strings" in model._cache:
+        return dict(model._cache["derivative_strings"])
     from .engines.symbolic import simplified
 
     labels = model.param_labels
@@ -49,6 +52,7 @@ def _derivative_strings(model: Model) -> dict[str, str]:
 
         how = f"`gradcheck-lab derive {model.name}`" if model.name in list_models() else "`gradcheck_lab.derive(model)`"
         out["..."] = f"{len(labels) - len(shown)} more; {how} shows them all"
+    model._cache["derivative_strings"] = dict(out)
     return out
 
 

@@ -77,13 +77,14 @@ class Candidate:
                 batch.theta * (1 + rng.uniform(-delta, delta, batch.theta.shape)),
                 batch.data * (1 + rng.uniform(-delta, delta, batch.data.shape) * _real_mask(model)),
             )
-            return self.gradients(model, moved, dtype=dtype, device=device).values
+            values, _ = _from_function(self.target, model, moved, dtype, device, mca_seed=seed)
+            return values
         with torch_mca(dtype, seed, 1) as mode:
             values = []
             for n in range(len(batch)):  # one point per call: an underflow taints that point only
                 mode.tainted[:] = False
                 v = self.gradients(model, batch.take(slice(n, n + 1)), dtype=dtype, device=device).values
-                values.append(np.where(mode.tainted[0], np.inf, v))
+                values.append(np.where(mode.tainted[0], np.nan, v))
         return np.concatenate(values)
 
 
@@ -197,7 +198,7 @@ def _values(x: Any, what: str, where: Any) -> tuple[np.ndarray, str]:
     if hasattr(x, "detach"):  # a torch tensor
         x = x.detach().cpu().double().numpy()
     try:
-        return np.asarray(x, dtype=float), prec
+        return np.array(x, dtype=float), prec  # a plain copy (not an MCAArray view)
     except (TypeError, ValueError):
         raise UsageError(
             f"Expected numbers for {what} but got {x!r:.80} (type={type(x).__name__}) {where}."
@@ -260,20 +261,35 @@ def _flatten(model: Model, result: Any, where: Any) -> tuple[np.ndarray, np.ndar
     return flat, np.full(p, prec == "float32")
 
 
-def _from_function(fn, model: Model, batch: Batch, dtype: str, device: str):
+def _from_function(fn, model: Model, batch: Batch, dtype: str, device: str, mca_seed: int | None = None):
     """Values and, per point and component, whether they came in float32.
 
     With ``dtype="float32"`` the function receives float32 values (NumPy
     float32 scalars and arrays), as the code under test would in float32.
+    With ``mca_seed`` it receives them as :class:`~gradcheck_lab.rounding.MCAArray`
+    (0-d for scalars): every NumPy operation it performs on them is perturbed
+    (Note [Own rounding]); a point where one under- or overflows gives NaN.
     """
     out = np.empty(batch.theta.shape)
     f32 = np.zeros(batch.theta.shape, dtype=bool)
     cast = np.float32 if dtype == "float32" else None
     for n in range(len(batch)):
+        params = _user_params(model, batch.theta[n], cast)
+        point = _user_point(model, batch.data[n], cast)
+        ctx = None
+        if mca_seed is not None:
+            from .rounding import context, perturbed_numpy
+
+            ctx = context(1, mca_seed * 7919 + n, "float32" if dtype == "float32" else "float64")
+            params = {k: perturbed_numpy([np.asarray(v)], ctx.rng, "float64", ctx)[0] for k, v in params.items()}
+            point = {k: v if isinstance(v, int) else perturbed_numpy([np.asarray(v)], ctx.rng, "float64", ctx)[0]
+                     for k, v in point.items()}
         # A bug in fn raises here, unchanged: the traceback is the user's to read.
-        result = fn(_user_params(model, batch.theta[n], cast), _user_point(model, batch.data[n], cast))
+        result = fn(params, point)
         out[n], prec = _flatten(model, result, _At(model, batch, n))
         f32[n] = prec
+        if ctx is not None and ctx.tainted.any():
+            out[n] = np.nan
     return out, f32
 
 

@@ -83,15 +83,26 @@ class _Context:
         #: relative perturbations cannot measure the absolute error that makes (Note [Own rounding]).
         self.tainted = np.zeros(n, dtype=bool)
 
-    def underflow(self, result: np.ndarray, inputs: list) -> None:
+    def underflow(self, result: np.ndarray, inputs: list, elementwise: bool = True) -> None:
+        """Record where an operation under- or overflowed: a result below the smallest normal
+        number from nonzero inputs, or an infinite one from finite inputs."""
         tiny = np.finfo(result.dtype).tiny
         with np.errstate(all="ignore"):
-            small = np.abs(result) < tiny
-            if not small.any():
+            mag = np.abs(result)
+            small = mag < tiny
+            huge = np.isinf(mag)
+            if not (small.any() or huge.any()):
                 return
-            for x in inputs:
-                if isinstance(x, np.ndarray) or np.isscalar(x):
-                    small = small & (np.asarray(x) != 0)
+            if elementwise:
+                for x in inputs:
+                    if isinstance(x, np.ndarray) or np.isscalar(x):
+                        small = small & (np.asarray(x) != 0)
+                        huge = huge & np.isfinite(np.asarray(x, dtype=float))
+            else:  # matmul and other generalized ufuncs: a 0 may be exact, a subnormal is not
+                small = small & (mag != 0)
+                huge = huge & all(np.isfinite(np.asarray(x, dtype=float)).all() for x in inputs
+                                  if isinstance(x, np.ndarray) or np.isscalar(x))
+            small = small | huge
         if small.ndim and small.shape[-1] == self.n:
             self.tainted |= small.reshape(-1, self.n).any(axis=0)
         elif small.any():
@@ -126,7 +137,7 @@ class MCAArray(np.ndarray):
             for r in result if isinstance(result, tuple) else (result,):
                 arr = np.asarray(r)
                 if arr.dtype.kind == "f":
-                    ctx.underflow(arr, plain_inputs)
+                    ctx.underflow(arr, plain_inputs, elementwise=ufunc.signature is None)
         return _wrap(result, ctx, ufunc.__name__ not in _EXACT_UFUNCS)
 
 
@@ -193,15 +204,19 @@ def torch_mca(dtype: str, seed: int, n: int | None = None):
             return _perturb_tree(out, gen, delta, torch)
 
         def _underflow(self, out, args):
-            small = out.abs() < torch.finfo(out.dtype).tiny
-            if not bool(small.any()):
+            mag = out.abs()
+            small = mag < torch.finfo(out.dtype).tiny
+            huge = torch.isinf(mag)
+            if not bool(small.any() or huge.any()):
                 return
             for a in args:
                 if isinstance(a, torch.Tensor) and a.is_floating_point():
                     try:
                         small = small & (a != 0).broadcast_to(out.shape)
+                        huge = huge & torch.isfinite(a).broadcast_to(out.shape)
                     except RuntimeError:
                         pass
+            small = small | huge
             small_np = small.detach().cpu().numpy()
             size = len(self.tainted)
             if small_np.ndim and small_np.shape[-1] == size:
@@ -238,7 +253,8 @@ def _exact_ops() -> frozenset[str]:
 
 
 def spread(runs: list[np.ndarray]) -> np.ndarray:
-    """``max - min`` over perturbed runs per component; infinite where a run is not finite.
+    """``max - min`` over perturbed runs per component; infinite where a run is NaN (a run
+    that under- or overflowed is marked NaN) or where runs are not finite alike.
 
     The runs are compared with each other, not with the engine's reported
     values, so the estimate is that of the computation itself even where
@@ -292,7 +308,7 @@ def own_rounding(
             with np.errstate(all="ignore"):
                 out = fn(*moved)
             vals = np.stack([np.broadcast_to(plain(o), (len(batch),)) for o in out], axis=1)
-            return np.where(ctx.tainted[:, None], np.inf, vals)
+            return np.where(ctx.tainted[:, None], np.nan, vals)
 
         return estimate(run)
     if name == "autograd":
@@ -301,7 +317,7 @@ def own_rounding(
         def run(seed: int) -> np.ndarray:
             with torch_mca(dtype, seed, len(batch)) as mode:
                 vals = gradients(model, batch, dtype=dtype, device=device).values
-            return np.where(mode.tainted[:, None], np.inf, vals)
+            return np.where(mode.tainted[:, None], np.nan, vals)
 
         return estimate(run)
     if name == "finite_differences":
@@ -310,7 +326,7 @@ def own_rounding(
         def run(seed: int) -> np.ndarray:
             ctx = context(len(batch), seed, "float64")
             vals = fd(model, batch, perturb=ctx).values
-            return np.where(ctx.tainted[:, None], np.inf, vals)
+            return np.where(ctx.tainted[:, None], np.nan, vals)
 
         return estimate(run)
     if name == "candidate" and candidate_rounding is not None:
