@@ -1,0 +1,91 @@
+"""Cost of the certified referee (Note [Certified referee]) per catalog model.
+
+For each model: the cold cost (SymPy's derivative program, then our code
+generation), the per-point cost of :func:`certify` on random points (uniform
+in the sampling domain) and on spread-magnitude points (log-uniform up to each
+variable's ``max_abs``, both signs), and how often precision had to rise
+beyond the first 128 bits. Run::
+
+    PYTHONPATH=src python benchmarks/referee.py            # the table
+    PYTHONPATH=src python benchmarks/referee.py --points 50 --wide   # adds mlp H=256 cold start
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from gradcheck_lab.catalog import ACTIVATIONS, get_model
+from gradcheck_lab.engines import referee
+from gradcheck_lab.engines.symbolic import derivative_program
+from gradcheck_lab.model import Batch
+
+
+def spread(model, n: int, seed: int) -> Batch:
+    """Points with magnitudes log-uniform in [1e-3, max_abs] and both signs (binary/class kept)."""
+    rng = np.random.default_rng(seed)
+    b = model.sample(n, seed=seed)
+    theta, data = b.theta.copy(), b.data.copy()
+    col = 0
+    for var in model.params:
+        k = var.size
+        mag = 10 ** rng.uniform(-3, np.log10(var.max_abs), (n, k))
+        theta[:, col : col + k] = mag * rng.choice([-1.0, 1.0], (n, k))
+        col += k
+    col = 0
+    for var in model.data_vars:
+        k = var.size
+        if var.kind == "real":
+            mag = 10 ** rng.uniform(-3, np.log10(var.max_abs), (n, k))
+            data[:, col : col + k] = mag * rng.choice([-1.0, 1.0], (n, k))
+        col += k
+    return Batch(theta, data)
+
+
+def row(label: str, model, n: int) -> str:
+    t0 = time.perf_counter()
+    derivative_program(model)
+    t1 = time.perf_counter()
+    referee._compiled(model)
+    t2 = time.perf_counter()
+    cells = []
+    escalated = 0
+    statuses = np.zeros(5, dtype=int)
+    for _kind, batch in (("uniform", model.sample(n, seed=1)), ("spread", spread(model, n, seed=2))):
+        t = time.perf_counter()
+        ex = referee.certify(model, batch)
+        cells.append((time.perf_counter() - t) / n * 1e3)
+        escalated += int((ex.bits > referee.START_BITS).sum())
+        statuses += np.bincount(ex.status.ravel(), minlength=5)
+    st = " ".join(f"{referee.STATUS_NAMES[k][:4]}={statuses[k]}" for k in range(5) if statuses[k])
+    return (
+        f"{label:<24} {model.n_params if hasattr(model, 'n_params') else len(model.param_labels):>6} "
+        f"{t1 - t0:>9.2f} {t2 - t1:>9.3f} {cells[0]:>10.3f} {cells[1]:>10.3f} {escalated:>5}/{2 * n:<5} {st}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--points", type=int, default=200, help="points per sampling (default 200)")
+    ap.add_argument("--wide", action="store_true", help="also mlp H=64 and H=256 (cold start dominated)")
+    args = ap.parse_args()
+    configs = [(name, {}) for name in ("linear", "affine", "quadratic", "logistic")]
+    configs += [("mlp", {"activation": a}) for a in ACTIVATIONS]
+    configs += [("softmax", {}), ("softmax", {"d": 4, "K": 5})]
+    configs += [("mlp", {"H": 64})]
+    if args.wide:
+        configs += [("mlp", {"H": 256})]
+    print(f"{'model':<24} {'params':>6} {'program s':>9} {'codegen s':>9} {'ms/pt unif':>10} "
+          f"{'ms/pt sprd':>10} {'>128 bits':>11} statuses")
+    for name, kw in configs:
+        n = args.points if kw.get("H", 8) <= 64 else max(10, args.points // 10)
+        label = name + ("" if not kw else str(kw).replace(" ", ""))
+        print(row(label, get_model(name, **kw), n), flush=True)
+    print(f"{args.points} points per sampling; 2-core machine; program s = SymPy's derivative_program (shared "
+          "with the symbolic engine), codegen s = the referee's own compile")
+
+
+if __name__ == "__main__":
+    main()
