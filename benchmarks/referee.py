@@ -85,6 +85,29 @@ def main() -> None:
         print(row(label, get_model(name, **kw), n), flush=True)
     print(f"{args.points} points per sampling; 2-core machine; program s = SymPy's derivative_program (shared "
           "with the symbolic engine), codegen s = the referee's own compile")
+    escalation(args.points)
+
+
+def escalation(n: int) -> None:
+    """Precision needed by BCE of sigmoid(w*x + b) at saturated logits (1 - sigmoid(z) ~ exp(-z))."""
+    from gradcheck_lab import Model
+
+    m = Model.from_expr("sigmoid(w*x + b)", params="w,b", loss="bce")
+    referee._compiled(m)  # compile outside the timing
+    rng = np.random.default_rng(3)
+    print("\nBCE of sigmoid(w*x + b), y = 0 and 1 alternately, logit z = b (x = 1, w = 0):")
+    print(f"{'logits':<16} {'ms/pt':>8}  bits used (points)")
+    for lo_, hi_ in ((1, 30), (30, 100), (100, 1000), (1000, 10000)):
+        z = 10 ** rng.uniform(np.log10(lo_), np.log10(hi_), n)
+        theta = np.stack([np.zeros(n), z], axis=1)
+        data = np.stack([np.ones(n), np.arange(n) % 2], axis=1).astype(float)
+        t = time.perf_counter()
+        ex = referee.certify(m, Batch(theta, data))
+        ms = (time.perf_counter() - t) / n * 1e3
+        used = dict(zip(*np.unique(ex.bits, return_counts=True)))
+        cert = int((ex.status == referee.CERTIFIED).sum())
+        print(f"{f'{lo_}..{hi_}':<16} {ms:>8.3f}  " + ", ".join(f"{b}: {c}" for b, c in used.items())
+              + f"  (certified {cert}/{2 * n})")
 
 
 if __name__ == "__main__":

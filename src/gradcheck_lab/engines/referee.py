@@ -99,6 +99,8 @@ MAX_BITS = 2**15
 _F64_MAX = float(np.finfo(np.float64).max)
 _TINY = 5e-324
 _SLACK = 2.0**-50
+#: Points evaluated at the first precision before one vectorised judgement.
+_BLOCK = 256
 
 
 @dataclass
@@ -657,7 +659,7 @@ def certify(
     >>> ex = certify(m, m.batch([{"x": 2, "y": 4}]))
     >>> ex.value.tolist(), ex.status.tolist(), ex.bits.tolist()
     ([[24.0, 12.0, 6.0]], [[0, 0, 0]], [128])
-    >>> (ex.lo == ex.value).all() and (ex.hi == ex.value).all()  # exact here
+    >>> bool((ex.lo == ex.value).all() and (ex.hi == ex.value).all())  # exact here
     True
     """
     from flint import arb, ctx
@@ -673,33 +675,53 @@ def certify(
         return Exact(lo, hi, value, status, bits)
     fn = _compiled(model)
     saved = ctx.prec
+
+    def record(rows, outs_rows, prec):
+        """Judge the outputs of ``rows`` at ``prec`` at once; True where a row still has open components."""
+        last = prec >= max_bits or (deadline is not None and time.perf_counter() > deadline)
+        flat = [o for outs in outs_rows for o in outs]
+        st, l_, h_, v_ = _judge(flat, need_arr[rows].ravel(), rel, last)
+        k = len(rows)
+        st, l_, h_, v_ = st.reshape(k, p), l_.reshape(k, p), h_.reshape(k, p), v_.reshape(k, p)
+        # Keep the narrowest proven bounds seen so far (each pass is a proof).
+        lo[rows] = np.maximum(lo[rows], l_)
+        hi[rows] = np.minimum(hi[rows], h_)
+        done = open_[rows] & (st >= 0)
+        status[rows] = np.where(done, st, status[rows])
+        value[rows] = np.where(done, v_, value[rows])
+        open_[rows] &= ~done
+        bits[rows] = prec
+        return open_[rows].any(axis=1) & (not last)
+
+    open_ = np.ones((n, p), dtype=bool)
     try:
-        for row in range(n):
-            if deadline is not None and time.perf_counter() > deadline:
-                continue  # not evaluated: UNRESOLVED, lo/hi infinite
-            args = [arb(float(a)) for a in batch.theta[row]] + [arb(float(a)) for a in batch.data[row]]
-            prec = min(START_BITS, max_bits)
-            open_ = np.ones(p, dtype=bool)
-            while True:
-                ctx.prec = prec
-                outs = fn(args, prec)
-                last = prec >= max_bits or (deadline is not None and time.perf_counter() > deadline)
-                st, l_, h_, v_ = _judge(outs, need_arr[row], rel, last)
-                # Keep the narrowest proven bounds seen so far (each pass is a proof).
-                lo[row] = np.maximum(lo[row], l_)
-                hi[row] = np.minimum(hi[row], h_)
-                done = open_ & (st >= 0)
-                status[row, done] = st[done]
-                value[row, done] = v_[done]
-                open_ &= ~done
-                bits[row] = prec
-                if not open_.any() or last:
-                    break
-                prec = min(2 * prec, max_bits)
-            kinkish = (status[row] == KINK) | (status[row] == UNDEFINED)
-            lo[row, kinkish], hi[row, kinkish] = -np.inf, np.inf
+        first = min(START_BITS, max_bits)
+        ctx.prec = first
+        for start in range(0, n, _BLOCK):
+            # The first precision for a block of points at once (one vectorised judgement) ...
+            rows, outs_rows, args_rows = [], [], []
+            for row in range(start, min(start + _BLOCK, n)):
+                if deadline is not None and time.perf_counter() > deadline:
+                    break  # not evaluated: UNRESOLVED, lo/hi infinite, bits 0
+                args = [arb(float(a)) for a in batch.theta[row]] + [arb(float(a)) for a in batch.data[row]]
+                rows.append(row)
+                args_rows.append(args)
+                outs_rows.append(fn(args, first))
+            if not rows:
+                break
+            more = record(np.asarray(rows), outs_rows, first)
+            # ... then Ziv's escalation, point by point, for the few that need it.
+            for row, args, again in zip(rows, args_rows, more):
+                prec = first
+                while again:
+                    prec = min(2 * prec, max_bits)
+                    ctx.prec = prec
+                    again = record(np.asarray([row]), [fn(args, prec)], prec)[0]
+                ctx.prec = first
     finally:
         ctx.prec = saved
+    kinkish = (status == KINK) | (status == UNDEFINED)
+    lo[kinkish], hi[kinkish] = -np.inf, np.inf
     return Exact(lo, hi, value, status, bits)
 
 
