@@ -167,6 +167,17 @@ def test_beyond_float64_range():
     assert ex.hi[1, 0] <= 1e-323
 
 
+def test_no_finite_enclosure_is_unresolved_until_precision_gives_one():
+    # exp(1e300): at 128 bits Arb has no finite ball for it: unresolved, never guessed ...
+    m = Model.from_function(lambda ops, p, v: ops.exp(p.w * v.x), params={"w": 1.0})
+    b = m.batch([{"x": 1e300, "y": 0.0}])
+    ex = certify(m, b, max_bits=128)
+    assert ex.status[0, 0] == UNRESOLVED and np.isnan(ex.value[0, 0]) and ex.lo[0, 0] == -np.inf
+    # ... with more bits it has one, and the derivative 2 x exp(2 x) is proven beyond float64.
+    ex = certify(m, b)
+    assert ex.status[0, 0] == BEYOND and ex.value[0, 0] == np.inf and ex.lo[0, 0] == np.finfo(float).max
+
+
 def test_need_is_honoured():
     m = get_model("mlp", H=4, activation="sigmoid")
     b = m.sample(20, seed=7)
@@ -232,3 +243,23 @@ def test_a_function_missing_from_the_table_is_unresolved(monkeypatch):
     labels = m.param_labels
     assert (ex.status[:, labels.index("b2")] == UNRESOLVED).all()  # every component reads tanh
     assert (ex.status == UNRESOLVED).all() and np.isnan(ex.value).all()
+
+
+@given(
+    st.integers(min_value=-(2**300), max_value=2**300).filter(lambda m: m != 0),
+    st.integers(min_value=-1400, max_value=1100),
+)
+def test_nearest_rounds_like_exact_rationals(man, exp):
+    from fractions import Fraction
+
+    from flint import arb, ctx
+
+    exact = Fraction(man) * Fraction(2) ** exp
+    try:
+        want = float(exact)  # CPython rounds a rational correctly (ties to even)
+    except OverflowError:
+        want = math.copysign(math.inf, man)
+    with ctx.workprec(400):  # the point man * 2**exp is exact at 400 bits
+        point = arb(man) * arb(2) ** exp
+        assert point.is_exact()
+        assert referee._nearest(point) == want

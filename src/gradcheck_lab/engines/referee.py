@@ -168,7 +168,7 @@ def _total(name):
         if x.__class__ is _Bad:
             return x
         y = getattr(x, name)()
-        return y if y.is_finite() else _DOMAIN
+        return y if y.is_finite() else _COND  # e.g. exp(1e300): no finite ball; retried, then UNRESOLVED
 
     return f
 
@@ -181,7 +181,7 @@ def _above(name, bound, closed):
             return x
         if x > bound or (closed and x >= bound):
             y = getattr(x, name)()
-            return y if y.is_finite() else _DOMAIN
+            return y if y.is_finite() else _COND
         if x < bound or (not closed and x <= bound):
             return _UNDEFINED
         return _DOMAIN
@@ -244,7 +244,7 @@ FUNCTIONS = {
     "exp": _total("exp"),
     "sin": _total("sin"),
     "cos": _total("cos"),
-    "tan": _total("tan"),  # a pole inside the ball gives a non-finite ball: retried, then UNDEFINED
+    "tan": _total("tan"),  # a pole inside the ball gives a non-finite ball: retried (a float is never a pole)
     "tanh": _total("tanh"),
     "sinh": _total("sinh"),
     "cosh": _total("cosh"),
@@ -553,19 +553,25 @@ def _nearest(point) -> float:
     man, exp = int(man), int(exp)
     if man == 0:
         return 0.0
-    top = abs(man).bit_length() + exp  # 2**(top-1) <= |value| < 2**top
+    sign = -1.0 if man < 0 else 1.0
+    man = abs(man)
+    top = man.bit_length() + exp  # 2**(top-1) <= |value| < 2**top
     if top > 1025:
-        return math.copysign(math.inf, man)
+        return sign * math.inf
     if top < -1080:
-        return math.copysign(0.0, man)
+        return sign * 0.0
     if top < -1020:  # subnormal: one correct rounding of man * 2**exp
         from fractions import Fraction
 
-        return float(Fraction(man) * Fraction(2) ** exp)
+        return sign * float(Fraction(man) * Fraction(2) ** exp)
+    extra = man.bit_length() - 64
+    if extra > 0:  # 64 bits and a sticky bit round to 53 exactly as the whole mantissa does
+        sticky = 1 if man & ((1 << extra) - 1) else 0
+        man, exp = (man >> extra) | sticky, exp + extra
     try:
-        return math.ldexp(float(man), exp)
+        return sign * math.ldexp(float(man), exp)
     except OverflowError:
-        return math.copysign(math.inf, man)
+        return sign * math.inf
 
 
 def _same_float(ball) -> float | None:
@@ -687,8 +693,10 @@ def certify(
         lo[rows] = np.maximum(lo[rows], l_)
         hi[rows] = np.minimum(hi[rows], h_)
         done = open_[rows] & (st >= 0)
-        status[rows] = np.where(done, st, status[rows])
-        value[rows] = np.where(done, v_, value[rows])
+        # A certified component's value comes from the most precise pass (its midpoint is the closest).
+        better = done | (st == CERTIFIED) | (st == BEYOND)
+        status[rows] = np.where(better, st, status[rows])
+        value[rows] = np.where(better, v_, value[rows])
         open_[rows] &= ~done
         bits[rows] = prec
         return open_[rows].any(axis=1) & (not last)
