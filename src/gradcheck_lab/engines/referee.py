@@ -65,6 +65,7 @@ generation from the cached derivative program (mlp H=64: ~0.1 s after
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass
 
@@ -164,10 +165,12 @@ def _arb():
 def _total(name):
     """A function defined and continuous on all reals: Arb's own enclosure."""
 
+    call = operator.methodcaller(name)
+
     def f(x):
         if x.__class__ is _Bad:
             return x
-        y = getattr(x, name)()
+        y = call(x)
         return y if y.is_finite() else _COND  # e.g. exp(1e300): no finite ball; retried, then UNRESOLVED
 
     return f
@@ -580,8 +583,23 @@ def _same_float(ball) -> float | None:
     return a if a == b else None
 
 
+def _down(point) -> float:
+    """The largest float64 <= an exact Arb point."""
+    v = _nearest(point)
+    if v == math.inf:
+        return _F64_MAX  # rounds to inf only from above the largest float
+    if v != -math.inf and _arb()(v) > point:
+        v = math.nextafter(v, -math.inf)
+    return v
+
+
+def _up(point) -> float:
+    """The smallest float64 >= an exact Arb point."""
+    return -_down(-point)
+
+
 def _judge(outs, need_row, rel, last):
-    """Per component: (status or -1 if open, lo, hi, value)."""
+    """Per component: (status, or -1 while open; lo; hi; value). Note [Certified referee]."""
     arb = _arb()
     p = len(outs)
     status = np.full(p, -1, dtype=np.int8)
@@ -590,55 +608,56 @@ def _judge(outs, need_row, rel, last):
     value = np.full(p, np.nan)
     good = []
     for i, o in enumerate(outs):
-        if o.__class__ is _Bad:
+        cls = o.__class__
+        if cls is arb and o.is_finite():
+            good.append(i)
+        elif cls is _Bad:
             if o.kind in _FINAL_STATUS:
                 status[i] = _FINAL_STATUS[o.kind]
             elif last:
                 status[i] = _LAST_STATUS[o.kind]
-        elif not isinstance(o, arb):  # a plain Python number (cannot happen: constants are balls)
+        elif cls is not arb or last:  # not a ball (cannot happen: constants are balls), or no finite ball
             status[i] = UNRESOLVED
-        elif not o.is_finite():
-            if last:
-                status[i] = UNRESOLVED
-        else:
-            good.append(i)
     if not good:
         return status, lo, hi, value
     balls = [outs[i] for i in good]
-    m = np.array([float(b.mid()) for b in balls])
+    need = need_row[good]
+    m = np.array([float(b.mid()) for b in balls])  # the nearest float64 (python-flint rounds to nearest)
     r = np.array([float(b.rad()) for b in balls])
     with np.errstate(all="ignore"):
+        # Bounds in float64 arithmetic: the conversions and the subtraction
+        # err by less than the slack (2**-50 relative, plus subnormals).
         slack = (np.abs(m) + r) * _SLACK + 2 * _TINY
         glo = m - r - slack
         ghi = m + r + slack
-        glo = np.where(np.isnan(glo) | (glo == np.inf), _F64_MAX, glo)
-        glo = np.where(np.isnan(glo), -np.inf, glo)
-        ghi = np.where(np.isnan(ghi) | (ghi == -np.inf), -_F64_MAX, ghi)
-        width = 2 * r * (1 + _SLACK)
-        narrow = width <= np.maximum(need_row[good], rel * np.abs(m))
         # A ball narrower than half the gap to either float64 neighbour of its
         # rounded midpoint lies between those neighbours: one ulp each side.
         fine = (r * (1 + _SLACK) + _TINY <= np.spacing(np.abs(m)) / 4) & np.isfinite(m)
         glo = np.where(fine, np.nextafter(m, -np.inf), glo)
         ghi = np.where(fine, np.nextafter(m, np.inf), ghi)
-    gi = np.asarray(good)
-    lo[gi], hi[gi] = glo, ghi
-    for k, i in enumerate(good):
+        finite = np.isfinite(m) & np.isfinite(r)
+        narrow = finite & (2 * r * (1 + _SLACK) <= np.maximum(need, rel * np.abs(m)))
+    st = np.where(narrow, CERTIFIED, -1).astype(np.int8)
+    val = np.where(narrow, m, np.nan)
+    # The few that need exact work: exact results, values beyond float64, wide balls.
+    for k in np.flatnonzero((r == 0.0) | ~finite | ~narrow):
         b = balls[k]
-        v = None
-        if r[k] == 0.0 and b.is_exact():
-            v = _nearest(b.mid())
-            if arb(v) == b.mid():  # the exact value is a float64
-                lo[i] = hi[i] = v
-        if narrow[k]:
-            v = m[k] if v is None else v
-        else:
-            v = _same_float(b)
-        if v is not None:
-            value[i] = v
-            status[i] = BEYOND if math.isinf(v) else CERTIFIED
-        elif last:
-            status[i] = UNRESOLVED
+        if not finite[k]:  # bounds and narrowness from the exact ball
+            glo[k], ghi[k] = _down(b.lower()), _up(b.upper())
+            width = 2 * b.rad()
+            if width <= arb(float(need[k])) or width <= abs(b.mid()) * arb(rel):
+                st[k], val[k] = CERTIFIED, _nearest(b.mid())
+        elif r[k] == 0.0 and b.is_exact() and arb(m[k]) == b.mid():
+            glo[k] = ghi[k] = m[k]  # the exact value is a float64
+        if st[k] < 0:
+            same = _same_float(b)
+            if same is not None:
+                st[k], val[k] = CERTIFIED, same
+            elif last:
+                st[k] = UNRESOLVED
+    st = np.where((st == CERTIFIED) & np.isinf(val), BEYOND, st).astype(np.int8)
+    gi = np.asarray(good)
+    lo[gi], hi[gi], value[gi], status[gi] = glo, ghi, val, st
     return status, lo, hi, value
 
 
