@@ -13,6 +13,7 @@ beyond the first 128 bits. Run::
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -21,6 +22,8 @@ from gradcheck_lab.catalog import ACTIVATIONS, get_model
 from gradcheck_lab.engines import referee
 from gradcheck_lab.engines.symbolic import derivative_program
 from gradcheck_lab.model import Batch
+
+REPEATS = 3
 
 
 def spread(model, n: int, seed: int) -> Batch:
@@ -54,21 +57,24 @@ def row(label: str, model, n: int) -> str:
     escalated = 0
     statuses = np.zeros(5, dtype=int)
     for _kind, batch in (("uniform", model.sample(n, seed=1)), ("spread", spread(model, n, seed=2))):
-        t = time.perf_counter()
-        ex = referee.certify(model, batch)
-        cells.append((time.perf_counter() - t) / n * 1e3)
+        best = math.inf
+        for _ in range(REPEATS):  # best of REPEATS: the machine is shared
+            t = time.perf_counter()
+            ex = referee.certify(model, batch)
+            best = min(best, time.perf_counter() - t)
+        cells.append(best / n * 1e3)
         escalated += int((ex.bits > referee.START_BITS).sum())
         statuses += np.bincount(ex.status.ravel(), minlength=5)
     st = " ".join(f"{referee.STATUS_NAMES[k][:4]}={statuses[k]}" for k in range(5) if statuses[k])
     return (
-        f"{label:<24} {model.n_params if hasattr(model, 'n_params') else len(model.param_labels):>6} "
+        f"{label:<28} {model.n_params if hasattr(model, 'n_params') else len(model.param_labels):>6} "
         f"{t1 - t0:>9.2f} {t2 - t1:>9.3f} {cells[0]:>10.3f} {cells[1]:>10.3f} {escalated:>5}/{2 * n:<5} {st}"
     )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--points", type=int, default=200, help="points per sampling (default 200)")
+    ap.add_argument("--points", type=int, default=100, help="points per sampling (default 100)")
     ap.add_argument("--wide", action="store_true", help="also mlp H=64 and H=256 (cold start dominated)")
     args = ap.parse_args()
     configs = [(name, {}) for name in ("linear", "affine", "quadratic", "logistic")]
@@ -77,13 +83,13 @@ def main() -> None:
     configs += [("mlp", {"H": 64})]
     if args.wide:
         configs += [("mlp", {"H": 256})]
-    print(f"{'model':<24} {'params':>6} {'program s':>9} {'codegen s':>9} {'ms/pt unif':>10} "
+    print(f"{'model':<28} {'params':>6} {'program s':>9} {'codegen s':>9} {'ms/pt unif':>10} "
           f"{'ms/pt sprd':>10} {'>128 bits':>11} statuses")
     for name, kw in configs:
         n = args.points if kw.get("H", 8) <= 64 else max(10, args.points // 10)
         label = name + ("" if not kw else str(kw).replace(" ", ""))
         print(row(label, get_model(name, **kw), n), flush=True)
-    print(f"{args.points} points per sampling; 2-core machine; program s = SymPy's derivative_program (shared "
+    print(f"{args.points} points per sampling, best of 3; 2-core machine; program s = SymPy's derivative_program (shared "
           "with the symbolic engine), codegen s = the referee's own compile")
     escalation(args.points)
 
@@ -101,9 +107,12 @@ def escalation(n: int) -> None:
         z = 10 ** rng.uniform(np.log10(lo_), np.log10(hi_), n)
         theta = np.stack([np.zeros(n), z], axis=1)
         data = np.stack([np.ones(n), np.arange(n) % 2], axis=1).astype(float)
-        t = time.perf_counter()
-        ex = referee.certify(m, Batch(theta, data))
-        ms = (time.perf_counter() - t) / n * 1e3
+        best = math.inf
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            ex = referee.certify(m, Batch(theta, data))
+            best = min(best, time.perf_counter() - t)
+        ms = best / n * 1e3
         used = dict(zip(*np.unique(ex.bits, return_counts=True)))
         cert = int((ex.status == referee.CERTIFIED).sum())
         print(f"{f'{lo_}..{hi_}':<16} {ms:>8.3f}  " + ", ".join(f"{b}: {c}" for b, c in used.items())
