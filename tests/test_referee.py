@@ -138,7 +138,7 @@ def test_kink_abs_at_zero_and_not_beside_it():
 
 
 def test_undefined_log_of_negative_and_at_zero():
-    m = Model.from_function(lambda ops, p, v: ops.log(p.w * v.x), params={"w": 1.0})
+    m = Model.from_expr("log(w*x)", params="w")
     ex = certify(m, m.batch([{"x": -1.0, "y": 0.0}, {"x": 0.0, "y": 0.0}, {"x": 2.0, "y": 0.0}]))
     assert ex.status[:, 0].tolist() == [UNDEFINED, UNDEFINED, CERTIFIED]
     assert np.isnan(ex.value[:2]).all() and np.isinf(ex.lo[:2]).all() and np.isinf(ex.hi[:2]).all()

@@ -88,6 +88,7 @@ __all__ = [
     "UNRESOLVED",
     "BEYOND",
     "KINK",
+    "STATUS_NAMES",
     "START_BITS",
     "MAX_BITS",
 ]
