@@ -78,7 +78,7 @@ def test_candidate_outside_kink_interval_fails():
 
 @pytest.mark.parametrize(
     "x, note",
-    [(800.0, "infinite or beyond float64's range"), (0.0, "infinite or beyond"), (-1.0, "undefined (not real)")],
+    [(800.0, "infinite or beyond float64's range"), (0.0, "undefined"), (-1.0, "undefined (not real)")],
 )
 def test_points_without_a_float64_answer_are_not_judged(x, note):
     from gradcheck_lab import verify

@@ -103,4 +103,6 @@ def test_richardson_order():
 def test_referee_undefined_nan_and_infinite_inf():
     m = Model.from_function(lambda ops, p, v: ops.log(p.w * v.x), params={"w": 1.0})
     assert np.isnan(referee.gradients(m, m.batch([{"x": -1.0, "y": 0.0}]))).all()  # log of a negative
-    assert np.isinf(referee.gradients(m, m.batch([{"x": 0.0, "y": 0.0}]))).all()  # log(0) = -inf
+    assert np.isnan(referee.gradients(m, m.batch([{"x": 0.0, "y": 0.0}]))).all()  # log(0): a pole, undefined
+    e = Model.from_function(lambda ops, p, v: ops.exp(p.w * v.x), params={"w": 1.0})
+    assert np.isinf(referee.gradients(e, e.batch([{"x": 1000.0, "y": 0.0}]))).all()  # beyond float64

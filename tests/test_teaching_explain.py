@@ -203,6 +203,6 @@ def test_a_kink_is_reported_not_failed(cli):
     assert code == 0
     t = rows_of(out)
     assert any("derivative undefined at 0" in cell for cell in t["n3"])
-    assert "W1[0]    0.0    -4.0      -4.0     undefined (kink)" in out
+    assert "W1[0]    0.0    -4.0      nan      undefined (kink)" in out  # the referee: KINK, no value
     assert "note: the derivative for W1[0], b1[0] is undefined at this point" in out
     assert "check: every other traced gradient agrees" in out
