@@ -21,12 +21,15 @@ Grammar
     unary  := ("+" | "-") unary      | power
     power  := atom ["**" unary]                 (right-associative)
     atom   := NUMBER | NAME | FUNC "(" expr ")" | "(" expr ")"
+            | "huber" "(" expr ["," ["delta" "="] expr] ")"   (delta: a constant > 0)
 
 ``NUMBER`` is an int or float literal (no complex, bool, string or ``None``);
 ``NAME`` is a declared parameter, input or target; ``FUNC`` is one of
 :data:`UNARY_FUNCTIONS` (the one-argument functions of
 :data:`gradcheck_lab.ops.FUNCTIONS`). ``sum`` and ``logsumexp`` take lists in
 ``ops`` and are rejected: write ``a + b`` or ``log(exp(a) + exp(b))``.
+``huber``'s optional ``delta`` (default 1) must be a constant expression
+with a positive value (:data:`CONSTANT_ARGUMENTS`).
 
 How it works
 ------------
@@ -70,7 +73,9 @@ __all__ = [
     "parse",
     "evaluate",
     "unparse",
-    "model_from_expr",
+    "check_names",
+    "split_names",
+    "names_used",
     "Node",
     "Num",
     "Name",
@@ -79,6 +84,7 @@ __all__ = [
     "BinOp",
     "Call",
     "UNARY_FUNCTIONS",
+    "CONSTANT_ARGUMENTS",
     "MAX_LENGTH",
     "MAX_DEPTH",
     "MAX_NODES",
@@ -99,6 +105,9 @@ MAX_LITERAL = 1e300
 
 #: Functions an expression may call: the one-argument functions of ``ops``.
 UNARY_FUNCTIONS: tuple[str, ...] = tuple(f for f in FUNCTIONS if f not in ("sum", "logsumexp"))
+#: Functions that take an optional second argument, a positive constant that
+#: shapes them (``huber(z, 2.0)``, also ``huber(z, delta=2.0)``): its name.
+CONSTANT_ARGUMENTS: dict[str, str] = {"huber": "delta"}
 _LIST_FUNCTIONS = ("sum", "logsumexp")
 
 
@@ -149,7 +158,11 @@ class BinOp:
 
 @dataclass(frozen=True)
 class Call:
-    """``func(args...)`` with ``func`` in :data:`UNARY_FUNCTIONS` (one argument)."""
+    """``func(args...)`` with ``func`` in :data:`UNARY_FUNCTIONS`.
+
+    One argument, except a function of :data:`CONSTANT_ARGUMENTS`, which may
+    have a second: a constant subtree (its positive value is checked at parse time).
+    """
 
     func: str
     args: tuple[Node, ...]
@@ -206,7 +219,7 @@ def _number(v: int | float) -> int | float:
     return float(v) if type(v) is int and abs(v) > 2**53 else v
 
 
-def _check_names(names: Iterable[str]) -> tuple[str, ...]:
+def check_names(names: Iterable[str]) -> tuple[str, ...]:
     """Declared names in order; raises unless each is a plain, unique ASCII identifier."""
     out: list[str] = []
     for n in names:
@@ -238,7 +251,7 @@ def parse(text: str, names: Iterable[str]) -> Node:
     >>> parse("w*x**2", {"w", "x"})
     BinOp(op='*', left=Name(id='w'), right=BinOp(op='**', left=Name(id='x'), right=Num(value=2)))
     """
-    declared = _check_names(sorted(names) if isinstance(names, (set, frozenset)) else _split(names, "names"))
+    declared = check_names(sorted(names) if isinstance(names, (set, frozenset)) else split_names(names, "names"))
     if not isinstance(text, str):
         raise ExpressionError(f"Expected an expression string but got {text!r} (type={type(text).__name__}).")
     if len(text) > MAX_LENGTH:
@@ -426,20 +439,36 @@ class _Walker:
             close = difflib.get_close_matches(f, UNARY_FUNCTIONS, n=1)
             todo = f"did you mean {close[0]}?" if close else "no other function may be called."
             self.fail(col, f"a function ({functions})", repr(_snippet(f, 0)), todo)
-        one = f"{f}(z) with one positional argument"
-        for kw in n.keywords:
-            self.fail(kw.col_offset, one, f"the keyword argument {(f'{kw.arg}=' if kw.arg else '**')!r}",
-                      "remove the keyword.")
+        option = CONSTANT_ARGUMENTS.get(f)
+        one = f"{f}(z) with one positional argument" if option is None else \
+            f"{f}(z) or {f}(z, {option}) with a constant {option} > 0"
         for arg in n.args:
             if isinstance(arg, ast.Starred):
                 got = f"a starred argument {self.token(arg.col_offset, arg.end_col_offset)}"
                 self.fail(arg.col_offset, one, got, "pass one expression.")
-        if len(n.args) != 1:
-            at = n.args[1].col_offset if n.args else n.func.end_col_offset
-            self.fail(at, one, f"{len(n.args)} arguments", f"{f} takes one number.")
-        arg, value = self.walk(n.args[0], depth + 1)
-        value = None if value is None else self.fold(n, getattr(backend("float"), f), value)
-        return Call(f, (arg,), col), value
+        args = list(n.args)
+        for kw in n.keywords:
+            if option is None or kw.arg != option or len(args) != 1:
+                self.fail(kw.col_offset, one, f"the keyword argument {(f'{kw.arg}=' if kw.arg else '**')!r}",
+                          "remove the keyword." if option is None else f"pass {option} once, as a number.")
+            args.append(kw.value)
+        most = 1 if option is None else 2
+        if not 1 <= len(args) <= most:
+            at = args[most].col_offset if len(args) > most else n.func.end_col_offset
+            self.fail(at, one, f"{len(args)} arguments", f"{f} takes {'one number' if most == 1 else 'z and ' + option}.")
+        arg, value = self.walk(args[0], depth + 1)
+        nodes, consts = [arg], []
+        if len(args) == 2:
+            # Note [Huber] in ops.py: delta shapes the function; it is a positive constant, not a variable.
+            opt, c = self.walk(args[1], depth + 1)
+            at = args[1].col_offset
+            if c is None or not c > 0:
+                got = self.token(at, args[1].end_col_offset) + ("" if c is None else f" (= {c:g})")
+                self.fail(at, f"a constant {option} > 0", got, f"write a positive number such as {f}(z, 2.0).")
+            nodes.append(opt)
+            consts.append(c)
+        value = None if value is None else self.fold(n, getattr(backend("float"), f), value, *consts)
+        return Call(f, tuple(nodes), col), value
 
 
 # ---------------------------------------------------------------- using the tree
@@ -472,9 +501,9 @@ def evaluate(node: Node, ops, env: Mapping[str, Any]) -> Any:
         value = _ARITH[node.op](a, b)
         return _number(value) if _plain(a) and _plain(b) else value
     if t is Call:
-        (arg,) = node.args
-        x = evaluate(arg, ops, env)
-        return getattr(backend("float") if _plain(x) else ops, node.func)(x)
+        x = evaluate(node.args[0], ops, env)
+        consts = [float(evaluate(c, backend("float"), env)) for c in node.args[1:]]
+        return getattr(backend("float") if _plain(x) else ops, node.func)(x, *consts)
     raise ExpressionError(f"Expected a node of gradcheck_lab.expr but got {node!r}.")
 
 
@@ -516,7 +545,7 @@ def unparse(node: Node) -> str:
     return wrap(node.left, left) + sep + wrap(node.right, right)
 
 
-def _names_used(node: Node) -> dict[str, int | None]:
+def names_used(node: Node) -> dict[str, int | None]:
     """Each name in ``node`` with the column of its first use."""
     out: dict[str, int | None] = {}
     stack = [node]
@@ -533,108 +562,9 @@ def _names_used(node: Node) -> dict[str, int | None]:
     return out
 
 
-def _split(names: str | Sequence[Any], what: str) -> list[Any]:
+def split_names(names: str | Sequence[Any], what: str) -> list[Any]:
     if isinstance(names, str):
         return [s.strip() for s in names.split(",")]
     if isinstance(names, (Mapping, Sequence)):
         return list(names)
     raise ExpressionError(f"Expected {what} as a comma string or a list of names but got {names!r}.")
-
-
-def model_from_expr(
-    expr: str,
-    *,
-    params: str | Sequence[str] | Mapping[str, float],
-    inputs: str | Sequence[str] = ("x",),
-    target: str = "y",
-    loss: str | None = "squared",
-    name: str = "expr",
-    dataset: Sequence[Mapping[str, Any]] = (),
-    domain: tuple[float, float] = (-3.0, 3.0),
-):
-    """A :class:`~gradcheck_lab.model.Model` whose prediction (or loss) is ``expr``.
-
-    ``params`` is ``"w1,w2,b"``, a list of names (each starts at 1.0) or a
-    mapping name -> initial value; ``inputs`` a comma string or list of
-    names; ``target`` a name. ``loss`` is ``"squared"``, ``"absolute"``,
-    ``"bce"`` (the target is then binary and ``expr`` a probability) or
-    ``None``: ``expr`` is the loss itself and may use the target.
-    ``cross_entropy`` needs a vector of class probabilities and is refused.
-    Every parameter must appear in ``expr`` (one that does not has a gradient
-    of zero everywhere: almost always a typo); with a loss, ``expr`` is the
-    prediction and may not use the target. Parameters and inputs are sampled
-    from ``domain``; so is a real target.
-
-    >>> from gradcheck_lab import Model
-    >>> m = Model.from_expr("w1*x**2 + w2*x + b", params="w1,w2,b")
-    >>> m.formula, m.param_labels
-    ('y_hat = w1*x**2 + w2*x + b', ['w1', 'w2', 'b'])
-    """
-    from .model import LOSSES, Model, Var
-
-    scalar = [k for k in LOSSES if k != "cross_entropy"]
-    if loss is not None and loss not in scalar:
-        why = "; cross_entropy needs a vector of class probabilities" if loss == "cross_entropy" else ""
-        raise ExpressionError(
-            f"Expected loss in {', '.join(scalar)} or None (the expression is the loss) but got loss={loss!r}{why}."
-        )
-    inits = params if isinstance(params, Mapping) else {}
-    pnames = _check_names(_split(params, "params"))
-    if not pnames:
-        raise ExpressionError("Expected at least one parameter (e.g. params='w,b') but got none.")
-    if not isinstance(target, str):
-        raise ExpressionError(f"Expected target as a name such as 'y' but got {target!r}.")
-    inames = _check_names(_split(inputs, "inputs"))
-    declared = _check_names([*pnames, *inames, target])
-    tree = parse(expr, declared)
-    used = _names_used(tree)
-    unused = [p for p in pnames if p not in used]
-    if unused:
-        raise ExpressionError(
-            f"Expected every parameter to appear in the expression but got no use of {', '.join(map(repr, unused))}; "
-            "its gradient would be zero everywhere: use it or remove it from params.",
-            expr,
-        )
-    if loss is not None and target in used:
-        raise ExpressionError(
-            f"Expected a prediction of parameters and inputs but got the target {target!r} at column "
-            f"{used[target]}; pass loss=None if the expression is the loss itself.",
-            expr,
-            used[target],
-        )
-    text = unparse(tree)
-
-    def predict(ops, p, v, _tree=tree):
-        return evaluate(_tree, ops, {**vars(p), **vars(v)})
-
-    pvars = [Var(p, init=inits.get(p, 1.0), domain=domain) for p in pnames]
-    ivars = [Var(i, domain=domain) for i in inames]
-    tvar = Var(target, domain=domain, kind="binary" if loss == "bce" else "real")
-    if loss is None:
-        model = Model(
-            name=name,
-            params=tuple(pvars),
-            inputs=tuple(ivars),
-            target=tvar,
-            predict=predict,
-            loss_fn=predict,
-            formula=f"loss = {text}",
-            loss_name="expression",
-            description="user expression (the loss itself)",
-            dataset=tuple(dataset),
-        )
-        model._validate()
-    else:
-        model = Model.from_function(
-            predict,
-            params=pvars,
-            inputs=ivars,
-            target=tvar,
-            loss=loss,
-            name=name,
-            formula=f"{target}_hat = {text}",
-            dataset=dataset,
-            description=f"user expression, {loss} loss",
-        )
-    model.init_theta()  # rejects a NaN or malformed initial value now, not at the first check
-    return model

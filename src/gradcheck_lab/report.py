@@ -14,16 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from .engines import ENGINE_LABELS
+
 __all__ = ["Report", "PointCheck", "ParamCheck", "PairWorst", "build_report", "SCHEMA", "pair_name"]
 
 SCHEMA = "gradcheck_lab.report/1"
 
-ENGINE_LABELS = {
-    "symbolic": "symbolic",
-    "autograd": "autograd",
-    "finite_differences": "finite differences",
-    "candidate": "candidate",
-}
 
 
 def pair_name(a: str, b: str) -> str:
