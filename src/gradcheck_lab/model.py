@@ -466,7 +466,7 @@ class Model:
         if missing:
             raise InvalidValueError(
                 f"Expected values for {', '.join(v.name for v in self.data_vars)} but {', '.join(missing)} "
-                f"is missing; pass it (--{missing[0]} on the command line)."
+                f"is missing; add it to the point."
             )
         unknown = [k for k in point if k not in {v.name for v in self.data_vars}]
         if unknown:
