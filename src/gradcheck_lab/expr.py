@@ -62,7 +62,7 @@ import keyword
 import math
 import operator
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -304,13 +304,13 @@ def parse(text: str, names: Iterable[str]) -> Node:
         raise ExpressionError(
             "Expected an expression Python's parser can read but got one too complex for it; simplify it.", text
         ) from None
-    stack = [tree] if shift else []  # columns of the stripped text -> columns of ``text``
+    stack: list[ast.AST] = [tree] if shift else []  # columns of the stripped text -> columns of ``text``
     while stack:
         n = stack.pop()
         stack.extend(ast.iter_child_nodes(n))
-        if hasattr(n, "col_offset"):
-            n.col_offset += shift
-            n.end_col_offset += shift
+        for attr in ("col_offset", "end_col_offset"):
+            if getattr(n, attr, None) is not None:
+                setattr(n, attr, getattr(n, attr) + shift)
     return _Walker(text, declared).walk(tree.body, 1)[0]
 
 
@@ -329,14 +329,14 @@ class _Walker:
     def token(self, start: int, end: int | None) -> str:
         return repr(_snippet(self.text, start, end))
 
-    def after(self, child: ast.AST) -> int:
+    def after(self, child: ast.expr) -> int:
         """Column of the first token after ``child`` (skipping spaces and closing brackets)."""
-        col = child.end_col_offset
+        col = child.end_col_offset or 0
         while col < len(self.text) and self.text[col] in " )":
             col += 1
         return col
 
-    def walk(self, n: ast.AST, depth: int) -> tuple[Node, float | None]:
+    def walk(self, n: ast.expr, depth: int) -> tuple[Node, float | None]:
         """``(node, value)``; ``value`` is the float value of a constant subtree, else None."""
         col = getattr(n, "col_offset", None)
         if depth > MAX_DEPTH:
@@ -360,7 +360,7 @@ class _Walker:
             return self.call(n, depth)
         self.reject(n, depth)
 
-    def reject(self, n: ast.AST, depth: int) -> NoReturn:
+    def reject(self, n: ast.expr, depth: int) -> NoReturn:
         """Raise for syntax outside the whitelist, at its offending token (leftmost error first)."""
         col = n.col_offset
         if isinstance(n, (ast.BinOp, ast.UnaryOp)):
@@ -380,7 +380,7 @@ class _Walker:
 
     def constant(self, n: ast.Constant) -> tuple[Node, float]:
         v, col = n.value, n.col_offset
-        if type(v) not in (int, float):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
             kinds = {bool: "a boolean", str: "a string", bytes: "a bytes string", complex: "a complex number"}
             got = f"{kinds.get(type(v), 'the constant')} {self.token(col, n.end_col_offset)}"
             self.fail(col, "a real number", got, "use int or float literals only.")
@@ -412,7 +412,7 @@ class _Walker:
         value = None if a is None or b is None else self.fold(n, _FOLD[op], a, b)
         return BinOp(op, left, right, self.after(n.left)), value
 
-    def fold(self, n: ast.AST, fn, *args: float) -> float:
+    def fold(self, n: ast.expr, fn: Callable[..., float], *args: float) -> float:
         """``fn(*args)`` for a constant subtree, rejected unless finite and at most MAX_LITERAL."""
         try:
             value, why = fn(*args), "not a finite number"
@@ -442,10 +442,10 @@ class _Walker:
         option = CONSTANT_ARGUMENTS.get(f)
         one = f"{f}(z) with one positional argument" if option is None else \
             f"{f}(z) or {f}(z, {option}) with a constant {option} > 0"
-        for arg in n.args:
-            if isinstance(arg, ast.Starred):
-                got = f"a starred argument {self.token(arg.col_offset, arg.end_col_offset)}"
-                self.fail(arg.col_offset, one, got, "pass one expression.")
+        for a in n.args:
+            if isinstance(a, ast.Starred):
+                got = f"a starred argument {self.token(a.col_offset, a.end_col_offset)}"
+                self.fail(a.col_offset, one, got, "pass one expression.")
         args = list(n.args)
         for kw in n.keywords:
             if option is None or kw.arg != option or len(args) != 1:
@@ -455,9 +455,11 @@ class _Walker:
         most = 1 if option is None else 2
         if not 1 <= len(args) <= most:
             at = args[most].col_offset if len(args) > most else n.func.end_col_offset
-            self.fail(at, one, f"{len(args)} arguments", f"{f} takes {'one number' if most == 1 else 'z and ' + option}.")
+            takes = "one number" if option is None else f"z and {option}"
+            self.fail(at, one, f"{len(args)} arguments", f"{f} takes {takes}.")
         arg, value = self.walk(args[0], depth + 1)
-        nodes, consts = [arg], []
+        nodes: list[Node] = [arg]
+        consts: list[float] = []
         if len(args) == 2:
             # Note [Huber] in ops.py: delta shapes the function; it is a positive constant, not a variable.
             opt, c = self.walk(args[1], depth + 1)
@@ -484,23 +486,22 @@ def evaluate(node: Node, ops, env: Mapping[str, Any]) -> Any:
     >>> evaluate(parse("w*x + exp(0)", {"w", "x"}), backend("float"), {"w": 2.0, "x": 3.0})
     7.0
     """
-    t = type(node)
-    if t is Num:
+    if isinstance(node, Num):
         return node.value
-    if t is Name:
+    if isinstance(node, Name):
         try:
             return env[node.id]
         except KeyError:
             raise ExpressionError(f"Expected a value for {node.id!r} but got none (have {', '.join(env)}).") from None
-    if t is Neg:
+    if isinstance(node, Neg):
         return -evaluate(node.operand, ops, env)
-    if t is Pos:
+    if isinstance(node, Pos):
         return evaluate(node.operand, ops, env)
-    if t is BinOp:
+    if isinstance(node, BinOp):
         a, b = evaluate(node.left, ops, env), evaluate(node.right, ops, env)
         value = _ARITH[node.op](a, b)
         return _number(value) if _plain(a) and _plain(b) else value
-    if t is Call:
+    if isinstance(node, Call):
         x = evaluate(node.args[0], ops, env)
         consts = [float(evaluate(c, backend("float"), env)) for c in node.args[1:]]
         return getattr(backend("float") if _plain(x) else ops, node.func)(x, *consts)
@@ -511,9 +512,9 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "**": 4}
 
 
 def _prec(node: Node) -> int:
-    if type(node) is BinOp:
+    if isinstance(node, BinOp):
         return _PREC[node.op]
-    return 3 if type(node) in (Neg, Pos) else 5
+    return 3 if isinstance(node, (Neg, Pos)) else 5
 
 
 def unparse(node: Node) -> str:
@@ -527,15 +528,14 @@ def unparse(node: Node) -> str:
         s = unparse(child)
         return f"({s})" if brackets else s
 
-    t = type(node)
-    if t is Num:
+    if isinstance(node, Num):
         return repr(node.value)
-    if t is Name:
+    if isinstance(node, Name):
         return node.id
-    if t is Call:
+    if isinstance(node, Call):
         return f"{node.func}({', '.join(map(unparse, node.args))})"
-    if t in (Neg, Pos):
-        return ("-" if t is Neg else "+") + wrap(node.operand, _prec(node.operand) < 3)
+    if isinstance(node, (Neg, Pos)):
+        return ("-" if isinstance(node, Neg) else "+") + wrap(node.operand, _prec(node.operand) < 3)
     p = _PREC[node.op]
     if node.op == "**":  # right-associative; binds tighter than unary minus on its left
         left, right = _prec(node.left) <= 4, _prec(node.right) < 3
@@ -551,18 +551,20 @@ def names_used(node: Node) -> dict[str, int | None]:
     stack = [node]
     while stack:
         n = stack.pop()
-        if type(n) is Name:
-            out[n.id] = min(out.get(n.id, n.pos), n.pos)
-        elif type(n) in (Neg, Pos):
+        if isinstance(n, Name):
+            first = out.get(n.id, n.pos)
+            out[n.id] = n.pos if first is None or n.pos is None else min(first, n.pos)
+        elif isinstance(n, (Neg, Pos)):
             stack.append(n.operand)
-        elif type(n) is BinOp:
+        elif isinstance(n, BinOp):
             stack += [n.left, n.right]
-        elif type(n) is Call:
+        elif isinstance(n, Call):
             stack += list(n.args)
     return out
 
 
-def split_names(names: str | Sequence[Any], what: str) -> list[Any]:
+def split_names(names: object, what: str) -> list[Any]:
+    """``"a, b"`` or a list (or mapping) of names as a list; anything else is refused."""
     if isinstance(names, str):
         return [s.strip() for s in names.split(",")]
     if isinstance(names, (Mapping, Sequence)):

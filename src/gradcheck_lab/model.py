@@ -68,6 +68,7 @@ class Var:
 
     def encode(self, value: Any) -> np.ndarray:
         """A user's value for this variable as its flat float components."""
+        arr: np.ndarray
         if self.kind == "class":
             k = self.shape[0]
             if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == k:
@@ -124,7 +125,7 @@ class Batch:
     theta: np.ndarray
     data: np.ndarray
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.theta = np.ascontiguousarray(self.theta, dtype=float)
         self.data = np.ascontiguousarray(self.data, dtype=float)
         if self.theta.ndim != 2 or self.data.ndim != 2 or len(self.theta) != len(self.data):
@@ -136,7 +137,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.theta)
 
-    def take(self, index) -> Batch:
+    def take(self, index: Any) -> Batch:
         return Batch(self.theta[index], self.data[index])
 
     @staticmethod
@@ -406,7 +407,9 @@ class Model:
     def n_data(self) -> int:
         return sum(v.size for v in self.data_vars)
 
-    def namespaces(self, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]):
+    def namespaces(
+        self, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]
+    ) -> tuple[SimpleNamespace, SimpleNamespace]:
         """``(p, v)`` namespaces whose components come from two column accessors."""
         p, off = {}, 0
         for var in self.params:
@@ -418,11 +421,15 @@ class Model:
             off += var.size
         return SimpleNamespace(**p), SimpleNamespace(**v)
 
-    def loss(self, ops, theta_col, data_col):
+    def loss(self, ops: SimpleNamespace, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]) -> Any:
+        """The loss on backend ``ops``, components read through the two column accessors."""
         p, v = self.namespaces(theta_col, data_col)
         return self.loss_fn(ops, p, v)
 
-    def prediction(self, ops, theta_col, data_col):
+    def prediction(
+        self, ops: SimpleNamespace, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]
+    ) -> Any:
+        """The prediction on backend ``ops`` (see :meth:`loss`)."""
         p, v = self.namespaces(theta_col, data_col)
         return self.predict(ops, p, v)
 

@@ -49,9 +49,11 @@ def cli_terms(message: str, flags: Mapping[str, str]) -> str:
         if keyword in _DIFFERENT:
             continue
         k = re.escape(keyword)
-        message = re.sub(
-            rf"(?<![\w.\-]){k}=({_VALUE})", lambda m, f=flag: f"{f} {_cli_value(m.group(1))}", message
-        )
+
+        def spelled(m: re.Match[str], flag: str = flag) -> str:
+            return f"{flag} {_cli_value(m.group(1))}"
+
+        message = re.sub(rf"(?<![\w.\-]){k}=({_VALUE})", spelled, message)
         message = re.sub(rf"(?<=<= ){k}(?= <=)", flag, message)
         message = re.sub(rf"\b(Expected|for|from) {k}(?= in\b| but\b|\.|$)", rf"\1 {flag}", message)
     return message

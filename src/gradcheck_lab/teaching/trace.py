@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidValueError
 from ..ops import FUNCTIONS, HUBER_DELTA, Ops, huber_float, register_backend
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["Node", "Trace", "trace", "trace_row", "trace_ops"]
 
@@ -350,7 +353,7 @@ def _topological(root: Node) -> list[Node]:
     return order
 
 
-def trace_row(model, theta_row: Sequence[float], data_row: Sequence[float]) -> Trace:
+def trace_row(model: Model, theta_row: Sequence[float] | np.ndarray, data_row: Sequence[float] | np.ndarray) -> Trace:
     """Trace the loss at one flat point (the layout of :class:`~gradcheck_lab.model.Batch`)."""
     from ..ops import backend
 
