@@ -192,3 +192,19 @@ def test_engines_and_explain_agree_on_each_new_function(text):
     e = explain(m, {"x": 1.3, "y": 0.5})
     assert e.agree and not e.kinks
     assert any(text.split("(")[0] + "(" in r["op"] for r in e.trace.rows())
+
+
+def test_graph_labels_show_the_new_functions_and_huber_delta():
+    from gradcheck_lab import graph
+
+    m = Model.from_expr("huber(w*x, 0.5) + erf(b) + expm1(huber(b))", params="w,b")
+    src = graph(m, {"x": 1.0, "y": 0.0}).source
+    for label in ("huber(n1, 0.5)", "erf(b)", "huber(b)", "expm1("):
+        assert label in src, label
+
+
+def test_sympy_huber_derivative_is_the_clip_without_sign():
+    z = sp.Symbol("z", real=True)
+    d = sp.diff(backend("sympy").huber(z, 2), z)
+    assert not d.has(sp.sign) and not d.has(sp.Abs)
+    assert [d.subs(z, v) for v in (-3, -1, 3)] == [-2, -1, 2]

@@ -35,7 +35,9 @@ So it is no kink: finite differences flag a jump of the *slope* (Note
 records its argument. SymPy writes it as a ``Piecewise``; NumPy and floats
 use the branch-free ``m*(|z| - m/2)`` with ``m = min(|z|, delta)``, equal to
 both pieces without a subtraction that cancels (``|z| - m/2 >= |z|/2``); torch
-uses ``F.huber_loss`` against a zero target, the same formula. ``delta`` is a
+uses ``F.huber_loss`` against a zero target, the same formula. SymPy's
+three pieces avoid ``Abs``, so that its derivative reads ``-delta``,
+``delta`` or ``z`` (``derive`` shows it) instead of a ``sign``. ``delta`` is a
 positive constant, never a parameter.
 
 Note [erf in NumPy]
@@ -127,7 +129,9 @@ def _sympy_ops() -> Ops:
     def huber(z, delta=HUBER_DELTA):
         # Note [Huber]: the textbook pieces; delta is a positive constant.
         d = sp.nsimplify(delta) if float(delta).is_integer() else sp.Float(delta)
-        return sp.Piecewise((z**2 / 2, sp.Abs(z) <= d), (d * (sp.Abs(z) - d / 2), True))
+        # Three pieces without Abs, so that the derivative reads clip(z, -d, d)
+        # (with Abs, SymPy's derivative carries sign(z) and an Eq(z, 0) piece).
+        return sp.Piecewise((-d * z - d**2 / 2, z < -d), (d * z - d**2 / 2, z > d), (z**2 / 2, True))
 
     return Ops(
         name="sympy",
