@@ -46,11 +46,15 @@ NumPy has no ``erf`` (SciPy's is not a dependency) and the finite-difference
 engine must not call torch. ``math.erf`` (the C library's, within 1 ulp:
 measured 0.995 eps worst relative error against mpmath at 40 digits on 2,000
 points in [-4, 4]) is mapped over the array: 0.11 us per element (1e5
-points: 11 ms; ``np.vectorize`` and ``np.frompyfunc`` take 16 ms). A rational
-approximation would be faster but less accurate, and the float64 accuracy of
-every loss evaluation enters the error bar of finite differences, so the
-accurate one wins. :data:`LAMBDIFY_NUMPY` hands the same function to SymPy's
-``lambdify``, whose NumPy printer has no ``erf`` either.
+points: 11 ms; ``np.vectorize`` and ``np.frompyfunc`` take 16 ms). The whole
+finite-difference engine on 1,000 points of ``erf(w*x) + b`` takes 8.9 ms
+against 2.6 ms for ``exp(w*x) + b``: slower, but small beside the other
+engines. No rational approximation was adopted: the float64 accuracy of every
+loss evaluation enters the error bar of finite differences, and a ufunc-speed
+approximation within 1 ulp everywhere is a project of its own (the classic
+short ones, such as Abramowitz-Stegun 7.1.26, err by 1e-7). :data:`LAMBDIFY_NUMPY`
+hands the same function to SymPy's ``lambdify``, whose NumPy printer has no
+``erf`` either.
 """
 
 from __future__ import annotations
