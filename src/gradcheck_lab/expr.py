@@ -1,4 +1,8 @@
-"""User models from expression strings, parsed by a whitelist (never ``eval``).
+"""Expression strings parsed by a whitelist (never ``eval``), for user models.
+
+:meth:`gradcheck_lab.Model.from_expr` builds a model around the tree this
+module returns; this module knows nothing of models (model imports expr,
+never the reverse: tests/test_imports.py).
 
 Security stance, first: an expression string is untrusted input. It is never
 handed to ``eval``, ``exec``, ``compile`` (to run), ``sympy.sympify`` or
