@@ -151,6 +151,8 @@ def test_expr_model_verifies(cli):
         (["graph", "quadratic", "--out", "/nonexistent/g.svg"], "existing directory"),
         (["explain", "quadratic", "--param", "w9=1"], "Did you mean w2, w1?"),
         (["verify", "softmax", "--x", "-2,1", "--y", "1"], "--x=-2,1"),
+        (["derive", "quadratic", "--param", "w1=2"], "unrecognized arguments: --param"),
+        (["verify", "mlp", "--hid", "3"], "unrecognized arguments: --hid"),
     ],
 )
 def test_more_bad_input(cli, argv, fragment):

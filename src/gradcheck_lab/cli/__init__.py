@@ -29,7 +29,15 @@ COMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so every error has one shape."""
+    """argparse that raises instead of exiting, so every error has one shape.
+
+    Abbreviations are off: ``derive --param w1=2`` (a flag ``derive`` does not
+    have) was silently taken as ``--params`` and ignored.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # noqa: D401 - argparse API
         if "expected one argument" in message:
