@@ -89,7 +89,7 @@ def test_list(cli):
         (["verify", "quadratic", "--seed", "x"], "non-negative integer"),
         (["verify", "quadratic", "--dtype", "float16"], "invalid choice"),
         (["verify", "quadratic", "--hidden", "4"], "--hidden only with a model"),
-        (["verify", "mlp", "--hidden", "0"], "1 <= H <= 256"),
+        (["verify", "mlp", "--hidden", "0"], "1 <= --hidden <= 256"),
         (["verify", "mlp", "--activation", "tanhh"], "Did you mean tanh"),
         (["verify", "softmax", "--y", "7", "--x", "1,2"], "class label in 0..2"),
         (["verify", "softmax", "--y", "1", "--x", "1,2,3"], "shape (2,)"),
@@ -151,8 +151,58 @@ def test_expr_model_verifies(cli):
         (["graph", "quadratic", "--out", "/nonexistent/g.svg"], "existing directory"),
         (["explain", "quadratic", "--param", "w9=1"], "Did you mean w2, w1?"),
         (["verify", "softmax", "--x", "-2,1", "--y", "1"], "--x=-2,1"),
+        (["derive", "quadratic", "--param", "w1=2"], "unrecognized arguments: --param"),
+        (["verify", "mlp", "--hid", "3"], "unrecognized arguments: --hid"),
     ],
 )
 def test_more_bad_input(cli, argv, fragment):
     code, out, err = cli(*argv)
     assert code == 2 and err.count("\n") == 1 and fragment in err, err
+
+
+#: (argv, what the message must say in CLI terms, library spellings it must not contain)
+CLI_TERMS = [
+    (["verify", "--expr", "w*x", "--params", "w", "--loss", "foo"], "got --loss foo", ["loss=", "None"]),
+    (["verify", "--expr", "w*x", "--params", "w", "--loss", "cross_entropy"], "or --loss none", ["loss="]),
+    (["verify", "--expr", "w*x + y", "--params", "w"], "pass --loss none if", ["loss=None"]),
+    (["explain", "--expr", "w*x", "--params", "w,b"], "remove it from --params.", ["from params"]),
+    (["verify", "mlp", "--hidden", "0"], "got --hidden 0", ["H=", " H "]),
+    (["verify", "mlp", "--activation", "foo"], "Expected --activation in", ["activation="]),
+    (["verify", "softmax", "--classes", "1"], "2 <= --classes <= 64 but got --classes 1", ["K="]),
+    (["verify", "softmax", "--dim", "0"], "got --dim 0", ["d="]),
+    (["train", "linear", "--lr", "-1"], "got --lr -1.0", ["lr="]),
+    (["train", "linear", "--epochs", "0"], "1 <= --epochs <=", ["epochs="]),
+]
+
+
+@pytest.mark.parametrize("argv, says, never", CLI_TERMS, ids=[" ".join(a[:4]) for a, _, _ in CLI_TERMS])
+def test_library_errors_are_reworded_in_cli_terms(cli, argv, says, never):
+    code, out, err = cli(*argv)
+    assert code == 2 and err.startswith("Error: ") and err.count("\n") == 1, err
+    assert says in err, err
+    for word in never:
+        assert word not in err, err
+
+
+def test_the_library_keeps_its_own_terms():
+    from gradcheck_lab import Model, UsageError, get_model
+
+    with pytest.raises(UsageError, match="got loss='foo'"):
+        Model.from_expr("w*x", params="w", loss="foo")
+    with pytest.raises(UsageError, match="pass loss=None"):
+        Model.from_expr("w*x + y", params="w")
+    with pytest.raises(UsageError, match=r"got H=0"):
+        get_model("mlp", H=0)
+
+
+def test_cli_terms_rewrites_only_keyword_forms():
+    from gradcheck_lab.cli.terms import cli_terms
+
+    flags = {"loss": "--loss", "params": "--params", "H": "--hidden", "x": "--x"}
+    assert cli_terms("Expected at least one parameter (e.g. params='w,b').", flags) == (
+        "Expected at least one parameter (e.g. --params w,b)."
+    )
+    assert cli_terms("got params=['w', 'b'].", flags) == "got --params w,b."
+    # Not a keyword: words that merely contain one, the loss as a noun, a model input's value.
+    same = "the loss of model 'mlp' (Hidden=3, my_loss=None) at x=2 is the loss itself."
+    assert cli_terms(same, flags) == same

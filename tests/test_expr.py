@@ -24,7 +24,6 @@ from gradcheck_lab.expr import (
     Num,
     Pos,
     evaluate,
-    model_from_expr,
     parse,
     unparse,
 )
@@ -114,6 +113,22 @@ HOSTILE = [
     ("__builtins__", 0, "'__builtins__'"),
     ("globals()", 0, "'globals'"),
     ("(x).real", 3, "'.real'"),
+    ("huber(x, w1)", 9, "a constant delta > 0"),
+    ("huber(x, 0)", 9, "'0' (= 0)"),
+    ("huber(x, -1/2)", 9, "'-1/2' (= -0.5)"),
+    ("huber(x, delta=w1)", 15, "a constant delta > 0"),
+    ("huber(x, 1, 2)", 12, "3 arguments"),
+    ("huber(x, 1, delta=2)", 12, "'delta='"),
+    ("huber(x, eps=1)", 9, "'eps='"),
+    ("huber(delta=1)", 6, "'delta='"),
+    ("huber()", 5, "0 arguments"),
+    ("huber(x, __import__('os'))", 9, "'__import__'"),
+    ("huber(x, 1e999)", 9, "'1e999'"),
+    ("huber(x, **w1)", 9, "'**'"),
+    ("erf(x, 2)", 7, "2 arguments"),
+    ("log1p(-1)*x", 0, "'log1p(-1)'"),
+    ("cosh(1000)*x", 0, "'cosh(1000)'"),
+    ("expm1(x, delta=1)", 9, "'delta='"),
     ("   x.real", 4, "'.real'"),  # columns count the leading spaces
 ]
 
@@ -295,6 +310,17 @@ def test_fuzz_unparse_round_trips(tree):
     assert again == tree
 
 
+def test_huber_delta_is_positional_or_keyword_and_round_trips():
+    a, b = parse("huber(x, 2)", NAMES), parse("huber(x, delta=2)", NAMES)
+    assert a == b == Call("huber", (Name("x"), Num(2)))
+    assert parse("huber(x)", NAMES) == Call("huber", (Name("x"),))
+    assert unparse(parse("huber(x - b, delta=1/2)", NAMES)) == "huber(x - b, 1/2)"
+    assert parse(unparse(a), NAMES) == a
+    # A constant call folds with its delta, like any constant.
+    assert evaluate(parse("huber(3, 2)", NAMES), backend("float"), {}) == 4.0
+    assert evaluate(parse("huber(x, 2)", NAMES), backend("float"), {"x": 3.0}) == 4.0
+
+
 # ---------------------------------------------------------------- evaluation and models
 def test_evaluate_hands_sympy_integer_exponents():
     import sympy as sp
@@ -328,6 +354,11 @@ AGREEMENT = [
     ("square(w*x - b)/(1 + b**2)", "w,b", (-2.0, 2.0)),
     ("w/x + b**-2 + x**w", "w,b", (0.5, 2.0)),
     ("w*exp(1) + sqrt(2)*b - +x", "w,b", (-3.0, 3.0)),
+    ("cosh(w*x) - sinh(b*x)", "w,b", (-2.0, 2.0)),
+    ("asinh(w*x) + atan(b*x) + atan(1)", "w,b", (-3.0, 3.0)),
+    ("log1p(w**2*x**2) + expm1(b*x)", "w,b", (-2.0, 2.0)),
+    ("erf(w*x + b) + exp(erf(b))", "w,b", (-2.0, 2.0)),
+    ("huber(w*x - b) + huber(w + b*x, delta=0.5) + huber(3*b, 2)", "w,b", (-3.0, 3.0)),
 ]
 
 
@@ -365,7 +396,7 @@ def test_bce_matches_the_catalog_logistic_model():
 
 
 def test_params_mapping_sets_initial_values_and_inputs_may_be_many():
-    m = model_from_expr(
+    m = Model.from_expr(
         "w*u + b*v", params={"w": 0.5, "b": -2}, inputs="u, v", target="t", dataset=[{"u": 1, "v": 2, "t": 0}]
     )
     np.testing.assert_array_equal(m.init_theta(), [0.5, -2.0])
@@ -389,9 +420,10 @@ def test_params_mapping_sets_initial_values_and_inputs_may_be_many():
         (dict(expr="w*x", params="w", target=3), "target"),
         (dict(expr="w*x", params=42), "comma string"),
         (dict(expr="w*z", params="w"), "'z'"),
+        (dict(expr="huber(w*x, b)", params="w,b"), "a constant delta > 0"),
     ],
 )
 def test_model_from_expr_rejects_bad_arguments(kwargs, named):
     with pytest.raises(ExpressionError) as info:
-        model_from_expr(**kwargs)
+        Model.from_expr(**kwargs)
     assert named in str(info.value)

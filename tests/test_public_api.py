@@ -40,3 +40,48 @@ def test_errors_form_one_hierarchy():
 def test_import_is_light():
     code = "import sys, gradcheck_lab; bad=[m for m in ('torch','sympy','numpy','mpmath') if m in sys.modules]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+#: Public callables whose module is being rewritten elsewhere and is not typed yet:
+#: name -> the parameters (and "return") still unannotated. Shrinks to empty.
+UNTYPED_YET = {
+    "verify": {"return"},
+    "assert_gradients_agree": {"return"},
+    "derive": {"model"},
+    "Model.symbols": {"return"},
+    "Model.loss_expr": {"return"},
+    "Model.predict_expr": {"return"},
+}
+
+
+def _unannotated():
+    import inspect
+
+    def gaps(fn, is_init=False):
+        sig = inspect.signature(fn)
+        out = {p.name for p in sig.parameters.values() if p.annotation is p.empty and p.name not in ("self", "cls")}
+        if sig.return_annotation is sig.empty and not is_init:
+            out.add("return")
+        return out
+
+    found = {}
+    for name in gradcheck_lab.__all__:
+        obj = getattr(gradcheck_lab, name)
+        if isinstance(obj, type):
+            for attr, member in vars(obj).items():
+                if attr.startswith("_") and attr != "__init__":
+                    continue
+                member = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+                if callable(member) and (missing := gaps(member, attr == "__init__")):
+                    found[f"{name}.{attr}"] = missing
+        elif callable(obj) and (missing := gaps(obj)):
+            found[name] = missing
+    return found
+
+
+def test_public_api_is_annotated():
+    # py.typed ships with the package (pyproject: package-data), so users' type checkers read these.
+    from pathlib import Path
+
+    assert (Path(gradcheck_lab.__file__).parent / "py.typed").is_file()
+    assert _unannotated() == UNTYPED_YET

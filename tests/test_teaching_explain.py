@@ -92,8 +92,8 @@ def test_every_function_matches_torch():
     unary = [f for f in FUNCTIONS if f not in ("sum", "logsumexp")]
     for name in unary:
         for a in (-1.3, 0.4, 2.2):
-            if name in ("log", "sqrt") and a <= 0:
-                continue
+            if (name in ("log", "sqrt") and a <= 0) or (name == "log1p" and a * 0.9 <= -1):
+                continue  # outside the domain
             m = Model.from_function(lambda ops, p, v, n=name: getattr(ops, n)(p.w * v.x) * 3 - 1 / (p.w + 5),
                                     params={"w": a})
             tr = trace(m, point={"x": 0.9, "y": 0.5})

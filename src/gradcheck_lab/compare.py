@@ -368,8 +368,6 @@ def _component_classes(state: dict[str, np.ndarray], kink: np.ndarray) -> np.nda
 def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch, dtype, device,
                  candidate_rounding, strict) -> None:
     """Each engine against the certified exact value at ``rows`` (Note [Verdict])."""
-    from . import rounding
-
     have = np.isfinite(ex) & ~kink[rows]
     for name, res in results.items():
         g = res.values[rows]
@@ -388,7 +386,7 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
         if finite_off.any():
             pts = np.flatnonzero(finite_off.any(axis=1))
             sub = batch.take(rows[pts])
-            est = rounding.own_rounding(name, model, sub, res, g[pts], dtype=res.dtype, device=device,
+            est = _own_rounding(name, model, sub, res, g[pts], dtype=res.dtype, device=device,
                                         candidate_rounding=candidate_rounding)
             o = own[name]
             block = o[rows[pts]]
@@ -411,6 +409,67 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
             sub_st[fo & ~explained] = MISMATCH
             st[pts] = sub_st
         state[name][rows] = st
+
+
+def _own_rounding(
+    name: str,
+    model,
+    batch,
+    result,
+    values: np.ndarray,
+    *,
+    dtype: str,
+    device: str = "cpu",
+    candidate_rounding: Callable | None = None,
+) -> np.ndarray:
+    """Engine ``name``'s own rounding at every point of ``batch`` (Note [Own rounding]).
+
+    ``values`` are the engine's plain values there, ``result`` its
+    :class:`~gradcheck_lab.engines.Gradients` (for a candidate's dtype).
+    """
+    if name == "symbolic":
+        from .engines.symbolic import compiled
+        from .rounding import context, estimate, perturbed_numpy, plain
+
+        fn = compiled(model)
+        cols = [batch.theta[:, i] for i in range(batch.theta.shape[1])] + [
+            batch.data[:, j] for j in range(batch.data.shape[1])
+        ]
+
+        def run(seed: int) -> np.ndarray:
+            ctx = context(len(batch), seed, "float64")
+            moved = perturbed_numpy(cols, ctx.rng, "float64", ctx)
+            with np.errstate(all="ignore"):
+                out = fn(*moved)
+            vals = np.stack([np.broadcast_to(plain(o), (len(batch),)) for o in out], axis=1)
+            return np.where(ctx.tainted[:, None], np.nan, vals)
+
+        return estimate(run)
+    if name == "autograd":
+        from .engines.autograd import gradients
+        from .rounding import estimate, torch_mca
+
+        def run(seed: int) -> np.ndarray:
+            with torch_mca(dtype, seed, len(batch)) as mode:
+                vals = gradients(model, batch, dtype=dtype, device=device).values
+            return np.where(mode.tainted[:, None], np.nan, vals)
+
+        return estimate(run)
+    if name == "finite_differences":
+        from .engines.finite_diff import gradients as fd
+        from .rounding import context, estimate
+
+        def run(seed: int) -> np.ndarray:
+            ctx = context(len(batch), seed, "float64")
+            vals = fd(model, batch, perturb=ctx).values
+            return np.where(ctx.tainted[:, None], np.nan, vals)
+
+        return estimate(run)
+    if name == "candidate" and candidate_rounding is not None:
+        from .rounding import estimate
+
+        return estimate(lambda seed: candidate_rounding(batch, seed))
+    return np.zeros_like(values)
 
 
 # ------------------------------------------------------------------ referee adapter

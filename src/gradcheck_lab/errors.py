@@ -7,6 +7,11 @@ expected, what was got, and what to do about it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .report import Report
+
 __all__ = [
     "GradcheckError",
     "UsageError",
@@ -66,6 +71,6 @@ class GradientMismatch(GradcheckError, AssertionError):
 
     exit_code = 1
 
-    def __init__(self, message: str, report=None):
+    def __init__(self, message: str, report: Report | None = None):
         super().__init__(message)
         self.report = report

@@ -1,4 +1,8 @@
-"""User models from expression strings, parsed by a whitelist (never ``eval``).
+"""Expression strings parsed by a whitelist (never ``eval``), for user models.
+
+:meth:`gradcheck_lab.Model.from_expr` builds a model around the tree this
+module returns; this module knows nothing of models (model imports expr,
+never the reverse: tests/test_imports.py).
 
 Security stance, first: an expression string is untrusted input. It is never
 handed to ``eval``, ``exec``, ``compile`` (to run), ``sympy.sympify`` or
@@ -21,12 +25,15 @@ Grammar
     unary  := ("+" | "-") unary      | power
     power  := atom ["**" unary]                 (right-associative)
     atom   := NUMBER | NAME | FUNC "(" expr ")" | "(" expr ")"
+            | "huber" "(" expr ["," ["delta" "="] expr] ")"   (delta: a constant > 0)
 
 ``NUMBER`` is an int or float literal (no complex, bool, string or ``None``);
 ``NAME`` is a declared parameter, input or target; ``FUNC`` is one of
 :data:`UNARY_FUNCTIONS` (the one-argument functions of
 :data:`gradcheck_lab.ops.FUNCTIONS`). ``sum`` and ``logsumexp`` take lists in
 ``ops`` and are rejected: write ``a + b`` or ``log(exp(a) + exp(b))``.
+``huber``'s optional ``delta`` (default 1) must be a constant expression
+with a positive value (:data:`CONSTANT_ARGUMENTS`).
 
 How it works
 ------------
@@ -59,7 +66,7 @@ import keyword
 import math
 import operator
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -70,7 +77,9 @@ __all__ = [
     "parse",
     "evaluate",
     "unparse",
-    "model_from_expr",
+    "check_names",
+    "split_names",
+    "names_used",
     "Node",
     "Num",
     "Name",
@@ -79,6 +88,7 @@ __all__ = [
     "BinOp",
     "Call",
     "UNARY_FUNCTIONS",
+    "CONSTANT_ARGUMENTS",
     "MAX_LENGTH",
     "MAX_DEPTH",
     "MAX_NODES",
@@ -99,6 +109,9 @@ MAX_LITERAL = 1e300
 
 #: Functions an expression may call: the one-argument functions of ``ops``.
 UNARY_FUNCTIONS: tuple[str, ...] = tuple(f for f in FUNCTIONS if f not in ("sum", "logsumexp"))
+#: Functions that take an optional second argument, a positive constant that
+#: shapes them (``huber(z, 2.0)``, also ``huber(z, delta=2.0)``): its name.
+CONSTANT_ARGUMENTS: dict[str, str] = {"huber": "delta"}
 _LIST_FUNCTIONS = ("sum", "logsumexp")
 
 
@@ -149,7 +162,11 @@ class BinOp:
 
 @dataclass(frozen=True)
 class Call:
-    """``func(args...)`` with ``func`` in :data:`UNARY_FUNCTIONS` (one argument)."""
+    """``func(args...)`` with ``func`` in :data:`UNARY_FUNCTIONS`.
+
+    One argument, except a function of :data:`CONSTANT_ARGUMENTS`, which may
+    have a second: a constant subtree (its positive value is checked at parse time).
+    """
 
     func: str
     args: tuple[Node, ...]
@@ -206,7 +223,7 @@ def _number(v: int | float) -> int | float:
     return float(v) if type(v) is int and abs(v) > 2**53 else v
 
 
-def _check_names(names: Iterable[str]) -> tuple[str, ...]:
+def check_names(names: Iterable[str]) -> tuple[str, ...]:
     """Declared names in order; raises unless each is a plain, unique ASCII identifier."""
     out: list[str] = []
     for n in names:
@@ -238,7 +255,7 @@ def parse(text: str, names: Iterable[str]) -> Node:
     >>> parse("w*x**2", {"w", "x"})
     BinOp(op='*', left=Name(id='w'), right=BinOp(op='**', left=Name(id='x'), right=Num(value=2)))
     """
-    declared = _check_names(sorted(names) if isinstance(names, (set, frozenset)) else _split(names, "names"))
+    declared = check_names(sorted(names) if isinstance(names, (set, frozenset)) else split_names(names, "names"))
     if not isinstance(text, str):
         raise ExpressionError(f"Expected an expression string but got {text!r} (type={type(text).__name__}).")
     if len(text) > MAX_LENGTH:
@@ -291,13 +308,13 @@ def parse(text: str, names: Iterable[str]) -> Node:
         raise ExpressionError(
             "Expected an expression Python's parser can read but got one too complex for it; simplify it.", text
         ) from None
-    stack = [tree] if shift else []  # columns of the stripped text -> columns of ``text``
+    stack: list[ast.AST] = [tree] if shift else []  # columns of the stripped text -> columns of ``text``
     while stack:
         n = stack.pop()
         stack.extend(ast.iter_child_nodes(n))
-        if hasattr(n, "col_offset"):
-            n.col_offset += shift
-            n.end_col_offset += shift
+        for attr in ("col_offset", "end_col_offset"):
+            if getattr(n, attr, None) is not None:
+                setattr(n, attr, getattr(n, attr) + shift)
     return _Walker(text, declared).walk(tree.body, 1)[0]
 
 
@@ -316,14 +333,14 @@ class _Walker:
     def token(self, start: int, end: int | None) -> str:
         return repr(_snippet(self.text, start, end))
 
-    def after(self, child: ast.AST) -> int:
+    def after(self, child: ast.expr) -> int:
         """Column of the first token after ``child`` (skipping spaces and closing brackets)."""
-        col = child.end_col_offset
+        col = child.end_col_offset or 0
         while col < len(self.text) and self.text[col] in " )":
             col += 1
         return col
 
-    def walk(self, n: ast.AST, depth: int) -> tuple[Node, float | None]:
+    def walk(self, n: ast.expr, depth: int) -> tuple[Node, float | None]:
         """``(node, value)``; ``value`` is the float value of a constant subtree, else None."""
         col = getattr(n, "col_offset", None)
         if depth > MAX_DEPTH:
@@ -347,7 +364,7 @@ class _Walker:
             return self.call(n, depth)
         self.reject(n, depth)
 
-    def reject(self, n: ast.AST, depth: int) -> NoReturn:
+    def reject(self, n: ast.expr, depth: int) -> NoReturn:
         """Raise for syntax outside the whitelist, at its offending token (leftmost error first)."""
         col = n.col_offset
         if isinstance(n, (ast.BinOp, ast.UnaryOp)):
@@ -367,7 +384,7 @@ class _Walker:
 
     def constant(self, n: ast.Constant) -> tuple[Node, float]:
         v, col = n.value, n.col_offset
-        if type(v) not in (int, float):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
             kinds = {bool: "a boolean", str: "a string", bytes: "a bytes string", complex: "a complex number"}
             got = f"{kinds.get(type(v), 'the constant')} {self.token(col, n.end_col_offset)}"
             self.fail(col, "a real number", got, "use int or float literals only.")
@@ -399,7 +416,7 @@ class _Walker:
         value = None if a is None or b is None else self.fold(n, _FOLD[op], a, b)
         return BinOp(op, left, right, self.after(n.left)), value
 
-    def fold(self, n: ast.AST, fn, *args: float) -> float:
+    def fold(self, n: ast.expr, fn: Callable[..., float], *args: float) -> float:
         """``fn(*args)`` for a constant subtree, rejected unless finite and at most MAX_LITERAL."""
         try:
             value, why = fn(*args), "not a finite number"
@@ -426,20 +443,38 @@ class _Walker:
             close = difflib.get_close_matches(f, UNARY_FUNCTIONS, n=1)
             todo = f"did you mean {close[0]}?" if close else "no other function may be called."
             self.fail(col, f"a function ({functions})", repr(_snippet(f, 0)), todo)
-        one = f"{f}(z) with one positional argument"
+        option = CONSTANT_ARGUMENTS.get(f)
+        one = f"{f}(z) with one positional argument" if option is None else \
+            f"{f}(z) or {f}(z, {option}) with a constant {option} > 0"
+        for a in n.args:
+            if isinstance(a, ast.Starred):
+                got = f"a starred argument {self.token(a.col_offset, a.end_col_offset)}"
+                self.fail(a.col_offset, one, got, "pass one expression.")
+        args = list(n.args)
         for kw in n.keywords:
-            self.fail(kw.col_offset, one, f"the keyword argument {(f'{kw.arg}=' if kw.arg else '**')!r}",
-                      "remove the keyword.")
-        for arg in n.args:
-            if isinstance(arg, ast.Starred):
-                got = f"a starred argument {self.token(arg.col_offset, arg.end_col_offset)}"
-                self.fail(arg.col_offset, one, got, "pass one expression.")
-        if len(n.args) != 1:
-            at = n.args[1].col_offset if n.args else n.func.end_col_offset
-            self.fail(at, one, f"{len(n.args)} arguments", f"{f} takes one number.")
-        arg, value = self.walk(n.args[0], depth + 1)
-        value = None if value is None else self.fold(n, getattr(backend("float"), f), value)
-        return Call(f, (arg,), col), value
+            if option is None or kw.arg != option or len(args) != 1:
+                self.fail(kw.col_offset, one, f"the keyword argument {(f'{kw.arg}=' if kw.arg else '**')!r}",
+                          "remove the keyword." if option is None else f"pass {option} once, as a number.")
+            args.append(kw.value)
+        most = 1 if option is None else 2
+        if not 1 <= len(args) <= most:
+            at = args[most].col_offset if len(args) > most else n.func.end_col_offset
+            takes = "one number" if option is None else f"z and {option}"
+            self.fail(at, one, f"{len(args)} arguments", f"{f} takes {takes}.")
+        arg, value = self.walk(args[0], depth + 1)
+        nodes: list[Node] = [arg]
+        consts: list[float] = []
+        if len(args) == 2:
+            # Note [Huber] in ops.py: delta shapes the function; it is a positive constant, not a variable.
+            opt, c = self.walk(args[1], depth + 1)
+            at = args[1].col_offset
+            if c is None or not c > 0:
+                got = self.token(at, args[1].end_col_offset) + ("" if c is None else f" (= {c:g})")
+                self.fail(at, f"a constant {option} > 0", got, f"write a positive number such as {f}(z, 2.0).")
+            nodes.append(opt)
+            consts.append(c)
+        value = None if value is None else self.fold(n, getattr(backend("float"), f), value, *consts)
+        return Call(f, tuple(nodes), col), value
 
 
 # ---------------------------------------------------------------- using the tree
@@ -455,26 +490,25 @@ def evaluate(node: Node, ops, env: Mapping[str, Any]) -> Any:
     >>> evaluate(parse("w*x + exp(0)", {"w", "x"}), backend("float"), {"w": 2.0, "x": 3.0})
     7.0
     """
-    t = type(node)
-    if t is Num:
+    if isinstance(node, Num):
         return node.value
-    if t is Name:
+    if isinstance(node, Name):
         try:
             return env[node.id]
         except KeyError:
             raise ExpressionError(f"Expected a value for {node.id!r} but got none (have {', '.join(env)}).") from None
-    if t is Neg:
+    if isinstance(node, Neg):
         return -evaluate(node.operand, ops, env)
-    if t is Pos:
+    if isinstance(node, Pos):
         return evaluate(node.operand, ops, env)
-    if t is BinOp:
+    if isinstance(node, BinOp):
         a, b = evaluate(node.left, ops, env), evaluate(node.right, ops, env)
         value = _ARITH[node.op](a, b)
         return _number(value) if _plain(a) and _plain(b) else value
-    if t is Call:
-        (arg,) = node.args
-        x = evaluate(arg, ops, env)
-        return getattr(backend("float") if _plain(x) else ops, node.func)(x)
+    if isinstance(node, Call):
+        x = evaluate(node.args[0], ops, env)
+        consts = [float(evaluate(c, backend("float"), env)) for c in node.args[1:]]
+        return getattr(backend("float") if _plain(x) else ops, node.func)(x, *consts)
     raise ExpressionError(f"Expected a node of gradcheck_lab.expr but got {node!r}.")
 
 
@@ -482,9 +516,9 @@ _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "**": 4}
 
 
 def _prec(node: Node) -> int:
-    if type(node) is BinOp:
+    if isinstance(node, BinOp):
         return _PREC[node.op]
-    return 3 if type(node) in (Neg, Pos) else 5
+    return 3 if isinstance(node, (Neg, Pos)) else 5
 
 
 def unparse(node: Node) -> str:
@@ -498,15 +532,14 @@ def unparse(node: Node) -> str:
         s = unparse(child)
         return f"({s})" if brackets else s
 
-    t = type(node)
-    if t is Num:
+    if isinstance(node, Num):
         return repr(node.value)
-    if t is Name:
+    if isinstance(node, Name):
         return node.id
-    if t is Call:
+    if isinstance(node, Call):
         return f"{node.func}({', '.join(map(unparse, node.args))})"
-    if t in (Neg, Pos):
-        return ("-" if t is Neg else "+") + wrap(node.operand, _prec(node.operand) < 3)
+    if isinstance(node, (Neg, Pos)):
+        return ("-" if isinstance(node, Neg) else "+") + wrap(node.operand, _prec(node.operand) < 3)
     p = _PREC[node.op]
     if node.op == "**":  # right-associative; binds tighter than unary minus on its left
         left, right = _prec(node.left) <= 4, _prec(node.right) < 3
@@ -516,125 +549,28 @@ def unparse(node: Node) -> str:
     return wrap(node.left, left) + sep + wrap(node.right, right)
 
 
-def _names_used(node: Node) -> dict[str, int | None]:
+def names_used(node: Node) -> dict[str, int | None]:
     """Each name in ``node`` with the column of its first use."""
     out: dict[str, int | None] = {}
     stack = [node]
     while stack:
         n = stack.pop()
-        if type(n) is Name:
-            out[n.id] = min(out.get(n.id, n.pos), n.pos)
-        elif type(n) in (Neg, Pos):
+        if isinstance(n, Name):
+            first = out.get(n.id, n.pos)
+            out[n.id] = n.pos if first is None or n.pos is None else min(first, n.pos)
+        elif isinstance(n, (Neg, Pos)):
             stack.append(n.operand)
-        elif type(n) is BinOp:
+        elif isinstance(n, BinOp):
             stack += [n.left, n.right]
-        elif type(n) is Call:
+        elif isinstance(n, Call):
             stack += list(n.args)
     return out
 
 
-def _split(names: str | Sequence[Any], what: str) -> list[Any]:
+def split_names(names: object, what: str) -> list[Any]:
+    """``"a, b"`` or a list (or mapping) of names as a list; anything else is refused."""
     if isinstance(names, str):
         return [s.strip() for s in names.split(",")]
     if isinstance(names, (Mapping, Sequence)):
         return list(names)
     raise ExpressionError(f"Expected {what} as a comma string or a list of names but got {names!r}.")
-
-
-def model_from_expr(
-    expr: str,
-    *,
-    params: str | Sequence[str] | Mapping[str, float],
-    inputs: str | Sequence[str] = ("x",),
-    target: str = "y",
-    loss: str | None = "squared",
-    name: str = "expr",
-    dataset: Sequence[Mapping[str, Any]] = (),
-    domain: tuple[float, float] = (-3.0, 3.0),
-):
-    """A :class:`~gradcheck_lab.model.Model` whose prediction (or loss) is ``expr``.
-
-    ``params`` is ``"w1,w2,b"``, a list of names (each starts at 1.0) or a
-    mapping name -> initial value; ``inputs`` a comma string or list of
-    names; ``target`` a name. ``loss`` is ``"squared"``, ``"absolute"``,
-    ``"bce"`` (the target is then binary and ``expr`` a probability) or
-    ``None``: ``expr`` is the loss itself and may use the target.
-    ``cross_entropy`` needs a vector of class probabilities and is refused.
-    Every parameter must appear in ``expr`` (one that does not has a gradient
-    of zero everywhere: almost always a typo); with a loss, ``expr`` is the
-    prediction and may not use the target. Parameters and inputs are sampled
-    from ``domain``; so is a real target.
-
-    >>> from gradcheck_lab import Model
-    >>> m = Model.from_expr("w1*x**2 + w2*x + b", params="w1,w2,b")
-    >>> m.formula, m.param_labels
-    ('y_hat = w1*x**2 + w2*x + b', ['w1', 'w2', 'b'])
-    """
-    from .model import LOSSES, Model, Var
-
-    scalar = [k for k in LOSSES if k != "cross_entropy"]
-    if loss is not None and loss not in scalar:
-        why = "; cross_entropy needs a vector of class probabilities" if loss == "cross_entropy" else ""
-        raise ExpressionError(
-            f"Expected loss in {', '.join(scalar)} or None (the expression is the loss) but got loss={loss!r}{why}."
-        )
-    inits = params if isinstance(params, Mapping) else {}
-    pnames = _check_names(_split(params, "params"))
-    if not pnames:
-        raise ExpressionError("Expected at least one parameter (e.g. params='w,b') but got none.")
-    if not isinstance(target, str):
-        raise ExpressionError(f"Expected target as a name such as 'y' but got {target!r}.")
-    inames = _check_names(_split(inputs, "inputs"))
-    declared = _check_names([*pnames, *inames, target])
-    tree = parse(expr, declared)
-    used = _names_used(tree)
-    unused = [p for p in pnames if p not in used]
-    if unused:
-        raise ExpressionError(
-            f"Expected every parameter to appear in the expression but got no use of {', '.join(map(repr, unused))}; "
-            "its gradient would be zero everywhere: use it or remove it from params.",
-            expr,
-        )
-    if loss is not None and target in used:
-        raise ExpressionError(
-            f"Expected a prediction of parameters and inputs but got the target {target!r} at column "
-            f"{used[target]}; pass loss=None if the expression is the loss itself.",
-            expr,
-            used[target],
-        )
-    text = unparse(tree)
-
-    def predict(ops, p, v, _tree=tree):
-        return evaluate(_tree, ops, {**vars(p), **vars(v)})
-
-    pvars = [Var(p, init=inits.get(p, 1.0), domain=domain) for p in pnames]
-    ivars = [Var(i, domain=domain) for i in inames]
-    tvar = Var(target, domain=domain, kind="binary" if loss == "bce" else "real")
-    if loss is None:
-        model = Model(
-            name=name,
-            params=tuple(pvars),
-            inputs=tuple(ivars),
-            target=tvar,
-            predict=predict,
-            loss_fn=predict,
-            formula=f"loss = {text}",
-            loss_name="expression",
-            description="user expression (the loss itself)",
-            dataset=tuple(dataset),
-        )
-        model._validate()
-    else:
-        model = Model.from_function(
-            predict,
-            params=pvars,
-            inputs=ivars,
-            target=tvar,
-            loss=loss,
-            name=name,
-            formula=f"{target}_hat = {text}",
-            dataset=dataset,
-            description=f"user expression, {loss} loss",
-        )
-    model.init_theta()  # rejects a NaN or malformed initial value now, not at the first check
-    return model

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidValueError, UsageError
+from .errors import ExpressionError, InvalidValueError, UsageError
 
 __all__ = ["Var", "Model", "Batch", "LOSSES"]
 
@@ -72,6 +72,7 @@ class Var:
 
     def encode(self, value: Any) -> np.ndarray:
         """A user's value for this variable as its flat float components."""
+        arr: np.ndarray
         if self.kind == "class":
             k = self.shape[0]
             if isinstance(value, (list, tuple, np.ndarray)) and np.size(value) == k:
@@ -128,7 +129,7 @@ class Batch:
     theta: np.ndarray
     data: np.ndarray
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.theta = np.ascontiguousarray(self.theta, dtype=float)
         self.data = np.ascontiguousarray(self.data, dtype=float)
         if self.theta.ndim != 2 or self.data.ndim != 2 or len(self.theta) != len(self.data):
@@ -140,7 +141,7 @@ class Batch:
     def __len__(self) -> int:
         return len(self.theta)
 
-    def take(self, index) -> Batch:
+    def take(self, index: Any) -> Batch:
         return Batch(self.theta[index], self.data[index])
 
     @staticmethod
@@ -170,6 +171,12 @@ def _bce(ops, yhat, y):
     return -(y * ops.log(yhat) + (1 - y) * ops.log(1 - yhat))
 
 
+def _huber(ops, yhat, y):
+    # Note [Huber] in ops.py: delta = 1 (write ops.huber(yhat - y, delta) in a
+    # loss function, or huber(... - y, delta) in an expression, for another).
+    return ops.huber(yhat - y)
+
+
 def _cross_entropy(ops, yhat, y):
     return -ops.sum([yk * ops.log(pk) for yk, pk in zip(y, yhat)])
 
@@ -178,6 +185,7 @@ def _cross_entropy(ops, yhat, y):
 LOSSES: dict[str, Callable] = {
     "squared": _squared,
     "absolute": _absolute,
+    "huber": _huber,
     "bce": _bce,
     "cross_entropy": _cross_entropy,
 }
@@ -270,14 +278,108 @@ class Model:
         return model
 
     @classmethod
-    def from_expr(cls, expr: str, **kwargs) -> Model:
-        """A model from an expression string, parsed by a whitelist (never ``eval``).
+    def from_expr(
+        cls,
+        expr: str,
+        *,
+        params: str | Sequence[str] | Mapping[str, float],
+        inputs: str | Sequence[str] = ("x",),
+        target: str = "y",
+        loss: str | None = "squared",
+        name: str = "expr",
+        dataset: Sequence[Mapping[str, Any]] = (),
+        domain: tuple[float, float] = (-3.0, 3.0),
+    ) -> Model:
+        """A model whose prediction (or loss) is ``expr``, parsed by a whitelist (never ``eval``).
 
-        See :func:`gradcheck_lab.expr.model_from_expr` for the arguments.
+        ``params`` is ``"w1,w2,b"``, a list of names (each starts at 1.0) or a
+        mapping name -> initial value; ``inputs`` a comma string or list of
+        names; ``target`` a name. ``loss`` is ``"squared"``, ``"absolute"``,
+        ``"huber"`` (delta 1), ``"bce"`` (the target is then binary and
+        ``expr`` a probability) or ``None``: ``expr`` is the loss itself and
+        may use the target. ``cross_entropy`` needs a vector of class
+        probabilities and is refused. Every parameter must appear in ``expr``
+        (one that does not has a gradient of zero everywhere: almost always a
+        typo); with a loss, ``expr`` is the prediction and may not use the
+        target. Parameters and inputs are sampled from ``domain``; so is a
+        real target. The grammar is in :mod:`gradcheck_lab.expr`.
+
+        >>> from gradcheck_lab import Model
+        >>> m = Model.from_expr("w1*x**2 + w2*x + b", params="w1,w2,b")
+        >>> m.formula, m.param_labels
+        ('y_hat = w1*x**2 + w2*x + b', ['w1', 'w2', 'b'])
         """
-        from .expr import model_from_expr
+        # model imports expr, never the reverse (tests/test_imports.py).
+        from .expr import check_names, evaluate, names_used, parse, split_names, unparse
 
-        return model_from_expr(expr, **kwargs)
+        scalar = [k for k in LOSSES if k != "cross_entropy"]
+        if loss is not None and loss not in scalar:
+            why = "; cross_entropy needs a vector of class probabilities" if loss == "cross_entropy" else ""
+            raise ExpressionError(
+                f"Expected loss in {', '.join(scalar)}, or loss=None when the expression is the loss itself, "
+                f"but got loss={loss!r}{why}."
+            )
+        inits = params if isinstance(params, Mapping) else {}
+        pnames = check_names(split_names(params, "params"))
+        if not pnames:
+            raise ExpressionError("Expected at least one parameter (e.g. params='w,b') but got none.")
+        if not isinstance(target, str):
+            raise ExpressionError(f"Expected target as a name such as 'y' but got target={target!r}.")
+        inames = check_names(split_names(inputs, "inputs"))
+        declared = check_names([*pnames, *inames, target])
+        tree = parse(expr, declared)
+        used = names_used(tree)
+        unused = [p for p in pnames if p not in used]
+        if unused:
+            raise ExpressionError(
+                f"Expected every parameter to appear in the expression but got no use of "
+                f"{', '.join(map(repr, unused))}; its gradient would be zero everywhere: use it or remove it "
+                "from params.",
+                expr,
+            )
+        if loss is not None and target in used:
+            raise ExpressionError(
+                f"Expected a prediction of parameters and inputs but got the target {target!r} at column "
+                f"{used[target]}; pass loss=None if the expression is the loss itself.",
+                expr,
+                used[target],
+            )
+        text = unparse(tree)
+
+        def predict(ops: Any, p: Any, v: Any, _tree: Any = tree) -> Any:
+            return evaluate(_tree, ops, {**vars(p), **vars(v)})
+
+        pvars = [Var(p, init=inits.get(p, 1.0), domain=domain) for p in pnames]
+        ivars = [Var(i, domain=domain) for i in inames]
+        tvar = Var(target, domain=domain, kind="binary" if loss == "bce" else "real")
+        if loss is None:
+            model = cls(
+                name=name,
+                params=tuple(pvars),
+                inputs=tuple(ivars),
+                target=tvar,
+                predict=predict,
+                loss_fn=predict,
+                formula=f"loss = {text}",
+                loss_name="expression",
+                description="user expression (the loss itself)",
+                dataset=tuple(dataset),
+            )
+            model._validate()
+        else:
+            model = cls.from_function(
+                predict,
+                params=pvars,
+                inputs=ivars,
+                target=tvar,
+                loss=loss,
+                name=name,
+                formula=f"{target}_hat = {text}",
+                dataset=dataset,
+                description=f"user expression, {loss} loss",
+            )
+        model.init_theta()  # rejects a NaN or malformed initial value now, not at the first check
+        return model
 
     def _validate(self) -> None:
         names = [v.name for v in (*self.params, *self.inputs, self.target)]
@@ -309,7 +411,9 @@ class Model:
     def n_data(self) -> int:
         return sum(v.size for v in self.data_vars)
 
-    def namespaces(self, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]):
+    def namespaces(
+        self, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]
+    ) -> tuple[SimpleNamespace, SimpleNamespace]:
         """``(p, v)`` namespaces whose components come from two column accessors."""
         p, off = {}, 0
         for var in self.params:
@@ -321,11 +425,15 @@ class Model:
             off += var.size
         return SimpleNamespace(**p), SimpleNamespace(**v)
 
-    def loss(self, ops, theta_col, data_col):
+    def loss(self, ops: SimpleNamespace, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]) -> Any:
+        """The loss on backend ``ops``, components read through the two column accessors."""
         p, v = self.namespaces(theta_col, data_col)
         return self.loss_fn(ops, p, v)
 
-    def prediction(self, ops, theta_col, data_col):
+    def prediction(
+        self, ops: SimpleNamespace, theta_col: Callable[[int], Any], data_col: Callable[[int], Any]
+    ) -> Any:
+        """The prediction on backend ``ops`` (see :meth:`loss`)."""
         p, v = self.namespaces(theta_col, data_col)
         return self.predict(ops, p, v)
 
@@ -369,7 +477,7 @@ class Model:
         if missing:
             raise InvalidValueError(
                 f"Expected values for {', '.join(v.name for v in self.data_vars)} but {', '.join(missing)} "
-                f"is missing; pass it (--{missing[0]} on the command line)."
+                f"is missing; add it to the point."
             )
         unknown = [k for k in point if k not in {v.name for v in self.data_vars}]
         if unknown:

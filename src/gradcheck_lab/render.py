@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-from .report import ENGINE_LABELS, PointCheck, Report
+from .engines import ENGINE_LABELS
+
+if TYPE_CHECKING:  # render reads a Report; importing report at run time would close a circle
+    from .report import PointCheck, Report
 
 __all__ = ["render_text", "print_report"]
 

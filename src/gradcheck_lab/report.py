@@ -17,16 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from .engines import ENGINE_LABELS
+
 __all__ = ["Report", "PointCheck", "ParamCheck", "PairWorst", "Accumulator", "SCHEMA", "pair_name", "RATIO_EDGES", "MAGNITUDE_EDGES"]
 
 SCHEMA = "gradcheck_lab.report/2"
 
-ENGINE_LABELS = {
-    "symbolic": "symbolic",
-    "autograd": "autograd",
-    "finite_differences": "finite differences",
-    "candidate": "candidate",
-}
 
 
 def pair_name(a: str, b: str) -> str:

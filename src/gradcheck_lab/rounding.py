@@ -33,6 +33,9 @@ How the perturbation reaches each engine:
   measured by its sensitivity to its inputs: it is called at inputs moved
   by ``2**-VIRTUAL`` relative, as the issue of hand-written code suggests.
 
+Each engine's runner is in compare.py (``_own_rounding``), which reads the
+engines; this module reads none, so the engines may use it.
+
 The estimate is ``(max_r g_r - min_r g_r) * 2**-(MANTISSA - VIRTUAL)``: with
 ``VIRTUAL = MANTISSA - 3`` the perturbations are 8 units of roundoff, well
 above the plain run's own rounding (so the spread measures the
@@ -52,7 +55,6 @@ __all__ = [
     "MCAArray",
     "SAMPLES",
     "VIRTUAL",
-    "own_rounding",
     "perturbed_numpy",
     "torch_mca",
     "spread",
@@ -276,59 +278,3 @@ def scale_back(s: np.ndarray) -> np.ndarray:
 def estimate(run: Callable[[int], np.ndarray], seed: int = 0) -> np.ndarray:
     """The own-rounding estimate of a computation: ``run(sample) -> values`` perturbed, ``SAMPLES`` times."""
     return scale_back(spread([run(seed * 1009 + s) for s in range(SAMPLES)]))
-
-
-def own_rounding(
-    name: str,
-    model,
-    batch,
-    result,
-    values: np.ndarray,
-    *,
-    dtype: str,
-    device: str = "cpu",
-    candidate_rounding: Callable | None = None,
-) -> np.ndarray:
-    """Engine ``name``'s own rounding at every point of ``batch`` (Note [Own rounding]).
-
-    ``values`` are the engine's plain values there, ``result`` its
-    :class:`~gradcheck_lab.engines.Gradients` (for a candidate's dtype).
-    """
-    if name == "symbolic":
-        from .engines.symbolic import compiled
-
-        fn = compiled(model)
-        cols = [batch.theta[:, i] for i in range(batch.theta.shape[1])] + [
-            batch.data[:, j] for j in range(batch.data.shape[1])
-        ]
-
-        def run(seed: int) -> np.ndarray:
-            ctx = context(len(batch), seed, "float64")
-            moved = perturbed_numpy(cols, ctx.rng, "float64", ctx)
-            with np.errstate(all="ignore"):
-                out = fn(*moved)
-            vals = np.stack([np.broadcast_to(plain(o), (len(batch),)) for o in out], axis=1)
-            return np.where(ctx.tainted[:, None], np.nan, vals)
-
-        return estimate(run)
-    if name == "autograd":
-        from .engines.autograd import gradients
-
-        def run(seed: int) -> np.ndarray:
-            with torch_mca(dtype, seed, len(batch)) as mode:
-                vals = gradients(model, batch, dtype=dtype, device=device).values
-            return np.where(mode.tainted[:, None], np.nan, vals)
-
-        return estimate(run)
-    if name == "finite_differences":
-        from .engines.finite_diff import gradients as fd
-
-        def run(seed: int) -> np.ndarray:
-            ctx = context(len(batch), seed, "float64")
-            vals = fd(model, batch, perturb=ctx).values
-            return np.where(ctx.tainted[:, None], np.nan, vals)
-
-        return estimate(run)
-    if name == "candidate" and candidate_rounding is not None:
-        return estimate(lambda seed: candidate_rounding(batch, seed))
-    return np.zeros_like(values)

@@ -16,7 +16,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import GradcheckError
+from ..errors import GradcheckError, UsageError
+from .terms import cli_terms, flags_of
 
 __all__ = ["main", "build_parser"]
 
@@ -28,11 +29,17 @@ COMMAND_MODULES = (
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so every error has one shape."""
+    """argparse that raises instead of exiting, so every error has one shape.
+
+    Abbreviations are off: ``derive --param w1=2`` (a flag ``derive`` does not
+    have) was silently taken as ``--params`` and ignored.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # noqa: D401 - argparse API
-        from ..errors import UsageError
-
         if "expected one argument" in message:
             message += "; a value that starts with '-' needs the form --option=VALUE (e.g. --x=-2,1)"
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -56,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "run", None):
@@ -65,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GradcheckError as exc:
         # One line: an expression error's caret display is for library users;
         # its first line already names the token and its column.
-        print(f"Error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if args is not None and isinstance(exc, UsageError):
+            message = cli_terms(message, flags_of(parser, getattr(args, "command", None)))
+        print(f"Error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("Error: interrupted", file=sys.stderr)

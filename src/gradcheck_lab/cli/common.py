@@ -37,7 +37,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, allow_expr: bool = T
         ex.add_argument(
             "--loss",
             default="squared",
-            help="squared, absolute, bce, or none when --expr is the loss itself (default squared)",
+            help="squared, absolute, huber (delta 1), bce, or none when --expr is the loss itself (default squared)",
         )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Gradients", "ENGINES", "engine", "ENGINE_NAMES"]
+__all__ = ["Gradients", "ENGINES", "engine", "ENGINE_NAMES", "ENGINE_LABELS"]
 
 
 @dataclass
@@ -48,6 +48,15 @@ ENGINES: dict[str, str] = {
     "finite_differences": "gradcheck_lab.engines.finite_diff",
 }
 ENGINE_NAMES = tuple(ENGINES)
+
+#: How reports and tables name each engine (and a user's candidate gradient).
+#: Here rather than in report.py so that render.py needs no import of report.
+ENGINE_LABELS: dict[str, str] = {
+    "symbolic": "symbolic",
+    "autograd": "autograd",
+    "finite_differences": "finite differences",
+    "candidate": "candidate",
+}
 
 
 def engine(name: str) -> Callable[..., Gradients]:

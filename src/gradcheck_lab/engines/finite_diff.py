@@ -85,6 +85,18 @@ estimate fell from 3.4% to 0.01% of 20,000 random points). Where the kink is
 still inside, the error estimate is infinite, the report's fd error says
 "none", and finite differences take no part in that component's verdict.
 
+``huber`` has no kink but a jump of the second derivative at ``|z| = delta``
+(Note [Huber] in ops.py): a central difference across it errs by O(h), not
+O(h^2), and Richardson's table, built for the even series, is wrong there
+(1e-3 relative on 1 of 300 random points of ``huber(w*x) + b``). The
+recording backend keeps ``|z| - delta`` of every huber as a *bend*. A bend
+inside the stencil is retried with smaller steps like a kink beside the
+point, and the J test's flag is dropped there (it flagged 4 of 2,000 points
+of a huber loss as kinks). A bend exactly at the point takes the mean of the
+one-sided derivatives (they agree: the slope is continuous), with their
+disagreement and their last extrapolation change as the error; it is never
+flagged as a kink.
+
 Note [Kinks]
 ~~~~~~~~~~~~
 At a kink (``relu`` or ``abs`` at 0) the derivative does not exist: the
@@ -114,7 +126,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..model import Batch, Model
-from ..ops import backend
+from ..ops import HUBER_DELTA, backend
 from . import Gradients
 
 __all__ = ["gradients", "richardson", "H0", "K", "ROUNDING", "RETRY_SHRINK"]
@@ -141,8 +153,13 @@ def _loss(model: Model, theta_cols: list, data_cols: list, ops=None, perturb=Non
         return np.asarray(model.loss(ops, theta_cols.__getitem__, data_cols.__getitem__), dtype=float)
 
 
-def _recording_ops(record: list):
-    """The NumPy backend, recording the argument of every kink (relu, abs)."""
+def _recording_ops(record: list, bends: list | None = None):
+    """The NumPy backend, recording the argument of every kink (relu, abs).
+
+    With ``bends``, also ``|z| - delta`` of every ``huber``: no kink, but a
+    jump of the second derivative that Richardson's series cannot cross
+    (Note [Huber] in ops.py, Note [Convergence]).
+    """
     base = backend("numpy")
 
     def relu(z):
@@ -153,7 +170,12 @@ def _recording_ops(record: list):
         record.append(z)
         return base.abs(z)
 
-    return SimpleNamespace(**{**vars(base), "relu": relu, "abs": abs_})
+    def huber(z, delta=HUBER_DELTA):
+        if bends is not None:
+            bends.append(np.abs(z) - delta)
+        return base.huber(z, delta)
+
+    return SimpleNamespace(**{**vars(base), "relu": relu, "abs": abs_, "huber": huber})
 
 
 def _crossings(record: list, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +249,14 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=
     cols = list(theta_cols)
     cols[i] = np.concatenate([tp, tm, t[None, :]])
     record: list = []
-    f = np.broadcast_to(_loss(model, cols, data_cols, _recording_ops(record), perturb), (2 * K + 1, n))
+    bends: list = []
+    f = np.broadcast_to(_loss(model, cols, data_cols, _recording_ops(record, bends), perturb), (2 * K + 1, n))
     beside, at = _crossings(record, (2 * K + 1, n))
+    # A huber bend (Note [Huber]) inside the stencil is treated like a kink
+    # beside the point (retry with smaller steps); one exactly at the point
+    # takes the mean of the one-sided derivatives, which agree there, and is
+    # not flagged as a kink: the derivative exists.
+    bend_beside, bend_at = _crossings(bends, (2 * K + 1, n))
     f = f[: 2 * K]
     fp, fm = f[:K], f[K:]
     with np.errstate(all="ignore"):
@@ -246,7 +274,7 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=
         jump = (np.abs(j[-1]) > noise) & np.all(np.abs(j - j[-1]) <= 0.1 * np.abs(j[-1]), axis=0)
         # The recording knows better than the J test: a relu/abs argument that is
         # exactly 0 at the point is a kink there; one beside the point is not.
-        jump = (jump & ~beside) | at
+        jump = (jump & ~beside & ~bend_beside & ~bend_at) | at
         r1, r2 = (fp[-1] - f0) / hp[-1], (fp[-2] - f0) / hp[-2]
         l1, l2 = (f0 - fm[-1]) / hm[-1], (f0 - fm[-2]) / hm[-2]
         right, left = 2.0 * r1 - r2, 2.0 * l1 - l2
@@ -260,12 +288,19 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=
         err = np.where(rough, np.inf, err)
         # A relu/abs argument changes sign inside the stencil: no estimate.
         err = np.where((beside | at) & ~jump, np.inf, err)
-    value = np.where(jump, (right + left) / 2.0, best)
+        bend_only = bend_at & ~(beside | at | jump)
+        bend_beside &= ~bend_at
+        err = np.where(bend_beside, np.inf, err)
+        # One-sided values from the next pair of steps: what the extrapolation left.
+        r3, l3 = (fp[-3] - f0) / hp[-3], (f0 - fm[-3]) / hm[-3]
+        left_over = np.maximum(np.abs(right - (2.0 * r2 - r3)), np.abs(left - (2.0 * l2 - l3)))
+        err = np.where(bend_only, np.abs(right - left) / 2.0 + left_over + rounding, err)
+    value = np.where(jump | bend_only, (right + left) / 2.0, best)
     error = np.where(jump, np.abs(right - left) / 2.0, err)
     error = np.where(np.isfinite(value), error, np.inf)
     lower = np.minimum(left, right) - slack
     upper = np.maximum(left, right) + slack
-    return value, error, jump, lower, upper, beside & ~at & ~jump
+    return value, error, jump, lower, upper, (beside | bend_beside) & ~at & ~jump
 
 
 def gradients(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..model import Batch, Model
+from ..ops import LAMBDIFY_NUMPY  # erf: Note [erf in NumPy]
 from . import Gradients
 
 __all__ = ["gradients", "derivatives", "derivative_program", "simplified", "hessian", "compiled"]
@@ -92,7 +93,7 @@ def compiled(model: Model):
         import sympy as sp
 
         th, da = model.symbols()
-        model._cache["grad_fn"] = sp.lambdify([*th, *da], derivatives(model), modules="numpy", cse=True)
+        model._cache["grad_fn"] = sp.lambdify([*th, *da], derivatives(model), modules=[LAMBDIFY_NUMPY, "numpy"], cse=True)
     return model._cache["grad_fn"]
 
 

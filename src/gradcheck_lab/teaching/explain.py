@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..tolerance import tolerance_at
 from .trace import Trace, params_below_kinks, point_row, trace_row
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["Explanation", "explain"]
 
@@ -73,7 +76,7 @@ class Explanation:
         }
 
 
-def explain(model, point: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None) -> Explanation:
+def explain(model: Model, point: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None) -> Explanation:
     """Trace ``model``'s loss at ``point`` and ``params`` and check the gradients.
 
     ``point`` maps inputs and target to values (default: the model's first

@@ -19,10 +19,13 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .trace import Node, Trace, expression, point_row, trace_row
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["GraphResult", "graph", "to_dot", "FORMATS"]
 
@@ -132,7 +135,7 @@ def to_dot(tr: Trace, shaped_params: set[str] | None = None) -> str:
 
 
 def graph(
-    model,
+    model: Model,
     point: Mapping[str, Any] | None = None,
     params: Mapping[str, Any] | None = None,
     out: str | Path | None = None,

@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidValueError
-from ..ops import FUNCTIONS, Ops, register_backend
+from ..ops import FUNCTIONS, HUBER_DELTA, Ops, huber_float, register_backend
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["Node", "Trace", "trace", "trace_row", "trace_ops"]
 
@@ -204,6 +207,7 @@ def _softplus(a: float) -> float:
 
 
 _KINK = "derivative undefined at 0; the rule uses 0 there, as torch does"
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
 _UNARY = {
     # name: (forward, d/dz given (z, forward value), domain)
@@ -212,7 +216,15 @@ _UNARY = {
     "sqrt": (math.sqrt, lambda a, v: 0.5 / v, lambda a: a > 0),
     "sin": (math.sin, lambda a, v: math.cos(a), None),
     "cos": (math.cos, lambda a, v: -math.sin(a), None),
+    "atan": (math.atan, lambda a, v: 1.0 / (1.0 + a * a), None),
     "tanh": (math.tanh, lambda a, v: 1.0 - v * v, None),
+    "sinh": (math.sinh, lambda a, v: math.cosh(a), None),
+    "cosh": (math.cosh, lambda a, v: math.sinh(a), None),
+    # 1/sqrt(1 + a**2), written with hypot so that a**2 cannot overflow.
+    "asinh": (math.asinh, lambda a, v: 1.0 / math.hypot(1.0, a), None),
+    "log1p": (math.log1p, lambda a, v: 1.0 / (1.0 + a), lambda a: a > -1),
+    "expm1": (math.expm1, lambda a, v: math.exp(a), None),
+    "erf": (math.erf, lambda a, v: _TWO_OVER_SQRT_PI * math.exp(-a * a), None),
     "sigmoid": (_sigmoid, lambda a, v: v * (1.0 - v), None),
     "softplus": (_softplus, lambda a, v: _sigmoid(a), None),
     "relu": (lambda a: max(a, 0.0), lambda a, v: 1.0 if a > 0 else 0.0, None),
@@ -246,13 +258,24 @@ def _logsumexp(zs: Sequence[Any]):
     return Node(value, nodes, [math.exp(n.value - value) for n in nodes], op)
 
 
+def _huber(z: Any, delta: float = HUBER_DELTA) -> Any:
+    """``huber(z, delta)`` (Note [Huber] in ops.py): forward and its continuous slope."""
+    delta = float(delta)
+    if not isinstance(z, Node):
+        return huber_float(float(z), delta)
+    a = z.value
+    op = "huber(·)" if delta == HUBER_DELTA else f"huber(·, {_fmt_const(delta)})"
+    # d/dz huber = z inside [-delta, delta], delta*sign(z) outside: clip(z, -delta, delta).
+    return Node(huber_float(a, delta), (z,), (min(max(a, -delta), delta),), op)
+
+
 def trace_ops() -> Ops:
     """The ``ops`` namespace of the tracer (every function in ``ops.FUNCTIONS``)."""
     fns = {
         name: _unary(name, fwd, der, dom, _KINK if name in ("relu", "abs") else "")
         for name, (fwd, der, dom) in _UNARY.items()
     }
-    ops = Ops(name="trace", sum=_sum, logsumexp=_logsumexp, **fns)
+    ops = Ops(name="trace", sum=_sum, logsumexp=_logsumexp, huber=_huber, **fns)
     assert set(FUNCTIONS) <= set(vars(ops))
     return ops
 
@@ -330,7 +353,7 @@ def _topological(root: Node) -> list[Node]:
     return order
 
 
-def trace_row(model, theta_row: Sequence[float], data_row: Sequence[float]) -> Trace:
+def trace_row(model: Model, theta_row: Sequence[float] | np.ndarray, data_row: Sequence[float] | np.ndarray) -> Trace:
     """Trace the loss at one flat point (the layout of :class:`~gradcheck_lab.model.Batch`)."""
     from ..ops import backend
 

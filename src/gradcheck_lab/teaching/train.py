@@ -37,12 +37,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidValueError, UsageError
 from ..tolerance import SAFETY, tolerance_at
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["TrainResult", "Step", "Mismatch", "train", "parse_data", "plot_training", "DTYPES", "MAX_EPOCHS"]
 
@@ -284,7 +287,7 @@ def _value(t) -> Any:
 
 # ---------------------------------------------------------------- the loop
 def train(
-    model,
+    model: Model,
     *,
     lr: float = 0.01,
     epochs: int = 100,
@@ -406,7 +409,7 @@ def _check(model, step, epoch, sample, theta, row, grads, grad_fn, dtype, zero_g
     args = [*theta, *[float(v) for v in row]]
     with np.errstate(all="ignore"):
         sym = [float(v) for v in grad_fn(*args)]
-        tols = tolerance_at(model, Batch(np.asarray([theta], dtype=float), np.asarray([row], dtype=float)), [sym], dtype)[0]
+        tols = tolerance_at(model, Batch(np.asarray([theta], dtype=float), np.asarray([row], dtype=float)), np.asarray([sym]), dtype)[0]
     kinked = None
     for label, g, ref, tol in zip(model.param_labels, grads, sym, tols):
         diff = abs(g - ref)
