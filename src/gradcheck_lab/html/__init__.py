@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .base import write_page
 from .explain import explain_page
-
+from .train import train_page
+from .verify import verify_page
 
 
 __all__ = ["explain_page", "train_page", "verify_page", "write_page"]

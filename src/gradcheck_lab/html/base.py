@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["esc", "num", "exact", "cell", "page", "json_script", "write_page"]
+__all__ = ["esc", "num", "exact", "cell", "page", "json_script", "check_path", "write_page"]
 
 
 def esc(text: Any) -> str:
@@ -86,11 +86,11 @@ tr.bad td { background: #fff0f0; }
 .facts b { color: var(--muted); font-weight: 500; margin-right: 4px; }
 .scroll { overflow-x: auto; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px 24px; }
-figure { margin: 0; }
+figure { margin: 0; max-width: 560px; }
 figcaption { color: var(--muted); font-size: 0.85em; margin: 2px 0 0 4px; }
 svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
 svg .axis line, svg .axis path { stroke: #98a2b3; }
-svg .grid { stroke: #eaecf0; }
+svg .axis line.grid { stroke: #eaecf0; }
 svg .tick { font-size: 10px; fill: #475467; }
 svg .lab { font-size: 11px; fill: #344054; }
 .legend { display: flex; flex-wrap: wrap; gap: 4px 14px; font-size: 0.85em; margin: 2px 0 6px 4px; }
@@ -131,8 +131,8 @@ def page(title: str, body: str, *, css: str = "", script: str = "", data: str = 
     )
 
 
-def write_page(text: str, path: str | Path, flag: str = "--html") -> Path:
-    """Write a page to ``path`` (UTF-8); a missing directory or unwritable path is a usage error."""
+def check_path(path: str | Path, flag: str = "--html") -> Path:
+    """``path`` as a Path if it ends in .html/.htm and its directory exists, else a :class:`UsageError`."""
     from ..errors import UsageError
 
     p = Path(path)
@@ -140,6 +140,14 @@ def write_page(text: str, path: str | Path, flag: str = "--html") -> Path:
         raise UsageError(f"Expected {flag} FILE ending in .html but got {str(path)!r}.")
     if not p.parent.is_dir():
         raise UsageError(f"Expected an existing directory for {flag} but {str(p.parent)!r} does not exist.")
+    return p
+
+
+def write_page(text: str, path: str | Path, flag: str = "--html") -> Path:
+    """Write a page to ``path`` (UTF-8); a bad suffix, missing directory or unwritable path is a usage error."""
+    from ..errors import UsageError
+
+    p = check_path(path, flag)
     try:
         p.write_text(text, encoding="utf-8")
     except OSError as exc:

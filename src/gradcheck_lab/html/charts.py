@@ -112,6 +112,8 @@ def line_chart(
 ) -> str:
     """An SVG line chart of ``(label, xs, ys)`` series, with a legend.
 
+    A label ending in ``" (dots)"`` is drawn as dots only (the suffix is not shown).
+
     ``marks`` are vertical lines ``(x, label, css colour)``; ``cursor`` adds
     a hidden vertical line (class ``cursor``) for a script to move. Values
     that are not finite (or not positive on a log axis) are left out.
@@ -138,18 +140,30 @@ def line_chart(
         pts = [(fr.px(x), fr.py(y)) for x, y in zip(xs, ys) if ok(y)]
         if not pts:
             continue
-        d = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}" for j, (x, y) in enumerate(pts))
-        out.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.4"><title>{esc(label)}</title></path>')
-        if len(pts) <= 60:
-            out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{color}"/>' for x, y in pts]
-        legend.append(f'<span><i style="background:{color}"></i>{esc(label)}</span>')
+        dots = label.endswith(" (dots)")
+        label = label.removesuffix(" (dots)")
+        if dots:
+            out.append(f'<g fill="{color}"><title>{esc(label)}</title>')
+            out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.2"/>' for x, y in pts]
+            out.append("</g>")
+        else:
+            d = " ".join(f"{'M' if j == 0 else 'L'}{x:.1f},{y:.1f}" for j, (x, y) in enumerate(pts))
+            out.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.3"><title>{esc(label)}</title></path>')
+            if len(pts) <= 60:
+                out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{color}"/>' for x, y in pts]
+        shape = "border-radius:50%;width:7px;height:7px" if dots else ""
+        legend.append(f'<span><i style="background:{color};{shape}"></i>{esc(label)}</span>')
     for x, label, color in marks:
         px = fr.px(x)
         out.append(
             f'<line class="mark" x1="{px:.1f}" y1="{fr.top}" x2="{px:.1f}" y2="{height - fr.bottom}" '
             f'stroke="{color}" stroke-width="1.5" stroke-dasharray="4 3"><title>{esc(label)}</title></line>'
         )
-        out.append(f'<text class="lab" x="{px + 4:.1f}" y="{fr.top + 11}" fill="{color}" style="fill:{color}">{esc(label)}</text>')
+        right = px > (fr.left + width - fr.right) / 2
+        out.append(
+            f'<text class="lab" x="{px - 4 if right else px + 4:.1f}" y="{fr.top + 11}" text-anchor="{"end" if right else "start"}" '
+            f'style="fill:{color}">{esc(label)}</text>'
+        )
     if cursor:
         out.append(
             f'<line class="cursor" x1="{fr.left}" y1="{fr.top}" x2="{fr.left}" y2="{height - fr.bottom}" '
@@ -164,7 +178,7 @@ def histogram(
     edges: Sequence[float],
     counts: Sequence[int],
     *,
-    width: int = 360,
+    width: int = 340,
     height: int = 200,
     xlabel: str = "",
     color: str = PALETTE[0],
@@ -206,7 +220,7 @@ def count_map(
     y_edges: Sequence[float],
     counts: Sequence[Sequence[int]],
     *,
-    width: int = 360,
+    width: int = 340,
     height: int = 240,
     xlabel: str = "",
     ylabel: str = "",
