@@ -13,5 +13,4 @@ from .explain import explain_page
 from .train import train_page
 from .verify import verify_page
 
-
 __all__ = ["explain_page", "train_page", "verify_page", "write_page"]

@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["esc", "num", "exact", "cell", "page", "json_script", "check_path", "write_page"]
+__all__ = ["esc", "num", "exact", "cell", "page", "json_script", "external_references", "check_path", "write_page"]
 
 
 def esc(text: Any) -> str:
@@ -129,6 +129,22 @@ def page(title: str, body: str, *, css: str = "", script: str = "", data: str = 
         "and works offline.</footer>\n</main>\n"
         f"{data}\n{js}\n</body>\n</html>\n"
     )
+
+
+def external_references(text: str) -> list[str]:
+    """Everything in ``text`` that could load a resource: ``src``/``href``/``url()`` not to ``#...``, ``<link>``, ``@import``.
+
+    A page from this package has none (the tests check it).
+
+    >>> external_references('<a href="#x">x</a><img src="https://example.org/a.png">')
+    ['src=https://example.org/a.png']
+    """
+    import re
+
+    out = [f"{k}={v}" for k, v in re.findall(r'\b(src|href)\s*=\s*"([^"]*)"', text) if not v.startswith("#")]
+    out += [f"url({v})" for v in re.findall(r"url\(([^)]*)\)", text) if not v.strip("'\" ").startswith("#")]
+    out += [tag for tag in ("<link", "@import", "<iframe", "<object", "<embed") if tag in text]
+    return out
 
 
 def check_path(path: str | Path, flag: str = "--html") -> Path:
