@@ -235,6 +235,8 @@ def count_map(
     fr = _Frame(width, height, float(x_edges[0]), float(x_edges[-1]), float(y_edges[0]), float(y_edges[-1]), left=50)
     out = [_svg_open(width, height, "map", title or f"{ylabel} against {xlabel}")]
     out += fr.axes(xlabel, ylabel)
+    # Cells are the bulk of a verify page (up to bins x bins each): one short <rect> each.
+    out.append(f'<g fill="{color}">')
     for i, row in enumerate(counts):
         for j, c in enumerate(row):
             if c <= 0:
@@ -244,10 +246,10 @@ def count_map(
             a = 0.15 + 0.85 * math.log1p(c) / math.log1p(top)
             out.append(
                 f'<rect x="{x0:.1f}" y="{y0:.1f}" width="{max(x1 - x0, 1):.1f}" height="{max(y1 - y0, 1):.1f}" '
-                f'fill="{color}" fill-opacity="{a:.2f}" data-count="{int(c)}"><title>{esc(ylabel)} in '
-                f"[{num(y_edges[i], 3)}, {num(y_edges[i + 1], 3)}), {esc(xlabel)} in [{num(x_edges[j], 3)}, "
-                f"{num(x_edges[j + 1], 3)}): {int(c)}</title></rect>"
+                f'fill-opacity="{a:.2f}" data-count="{int(c)}"><title>[{num(y_edges[i], 3)}, {num(y_edges[i + 1], 3)}) '
+                f"× [{num(x_edges[j], 3)}, {num(x_edges[j + 1], 3)}): {int(c)}</title></rect>"
             )
+    out.append("</g>")
     if limit_x is not None and fr.x0 <= limit_x <= fr.x1:
         px = fr.px(limit_x)
         out.append(
