@@ -103,11 +103,20 @@ def shoot(pages: dict[str, Path], img: Path) -> None:
             page.keyboard.press("ArrowRight")
         page.screenshot(path=str(img / "train.png"), full_page=False)
         page.goto(pages["train-no-zero-grad"].resolve().as_uri())
-        page.screenshot(path=str(img / "train-no-zero-grad.png"), clip={"x": 0, "y": 0, "width": 1180, "height": 560})
+        page.screenshot(path=str(img / "train-no-zero-grad.png"), full_page=True)
         page.goto(pages["verify"].resolve().as_uri())
         page.locator("h2", has_text="random points").scroll_into_view_if_needed()
         y = page.locator("h2", has_text="random points").bounding_box()["y"] + page.evaluate("window.scrollY")
         page.screenshot(path=str(img / "verify.png"), full_page=True, clip={"x": 0, "y": y - 10, "width": 1180, "height": 900})
+
+
+def shrink(png: Path, colors: int = 96) -> None:
+    """Re-save ``png`` with an adaptive palette: about 3x smaller, no visible loss on these flat pages."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        small = im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    small.save(png, optimize=True)
 
 
 def main(argv=None) -> int:
@@ -121,6 +130,8 @@ def main(argv=None) -> int:
     pages_dir.mkdir(parents=True, exist_ok=True)
     pages = build(pages_dir)
     shoot(pages, img)
+    for png in sorted(img.glob("*.png")):
+        shrink(png)
     for name, p in pages.items():
         print(f"{name}: {p} ({p.stat().st_size / 1024:.0f} KB)")
     print(f"screenshots in {img}")

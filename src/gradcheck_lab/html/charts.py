@@ -44,6 +44,7 @@ class _Frame:
         self.w, self.h = width, height
         self.left, self.right, self.top, self.bottom = left, right, top, bottom
         self.logy = logy
+        self.integer_x = False
         if logy:
             y0, y1 = math.log10(y0), math.log10(y1)
         if x1 == x0:
@@ -66,7 +67,10 @@ class _Frame:
         bx, by = self.left, self.h - self.bottom
         out.append(f'<line x1="{bx}" y1="{by}" x2="{self.w - self.right}" y2="{by}"/>')
         out.append(f'<line x1="{bx}" y1="{self.top}" x2="{bx}" y2="{by}"/>')
-        for t in nice_ticks(self.x0, self.x1, 6):
+        xt = nice_ticks(self.x0, self.x1, 6)
+        if self.integer_x:  # step numbers: no fractional ticks
+            xt = [t for t in xt if float(t).is_integer()] or [self.x0, self.x1]
+        for t in xt:
             x = self.px(t)
             out.append(f'<line x1="{x:.1f}" y1="{by}" x2="{x:.1f}" y2="{by + 4}"/>')
             out.append(f'<text class="tick" x="{x:.1f}" y="{by + 15}" text-anchor="middle">{esc(num(t, 4))}</text>')
@@ -126,6 +130,7 @@ def line_chart(
     if not xs_all:
         return '<p class="na">no finite values to plot</p>'
     fr = _Frame(width, height, min(xs_all), max(xs_all), min(ys_all), max(ys_all), logy=logy)
+    fr.integer_x = all(float(x).is_integer() for x in xs_all)
     extra = (
         f' id="{esc(chart_id)}" data-x0="{fr.x0}" data-x1="{fr.x1}" data-left="{fr.left}" '
         f'data-plotw="{width - fr.left - fr.right}"'

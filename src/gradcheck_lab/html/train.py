@@ -230,8 +230,9 @@ def train_page(result, model) -> str:
     body = [
         f"<h1>{esc(result.model)}: training replayed</h1>",
         f'<p class="sub">{esc(result.formula)}, per-sample SGD the lesson\'s way: <code>loss.backward()</code>, '
-        "<code>p.data -= lr * p.grad.data</code>, <code>p.grad.data.zero_()</code>; every step's gradient checked "
-        "against the closed form.</p>",
+        "<code>p.data -= lr * p.grad.data</code>, "
+        + ("<code>p.grad.data.zero_()</code>" if result.zero_grad else "<b>without</b> <code>p.grad.data.zero_()</code>")
+        + "; every step's gradient checked against the closed form.</p>",
         '<div class="facts">' + "".join(f"<div><b>{esc(k)}</b>{esc(v)}</div>" for k, v in facts) + "</div>",
         banner,
         "<h2>Loss and parameters</h2>",

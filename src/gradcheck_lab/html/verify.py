@@ -47,6 +47,10 @@ td.bad, .bad { color: var(--bad); font-weight: 700; }
 """
 
 
+#: Short engine names for the wide tables of failing points (explained above them).
+_SHORT = {"symbolic": "sym", "autograd": "ag", "finite_differences": "fd", "candidate": "cand"}
+
+
 def _engine_label(e: str) -> str:
     from ..report import ENGINE_LABELS
 
@@ -86,7 +90,9 @@ def _point_table(p, engines: list[str], dtype: str, full: bool = False) -> str:
     head = ["param", "exact (referee)"] + [_engine_label(e) for e in engines]
     pairs = list(p.checks[0].discrepancy) if (full and p.checks) else []
     if full:
-        head += [f"tol {_engine_label(e)}" for e in engines] + [f"|{_pair_label(q)}|" for q in pairs]
+        short = {e: _SHORT.get(e, e) for e in engines}
+        head += [f"tol {short[e]}" for e in engines]
+        head += [f"|{short.get(a, a)} − {short.get(b, b)}|" for a, _, b in (q.partition("~") for q in pairs)]
     else:
         head += [f"tol ({dtype})"]
     head += ["fd error", "verdict"]
@@ -281,7 +287,8 @@ def verify_page(report) -> str:
     if report.failures:
         body.append(
             f'<p class="sub">The first {len(report.failures)} failing random points, with every value: each engine\'s '
-            "value and tolerance, the pairwise discrepancies and the finite-difference error estimate.</p>"
+            "value and tolerance, the pairwise discrepancies and the finite-difference error estimate "
+            "(sym: symbolic, ag: autograd, fd: finite differences).</p>"
         )
         body += [_point_table(p, engines, report.dtype, full=True) for p in report.failures]
     else:
