@@ -5,6 +5,7 @@ keyboard and the buttons, and compare what the page shows with the
 TrainResult; without a browser they skip with the reason.
 """
 
+import json
 import re
 
 import pytest
@@ -13,7 +14,6 @@ from gradcheck_lab import get_model, train
 from gradcheck_lab.html import train_page
 from gradcheck_lab.html.base import external_references, num
 from gradcheck_lab.html.browser import Session, browser_session, unavailable
-from gradcheck_lab.html.train import MAX_POINTS, MAX_ROWS
 
 needs_browser = pytest.mark.skipif(unavailable() is not None, reason=f"no browser: {unavailable()}")
 
@@ -72,18 +72,22 @@ def test_no_zero_grad_marks_the_step_where_accumulation_departs(runs):
     assert "--no-zero-grad" in text and "MISMATCH" in text
 
 
-def test_long_runs_are_thinned():
+def test_long_runs_are_thinned(monkeypatch):
+    from gradcheck_lab.html import train as html_train
+
+    monkeypatch.setattr(html_train, "MAX_POINTS", 40)
+    monkeypatch.setattr(html_train, "MAX_ROWS", 25)
     m = get_model("linear")
-    r = train(m, epochs=(MAX_POINTS // 3) + 50)
+    r = train(m, epochs=30)
     text = train_page(r, m)
-    n = len(rows(text))
-    assert n <= MAX_ROWS + 3 and rows(text).keys() >= {1, len(r.steps)}
-    assert f"{len(r.steps) - n} of {len(r.steps)} steps are not listed" in text
+    table = rows(text)
+    assert len(table) <= 25 + 3 and table.keys() >= {1, len(r.steps)}
+    assert f"{len(r.steps) - len(table)} of {len(r.steps)} steps are not listed" in text
+    replay = re.search(r'<script type="application/json" id="train-data">(.*?)</script>', text).group(1)
+    assert len(json.loads(replay)["steps"]) <= 40 + 3
 
 
 def test_cli_writes_the_page_with_json(cli, tmp_path):
-    import json
-
     out = tmp_path / "run.html"
     code, stdout, err = cli("train", "linear", "--epochs", 2, "--json", "--html", out)
     assert code == 0 and json.loads(stdout)["check"]["ok"] and f"wrote {out}" in err

@@ -38,15 +38,16 @@ def summaries(engines, n_points, n_params, seed=0):
     edges = np.linspace(-8, 4, 49)
     medges = np.linspace(-6, 4, 21)
     total = n_points * n_params
+    draws = min(total, 30_000)  # the bins' shape, not the total, decides the page
     hist = {"ratio_edges": edges.tolist(), "engines": {}, "pairs": {}, "magnitude_edges": medges.tolist(), "magnitude": {}}
     for k, e in enumerate(engines):
-        r = np.clip(rng.normal(-3 - k, 1.0, total), -8, 3.99)
-        m = np.clip(rng.normal(0, 1.5, total), -6, 3.99)
+        r = np.clip(rng.normal(-3 - k, 1.0, draws), -8, 3.99)
+        m = np.clip(rng.normal(0, 1.5, draws), -6, 3.99)
         hist["engines"][e] = np.histogram(r, edges)[0].tolist()
         hist["magnitude"][e] = np.histogram2d(m, r, [medges, edges])[0].astype(int).tolist()
     for a_i, a in enumerate(engines):
         for b in engines[a_i + 1 :]:
-            hist["pairs"][f"{a}~{b}"] = np.histogram(np.clip(rng.normal(-4, 1, total), -8, 3.99), edges)[0].tolist()
+            hist["pairs"][f"{a}~{b}"] = np.histogram(np.clip(rng.normal(-4, 1, draws), -8, 3.99), edges)[0].tolist()
     counts = {"agree": total - 7, "mismatch": 3, "unstable": 1, "not_judged": 1, "kink": 2}
     return counts, hist
 
