@@ -82,7 +82,8 @@ tr.bad td { background: #fff0f0; }
 .banner.bad { background: #fde8e8; color: #7f1d1d; }
 .na { color: var(--muted); font-style: italic; padding: 8px 12px; background: var(--soft); border-radius: 6px; }
 .facts { display: flex; flex-wrap: wrap; gap: 6px 22px; margin: 0.4em 0 0.8em; }
-.facts div { white-space: nowrap; }
+.facts div { max-width: 100%; overflow-wrap: anywhere; }
+.facts b { white-space: nowrap; }
 .facts b { color: var(--muted); font-weight: 500; margin-right: 4px; }
 .scroll { overflow-x: auto; }
 .charts { display: flex; flex-wrap: wrap; gap: 12px 24px; }

@@ -196,6 +196,7 @@ show(0);
 
 _CSS = """
 #graph { display: block; max-width: 100%; height: auto; }
+#graph.big { max-width: none; }
 #graph .edge { fill: none; stroke: #b8c0cc; stroke-width: 1.3; }
 #graph .elabel { font-size: 10px; fill: #667085; paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
 #graph .node rect { fill: #fff; stroke: #98a2b3; stroke-width: 1.2; }

@@ -15,7 +15,8 @@ binary; this layout needs nothing and is the same on every machine.
 Each node is a ``<g class="node" data-i="K" data-name="NAME">`` with
 ``<text class="val">`` and ``<text class="grad">``: the static page shows
 the final forward value and upstream gradient, and the stepper's script
-rewrites them step by step.
+rewrites them step by step. A graph of more than 24 nodes gets class
+``big``: it keeps its size and scrolls instead of shrinking to the page.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def graph_svg(tr, expression, *, edge_labels: bool | None = None) -> str:
     idx = {id(n): k for k, n in enumerate(nodes)}
     if edge_labels is None:
         edge_labels = len(nodes) <= 40
+    big = ' class="big"' if len(nodes) > 24 else ""
     out = [
-        f'<svg id="graph" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'<svg id="graph"{big} width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'role="img" aria-label="computation graph of {esc(tr.model_name)}" xmlns="http://www.w3.org/2000/svg">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
         'markerUnits="userSpaceOnUse" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#98a2b3"/></marker></defs>',
