@@ -405,11 +405,16 @@ def _checks_table(e, model, point, params, engines: bool) -> str:
             cells += [cell(c["symbolic"]), cell(c["referee"]), cell(c["tolerance"], 2)]
         rows.append(f'<tr data-param="{esc(c["param"])}">' + "".join(cells) + f"<td>{verdict}</td></tr>")
     ok = e.agree and (pc is None or pc.verdict == "agree")
-    banner = (
-        '<div class="banner ok">All agree: the backward pass, the engines and the referee give the same gradient.</div>'
-        if ok
-        else '<div class="banner bad">Mismatch: see the verdict column.</div>'
-    )
+    if not ok:
+        banner = '<div class="banner bad">Mismatch: see the verdict column.</div>'
+    elif e.kinks:
+        banner = (
+            f'<div class="banner ok">The others agree; the derivative for {esc(", ".join(e.kinks))} is undefined at this '
+            "point (relu or abs at exactly 0): the trace uses torch's convention (0), the closed form one branch.</div>"
+        )
+    else:
+        banner = '<div class="banner ok">All agree: the backward pass, the engines and the referee give the same gradient.</div>'
+
     table = (
         '<div class="scroll"><table id="checks"><thead><tr>'
         + "".join(f"<th>{esc(h)}</th>" for h in head)
