@@ -231,7 +231,7 @@ _CSS = """
 #steps td.what { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.88em; }
 .key { display: flex; gap: 16px; flex-wrap: wrap; font-size: 0.85em; color: var(--muted); margin: 4px 0 8px; }
 .key span i { display: inline-block; width: 14px; height: 10px; border: 1px solid #98a2b3; border-radius: 2px; margin-right: 4px; vertical-align: middle; }
-.eq { margin: 0.2em 0 0.6em; font-size: 1.1em; }
+.eq { display: flex; align-items: center; margin: 0.2em 0 0.6em; font-size: 1.1em; }
 """
 
 
@@ -299,7 +299,7 @@ def explain_page(
         '<span><i style="background:var(--input)"></i>input or target</span>'
         '<span><i style="background:#fff"></i>operation</span>'
         '<span><i style="background:#e3ecff"></i>the loss</span></div>',
-        '<div class="stepper js-only" id="stepper"><div class="controls">'
+        '<section class="stepped"><div class="stepper js-only" id="stepper"><div class="controls">'
         '<button id="first" title="first step (Home)">« first</button>'
         '<button id="prev" title="previous step (← or p)">◀ back</button>'
         '<button id="next" title="next step (→ or n)">next ▶</button>'
@@ -311,7 +311,7 @@ def explain_page(
         '<div id="step-lines" aria-live="polite"></div></div>',
         '<p class="no-js sub">With JavaScript on, a stepper walks through the steps below on the graph; '
         "here the graph shows every node's final value and gradient.</p>",
-        f'<div class="scroll">{graph_svg(tr, expression)}</div>',
+        f'<div class="scroll">{graph_svg(tr, expression)}</div></section>',
         "<h2>Every step</h2>",
         '<p class="sub">The forward pass, then the backward pass, in the order the stepper follows '
         "(click a row to jump there).</p>",
