@@ -279,7 +279,12 @@ def _table(result, steps, idx_rows, sym, tol, pos, ratio_ok, fmt) -> str:
         for k in range(len(labels)):
             b = "" if ok[k] else ' class="bad"'
             cells.append(f"<td{b}>{num(s.grads[k])}</td><td>{num(sym[pos[i]][k])}</td><td{b}>{num(ratio[k], 3)}</td>")
-        verdict = "ok" if ok.all() else '<span class="verdict bad">MISMATCH</span>'
+        if not ok.all():
+            verdict = '<span class="verdict bad">MISMATCH</span>'
+        elif np.all(ratio <= 1):
+            verdict = "ok"
+        else:  # training did not judge it: a parameter below a relu/abs exactly at 0
+            verdict = '<span title="derivative undefined here (relu/abs at 0); not judged">ok (kink)</span>'
         cls = ' class="bad"' if not ok.all() else ""
         rows.append(f'<tr data-step="{s.step}"{cls}>' + "".join(cells) + f"<td>{verdict}</td></tr>")
     ths = "".join(f"<th>{esc(h)}</th>" for h in head)
