@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml
 	    (apt-get install -y -qq graphviz >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null)) \
 	      || echo "warning: could not install Graphviz; 'graph' will write .dot files only"; \
 	  else echo "note: Graphviz 'dot' not found; install it for 'graph --out FILE.svg/.png' (apt install graphviz, brew install graphviz)"; fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)) \
+	      || echo "warning: could not install Chromium; the browser tests of the HTML pages will skip"; \
+	  else echo "note: Chromium not found; the browser tests of the HTML pages skip (apt install chromium)"; fi; }
 	touch $(STAMP)
 
 verify: $(STAMP)

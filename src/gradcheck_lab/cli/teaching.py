@@ -46,6 +46,7 @@ def add_parser(subparsers) -> None:
     add_model_arguments(p)
     add_point_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON document")
+    p.add_argument("--html", metavar="FILE.html", help="also write the lesson's page: the graph to step through (opens from disk)")
     p.set_defaults(run=run_explain)
 
     p = subparsers.add_parser(
@@ -93,6 +94,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON document instead of the lesson's lines")
     p.add_argument("--plot", metavar="FILE.png", help="save the loss curve and parameter trajectories (PNG)")
+    p.add_argument("--html", metavar="FILE.html", help="also write the run as a page: charts, every step's check (opens from disk)")
     p.set_defaults(run=run_train)
 
 
@@ -173,11 +175,21 @@ def run_explain(args: argparse.Namespace) -> int:
     from ..teaching import explain
 
     model = model_from_args(args)
-    e = explain(model, point_from_args(model, args), params_from_args(args))
+    if args.html:
+        from ..html.base import check_path
+
+        check_path(args.html)
+    point, params = point_from_args(model, args), params_from_args(args)
+    e = explain(model, point, params)
     if args.json:
         print(json.dumps(e.to_dict(), indent=2))
     else:
         print("\n".join(render_explanation(e)))
+    if args.html:
+        from ..html import explain_page, write_page
+
+        write_page(explain_page(model, point, params, explanation=e), args.html)
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 0 if e.agree else 1
 
 
@@ -216,6 +228,10 @@ def run_train(args: argparse.Namespace) -> int:
         parent = Path(args.plot).parent
         if not parent.is_dir():
             raise UsageError(f"Expected an existing directory for --plot but {str(parent)!r} does not exist.")
+    if args.html:
+        from ..html.base import check_path
+
+        check_path(args.html)
     r = train(
         model,
         lr=args.lr,
@@ -233,4 +249,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.plot:
         plot_training(r, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+    if args.html:
+        from ..html import train_page, write_page
+
+        write_page(train_page(r, model), args.html)
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 0 if r.ok else 1

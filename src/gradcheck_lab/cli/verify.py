@@ -51,6 +51,7 @@ def add_parser(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON document (schema: docs/json.md)")
     out.add_argument("--quiet", "-q", action="store_true", help="print only the verdict")
+    p.add_argument("--html", metavar="FILE.html", help="also write the report as a page (opens from disk; with --json too)")
     p.set_defaults(run=_run_verify)
 
     q = sub.add_parser("list", help="the model catalog with formulas and parameters")
@@ -62,6 +63,10 @@ def _run_verify(args) -> int:
     from ..api import verify
 
     model = model_from_args(args)
+    if args.html:
+        from ..html.base import check_path
+
+        check_path(args.html)
     params = params_from_args(args)
     point = point_from_args(model, args)
     points = [point] if point is not None else None
@@ -103,6 +108,11 @@ def _run_verify(args) -> int:
         from ..render import print_report
 
         print_report(report, quiet=args.quiet)
+    if args.html:
+        from ..html import verify_page, write_page
+
+        write_page(verify_page(report), args.html)
+        print(f"wrote {args.html}", file=sys.stderr if args.json else sys.stdout)
     return 0 if report.ok else 1
 
 
