@@ -51,7 +51,10 @@ def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str
     dev = _device(device)
     theta = torch.tensor(batch.theta, dtype=dt, device=dev, requires_grad=True)
     data = torch.tensor(batch.data, dtype=dt, device=dev)
-    loss = model.loss(backend("torch"), lambda i: theta[:, i], lambda j: data[:, j])
+    # unbind: one backward node stacks every column's gradient, O(N P); indexing
+    # theta[:, i] per column costs a (N, P) scatter each, O(N P^2) (7x slower at P = 193).
+    theta_cols, data_cols = theta.unbind(1), data.unbind(1)
+    loss = model.loss(backend("torch"), theta_cols.__getitem__, data_cols.__getitem__)
     if isinstance(loss, torch.Tensor) and loss.requires_grad:
         loss.sum().backward()
     grad = theta.grad if theta.grad is not None else torch.zeros_like(theta)

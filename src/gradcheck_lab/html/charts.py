@@ -34,7 +34,7 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     out = []
     k = 0
     while start + k * step <= hi + 1e-9 * step and k < 50:
-        out.append(round(start + k * step, 12))
+        out.append(float(f"{start + k * step:.12g}"))  # tidy digits at any magnitude
         k += 1
     return out
 
