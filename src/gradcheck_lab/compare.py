@@ -59,6 +59,7 @@ import numpy as np
 
 from .engines import ENGINE_NAMES, Gradients, engine
 from .engines import referee as _referee
+from .engines.finite_diff import DIRECTIONAL_MIN_P
 from .errors import UsageError
 from .model import Batch, Model
 from .tolerance import EPS, FD_SAFETY, OWN_SAFETY, engine_tolerance, fd_tolerance, rounding_scale
@@ -211,7 +212,6 @@ def compare(
     results: dict[str, Gradients] = {}
     results["symbolic"] = table["symbolic"](model, batch, dtype="float64", device=device)
     results["autograd"] = table["autograd"](model, batch, dtype=dtype, device=device)
-    results["finite_differences"] = table["finite_differences"](model, batch, dtype="float64", device=device)
     if candidate is not None:
         results["candidate"] = candidate
     for name, res in results.items():
@@ -222,6 +222,17 @@ def compare(
 
     # ---------------------------------------------------------------- screening
     scale = rounding_scale(model, batch, results["symbolic"].values)
+    fd_fn = table["finite_differences"]
+    if p > DIRECTIONAL_MIN_P and "finite_differences" not in (engines or {}):
+        fd_res = _directional_fd(model, batch, results, scale, referee_rows, fd_fn)
+    else:
+        fd_res = fd_fn(model, batch, dtype="float64", device=device)
+    if fd_res.values.shape != (n, p):
+        raise UsageError(
+            f"Expected engine finite_differences to return gradients of shape {(n, p)} but got {fd_res.values.shape}."
+        )
+    results = {"symbolic": results["symbolic"], "autograd": results["autograd"], "finite_differences": fd_res,
+               **({"candidate": candidate} if candidate is not None else {})}
     tol: dict[str, np.ndarray] = {}
     for name, res in results.items():
         if res.error is not None:
@@ -352,6 +363,46 @@ def compare(
         reasons=reasons,
         notes=notes,
     )
+
+
+def _directional_fd(model, batch, results, scale, referee_rows, fd_fn) -> Gradients:
+    """Finite differences for a wide model: projections first, components where needed.
+
+    Note [Directional check] in engines/finite_diff.py. Returns per-component
+    values at the points that needed them and "no estimate" (infinite error)
+    elsewhere, where the projections agreed.
+    """
+    from .engines.finite_diff import directional, directions
+
+    n, p = batch.theta.shape
+    dirs = directions(batch)
+    proj_fd, err_fd = directional(model, batch, dirs)
+    absd = np.abs(dirs)
+    fd_tol = FD_SAFETY * err_fd + np.einsum("np,nrp->nr", engine_tolerance("float64", scale), absd)
+    need = ~np.isfinite(err_fd).all(axis=1)
+    if referee_rows is not None:
+        need |= referee_rows
+    others = list(results.values())
+    for res in others:
+        tol = engine_tolerance("float64", scale) * (_eps_of(res, (n, p)) / EPS["float64"])
+        with np.errstate(invalid="ignore", over="ignore"):
+            proj = np.einsum("np,nrp->nr", np.nan_to_num(res.values, nan=np.inf), dirs)
+            tolp = np.einsum("np,nrp->nr", np.broadcast_to(tol, (n, p)), absd)
+            need |= ~(np.abs(proj - proj_fd) <= tolp + fd_tol).all(axis=1)
+    for ra, rb in combinations(others, 2):
+        ta = engine_tolerance("float64", scale) * (_eps_of(ra, (n, p)) / EPS["float64"])
+        tb = engine_tolerance("float64", scale) * (_eps_of(rb, (n, p)) / EPS["float64"])
+        with np.errstate(invalid="ignore"):
+            need |= ~(np.abs(ra.values - rb.values) <= ta + tb).all(axis=1)
+    out = Gradients("finite_differences", np.full((n, p), np.nan), "float64", np.full((n, p), np.inf),
+                    np.zeros((n, p), dtype=bool), np.full((n, p), np.nan), np.full((n, p), np.nan))
+    rows = np.flatnonzero(need)
+    if len(rows):
+        sub = fd_fn(model, batch.take(rows), dtype="float64")
+        for attr in ("values", "error", "kink", "lower", "upper"):
+            arr = getattr(out, attr)
+            arr[rows] = getattr(sub, attr)
+    return out
 
 
 def _component_classes(state: dict[str, np.ndarray], kink: np.ndarray) -> np.ndarray:

@@ -341,3 +341,83 @@ def gradients(
         out["lower"][:, i], out["upper"][:, i] = lower, upper
         kink[:, i] = jump
     return Gradients("finite_differences", dtype="float64", kink=kink, **out)
+
+
+#: Random directions per point of the directional check (Note [Directional check]).
+DIRECTIONS = 2
+#: Models with more parameter components than this are checked along directions first.
+DIRECTIONAL_MIN_P = 32
+#: First step of the directional ladder: every component moves at once, so a smaller
+#: step than H0 keeps the stencil where the series converges. Measured on 904 points of
+#: mlp H=64 (tanh): H0 gave no estimate at 4.2% of points (median relative error
+#: 1.8e-9), H0/2 at 1.0% (7.7e-12), H0/4 at 0.2% (8.5e-14), H0/8 at 0.1% (7.9e-14,
+#: but the error bar then underestimated by up to 0.36x less margin).
+DIRECTIONAL_H0 = H0 / 4
+
+
+def directions(batch: Batch, count: int = DIRECTIONS, seed: int = 0) -> np.ndarray:
+    """(N, count, P) Rademacher directions scaled by ``max(|theta_i|, 1)``, seeded.
+
+    The scaling gives every component the step the per-component rule
+    would give it (Note [Step rule]).
+    """
+    rng = np.random.default_rng([seed, 0xD1])
+    signs = np.where(rng.random((len(batch), count, batch.theta.shape[1])) < 0.5, -1.0, 1.0)
+    return signs * np.maximum(np.abs(batch.theta), 1.0)[:, None, :]
+
+
+def directional(model: Model, batch: Batch, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Richardson central differences of the loss along ``dirs`` (N, R, P): values and error bars (N, R).
+
+    Note [Directional check]
+    ~~~~~~~~~~~~~~~~~~~~~~~~
+    Per-component differences cost ``(2K + 1) P`` loss evaluations a point;
+    for a wide model (an mlp with 193 parameters) that is most of a check.
+    Along a direction ``d`` the derivative of ``s -> L(theta + s d)`` at 0 is
+    ``g . d``: ``R`` directions cost ``(2K + 1) R`` evaluations. The other
+    engines' gradients (symbolic, autograd, a candidate) are still compared
+    component by component with each other; finite differences check their
+    projections, and run per component only at the points where a
+    projection disagrees, where the directional estimate has no error bar (a
+    kink or pole inside its stencil), where the component comparison
+    disagrees, and at every explicitly given point.
+
+    Why a wrong component cannot hide: ``d`` has independent random signs
+    (scaled by ``max(|theta_i|, 1)``). An engine whose gradient is off by
+    ``e`` is off in projection by ``e . d``. With one wrong component that
+    is ``+-e_i |d_i|`` exactly: it cannot cancel. With several, ``e . d = 0``
+    needs the signs to balance the errors, which happens for at most half
+    of the sign patterns (for any fixed ``e != 0``, flipping the sign of one
+    nonzero component's direction changes ``e . d``), so each direction
+    misses with probability at most 1/2, ``R`` independent directions with
+    at most ``2**-R`` per point, and ``m`` points with at most ``2**-(R m)``.
+    And finite differences are the third vote only: the symbolic and the
+    autograd engines are compared per component everywhere.
+    """
+    n, r, p = dirs.shape
+    theta_cols = [batch.theta[:, i] for i in range(p)]
+    data_cols = [batch.data[:, j] for j in range(batch.data.shape[1])]
+    ladder = DIRECTIONAL_H0 * 2.0 ** -np.arange(K)
+    values = np.empty((n, r))
+    errors = np.empty((n, r))
+    with np.errstate(all="ignore"):
+        f0 = np.broadcast_to(_loss(model, theta_cols, data_cols), (n,))
+        for k in range(r):
+            d = dirs[:, k, :]  # (N, P)
+            steps = np.concatenate([ladder, -ladder, [0.0]])[:, None]  # (2K + 1, 1)
+            cols = [t[None, :] + steps * d[:, i][None, :] for i, t in enumerate(theta_cols)]
+            record: list = []
+            f = np.broadcast_to(_loss(model, cols, data_cols, _recording_ops(record, [])), (2 * K + 1, n))
+            beside, at = _crossings(record, (2 * K + 1, n))
+            fp, fm = f[:K], f[K : 2 * K]
+            dd = (fp - fm) / (2.0 * ladder[:, None])
+            levels = richardson(dd)
+            big = np.maximum(np.max(np.abs(f), axis=0), np.abs(f0))
+            trunc = sum(np.abs(a - b) for a, b in zip(levels[-3:], levels[-2:]))
+            rounding = ROUNDING * EPS * big / ladder[-1]
+            step = np.abs(np.diff(dd, axis=0))
+            slow = (step[:-1] > 10.0 * rounding) & (step[:-1] < 2.0 * np.maximum(step[1:], rounding))
+            err = np.where(slow.any(axis=0) | beside | at, np.inf, trunc + rounding)
+            values[:, k] = levels[-1]
+            errors[:, k] = np.where(np.isfinite(levels[-1]), err, np.inf)
+    return values, errors
