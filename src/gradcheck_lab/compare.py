@@ -83,6 +83,9 @@ CLASSES = {AGREE: "agree", MISMATCH: "mismatch", UNSTABLE: "unstable", NOT_JUDGE
 #: The project's own engines: their overflow is "unstable", a candidate's is a mismatch.
 PROJECT_ENGINES = ("symbolic", "autograd", "finite_differences")
 
+#: Disagreeing points of a chunk proven before majority may decide for engines proven at fault.
+PROBE_ROWS = 8
+
 #: Why a component was not judged, for the notes.
 REASONS = {
     "undefined": "the loss is undefined (not real) there",
@@ -283,31 +286,24 @@ def compare(
             state[name][bad] = MISMATCH
 
     # ---------------------------------------------------------------- proof
-    want = disagree.any(axis=1)
-    forced = referee_rows if referee_rows is not None else np.zeros(n, dtype=bool)
-    optional = np.flatnonzero(want & ~forced)
-    allowed = budget.take(len(optional))
-    rows = np.union1d(np.flatnonzero(forced), optional[:allowed]).astype(int)
-    unproven = np.zeros(n, dtype=bool)
-    unproven[optional[allowed:]] = True
-
     exact = np.full((n, p), np.nan)
     refereed = np.zeros(n, dtype=bool)
     own = {name: np.full((n, p), np.nan) for name in results}
-    if len(rows):
+    codes = _referee_codes()
+
+    def prove(rows: np.ndarray, deadline: float) -> None:
+        if not len(rows):
+            return
         sub = batch.take(rows)
         need = np.full((len(rows), p), np.inf)
         for name in results:
-            t = np.where(judged[name][rows], tol[name][rows], np.inf)
-            need = np.minimum(need, t)
+            need = np.minimum(need, np.where(judged[name][rows], tol[name][rows], np.inf))
         need = np.where(np.isfinite(need), need * 2.0**-6, 0.0)
-        cert = _certify(model, sub, need, budget.deadline + 60.0 if referee_rows is not None else budget.deadline)
+        cert = _certify(model, sub, need, deadline)
         refereed[rows] = True
         st = cert.status
-        ex = np.where(st == _referee_codes()["CERTIFIED"], cert.value, np.nan)
+        ex = np.where(st == codes["CERTIFIED"], cert.value, np.nan)
         exact[rows] = ex
-        codes = _referee_codes()
-        ref_kink = st == codes["KINK"]
         for name in results:
             j = judged[name][rows]
             mark = np.zeros((n, p), dtype=bool)
@@ -316,15 +312,33 @@ def compare(
                 mark[rows] = (st == codes[code]) & j & ~kink[rows]
                 not_judged(name, mark, reason)
         # A kink the referee proves (an argument exactly 0) that finite differences did not flag.
+        ref_kink = st == codes["KINK"]
         if ref_kink.any():
             extra = np.zeros((n, p), dtype=bool)
             extra[rows] = ref_kink & ~kink[rows]
-            kink |= extra
+            kink[:] = kink | extra
         _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch, dtype, device,
                      candidate_rounding, strict)
         for name in results:
             if (state[name] == MISMATCH).any():
                 budget.proven.add(name)
+
+    forced = referee_rows if referee_rows is not None else np.zeros(n, dtype=bool)
+    prove(np.flatnonzero(forced), budget.deadline + 60.0)
+    optional = np.flatnonzero(disagree.any(axis=1) & ~forced)
+    # The first few disagreements are proven; after that, a disagreement that only an engine
+    # already proven at fault in this run explains (the others agree among themselves) is
+    # left to majority: a failing run costs little more than a passing one.
+    first = optional[: budget.take(min(len(optional), PROBE_ROWS))]
+    prove(first, budget.deadline)
+    rest = np.setdiff1d(optional, first)
+    explained = _explained_by(results, tol, judged, disagree, budget.proven)
+    todo = rest[~explained[rest]]
+    allowed = budget.take(len(todo))
+    prove(todo[:allowed], budget.deadline)
+    unproven = np.zeros(n, dtype=bool)
+    unproven[rest[explained[rest]]] = True
+    unproven[todo[allowed:]] = True
 
     # Disagreements the referee could not take: majority, only for an engine already proven at fault.
     if unproven.any():
@@ -363,6 +377,20 @@ def compare(
         reasons=reasons,
         notes=notes,
     )
+
+
+def _explained_by(results, tol, judged, disagree, proven) -> np.ndarray:
+    """(N,) points whose every disagreement involves an engine in ``proven``: the others agree."""
+    n = disagree.shape[0]
+    if not proven:
+        return np.zeros(n, dtype=bool)
+    ok = np.ones(n, dtype=bool)
+    rest = [e for e in results if e not in proven]
+    for a, b in combinations(rest, 2):
+        with np.errstate(invalid="ignore"):
+            agree = np.abs(results[a].values - results[b].values) <= tol[a] + tol[b]
+        ok &= (agree | ~judged[a] | ~judged[b]).all(axis=1)
+    return ok & (len(rest) >= 2)
 
 
 def _directional_fd(model, batch, results, scale, referee_rows, fd_fn) -> Gradients:

@@ -401,7 +401,9 @@ class Model:
 
     @property
     def param_labels(self) -> list[str]:
-        return [lab for v in self.params for lab in v.labels()]
+        if "param_labels" not in self._cache:
+            self._cache["param_labels"] = [lab for v in self.params for lab in v.labels()]
+        return list(self._cache["param_labels"])
 
     @property
     def n_params(self) -> int:

@@ -153,13 +153,13 @@ RATIO_EDGES = [x / 2 for x in range(-16, 9)]  # 1e-8 .. 1e4
 MAGNITUDE_EDGES = [float(x) for x in range(-20, 11)]
 
 
-def _param_check(cmp, n: int, i: int) -> ParamCheck:
-    from .compare import CLASSES
+def _param_check(cmp, n: int, i: int, labels: list[str]) -> ParamCheck:
+    from .compare import CLASSES, MISMATCH
 
     res = cmp.results
-    label = cmp.model.param_labels[i]
+    label = labels[i]
     kink = bool(cmp.kink[n, i])
-    faults = [e for e in res if cmp.fault[e][n, i]]
+    faults = [e for e in res if cmp.state[e][n, i] == MISMATCH]
     disc = {}
     names = list(res)
     with np.errstate(invalid="ignore"):
@@ -186,7 +186,8 @@ def point_check(cmp, n: int, source: str, index: int) -> PointCheck:
     """Point ``n`` of a comparison in full, labelled as point ``index`` of ``source``."""
     from .compare import CLASSES, MISMATCH
 
-    checks = [_param_check(cmp, n, i) for i in range(cmp.batch.theta.shape[1])]
+    labels = cmp.model.param_labels
+    checks = [_param_check(cmp, n, i, labels) for i in range(cmp.batch.theta.shape[1])]
     row = cmp.verdict[n]
     verdict = "mismatch" if (row == MISMATCH).any() else CLASSES[int(row.max())] if row.size else "agree"
     return PointCheck(index=index, source=source, point=cmp.model.describe_point(cmp.batch, n), checks=checks, verdict=verdict)
