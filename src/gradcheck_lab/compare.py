@@ -74,12 +74,15 @@ __all__ = [
     "NOT_JUDGED",
     "KINK",
     "CLASSES",
+    "PRIORITY",
     "PROJECT_ENGINES",
 ]
 
 #: Per-engine and per-component verdict codes (Note [Verdict]).
 AGREE, MISMATCH, UNSTABLE, NOT_JUDGED, KINK = 0, 1, 2, 3, 4
 CLASSES = {AGREE: "agree", MISMATCH: "mismatch", UNSTABLE: "unstable", NOT_JUDGED: "not_judged", KINK: "kink"}
+#: The class a point or a component with several engines' classes takes: the first present.
+PRIORITY = (MISMATCH, UNSTABLE, KINK, NOT_JUDGED, AGREE)
 #: The project's own engines: their overflow is "unstable", a candidate's is a mismatch.
 PROJECT_ENGINES = ("symbolic", "autograd", "finite_differences")
 

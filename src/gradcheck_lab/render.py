@@ -96,6 +96,10 @@ def _renderables(report: Report, quiet: bool = False):
             out.append(_summary_table(report))
         for p in report.failures:
             out.append(_point_table(p, report.engines, report.dtype))
+        if report.counts and (report.random_points or len(report.data_points) > 1):
+            order = ("agree", "unstable", "kink", "not_judged", "mismatch")
+            parts = [f"{report.counts.get(k, 0)} {k.replace('_', ' ')}" for k in order if report.counts.get(k)]
+            out.append(Text("components by verdict: " + ", ".join(parts)))
         for note in report.notes:
             out.append(Text(f"note: {note}"))
     style = "bold green" if report.ok else "bold red"

@@ -188,8 +188,8 @@ def point_check(cmp, n: int, source: str, index: int) -> PointCheck:
 
     labels = cmp.model.param_labels
     checks = [_param_check(cmp, n, i, labels) for i in range(cmp.batch.theta.shape[1])]
-    row = cmp.verdict[n]
-    verdict = "mismatch" if (row == MISMATCH).any() else CLASSES[int(row.max())] if row.size else "agree"
+    row = set(int(c) for c in cmp.verdict[n])
+    verdict = next((CLASSES[c] for c in PRIORITY if c in row), "agree")
     return PointCheck(index=index, source=source, point=cmp.model.describe_point(cmp.batch, n), checks=checks, verdict=verdict)
 
 
