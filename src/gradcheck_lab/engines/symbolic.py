@@ -60,7 +60,7 @@ SIMPLIFY_MAX_SYMBOLS = 5
 #: ``factor_terms`` took 69 ms on one mlp H = 32 partial (~330 operations), more on larger ones.
 FACTOR_MAX_NODES = 400
 #: A subexpression of more tree nodes than this that several partials use gets a name
-#: in :func:`shared_form` (the mlp's residual from H = 4 on; nothing in the lesson's models).
+#: in :func:`shared_form` (the mlp's residual from H = 5 on; nothing in the lesson's models).
 SHARE_MIN_NODES = 40
 #: Derivations kept in memory, keyed by the loss expression and the parameters.
 CACHE_SIZE = 32
@@ -218,41 +218,42 @@ class _Derivation:
                 if local != 0:
                     contrib.setdefault(c, []).append(a if local == 1 else sp.Mul(a, local))
         outputs = [grads.get(t, sp.S.Zero) for t in th]
-        self.program = _tidy(forward + backward, outputs)
+        self.raw = (forward + backward, outputs)
+        self.program = _tidy(*self.raw)
         self.node_of = node_of
         self.size = {s: size[n] for s, n in node_of.items()}
         self.th = th
         self.compiled: dict = {}
         self._closed = None
 
-    def closed_forms(self, keep=frozenset()) -> list:
-        """The outputs with every name but ``keep`` substituted back.
+    def closed_forms(self) -> list:
+        """The outputs with every name substituted back (cheap: shared objects, not copies)."""
+        if self._closed is None:
+            self._closed, _ = _substitute(self.program, self.node_of)
+        return self._closed
 
-        Cheap: a substituted name becomes a shared SymPy object, not a copy.
-        """
-        import sympy as sp
 
-        if not keep and self._closed is not None:
-            return self._closed
-        full: dict = {}
-        for s, e in self.program[0]:
-            if s in keep:
-                continue
-            if s in self.node_of and not keep:
-                full[s] = self.node_of[s]  # the loss's own subtree, exactly
-                continue
+def _substitute(program, node_of, keep=frozenset()):
+    """``program``'s outputs with every name but ``keep`` substituted; and ``keep``'s definitions."""
+    import sympy as sp
+
+    full, defs = {}, {}
+    for s, e in program[0]:
+        if s in keep:
+            defs[s] = _subs(e, full)
+        elif s in node_of and not keep:
+            full[s] = node_of[s]  # the loss's own subtree, exactly
+        else:
             full[s] = _subs(e, full)
-        out = []
-        for o in self.program[1]:
-            v = _subs(o, full)
-            out.append(sp.Mul(*v.args) if v.is_Mul else v)  # a bare 2*(a + b) now distributes, as in sympy.diff
-        if not keep:
-            self._closed = out
-        return out
+    out = []
+    for o in program[1]:
+        v = _subs(o, full)
+        out.append(sp.Mul(*v.args) if v.is_Mul else v)  # a bare 2*(a + b) now distributes, as in sympy.diff
+    return out, defs
 
 
-def _tidy(assignments: list, outputs: list) -> tuple[list, list]:
-    """Drop unused assignments and substitute those used once into their user."""
+def _tidy(assignments: list, outputs: list, protect=frozenset()) -> tuple[list, list]:
+    """Drop unused assignments and substitute those used once (and not in ``protect``) into their user."""
     live, kept = _uses(outputs), []
     for s, e in reversed(assignments):
         if s in live:
@@ -262,7 +263,7 @@ def _tidy(assignments: list, outputs: list) -> tuple[list, list]:
     subst, program = {}, []
     for s, e in reversed(kept):
         e = _subs(e, subst) if subst else e
-        if live[s] == 1 or e.is_Atom:
+        if (live[s] == 1 and s not in protect) or e.is_Atom:
             subst[s] = e
         else:
             program.append((s, e))
@@ -319,22 +320,30 @@ def shared_form(model: Model, min_nodes: int = SHARE_MIN_NODES) -> tuple[list, l
     """
     import sympy as sp
 
+    key = ("shared_form", min_nodes)
+    if key in model._cache:
+        return model._cache[key]
     d = _derivation(model)
-    big = [s for s, _ in d.program[0] if s in d.node_of and d.size[s] > min_nodes]
-    if not big:
-        return [], list(d.closed_forms())
+    big = frozenset(s for s, n in d.node_of.items() if d.size[s] > min_nodes)
+    program = _tidy(*d.raw, protect=big) if big else d.program
+    keep = frozenset(s for s, _ in program[0] if s in big)
+    partials, defs = _substitute(program, d.node_of, keep)
+    # A name that only one expression uses is written out there instead.
+    uses = _uses([*partials, *defs.values()])
+    for s in [s for s in reversed(list(defs)) if uses.get(s, 0) <= 1]:
+        value = defs.pop(s)
+        partials = [p.xreplace({s: value}) for p in partials]
+        defs = {k: v.xreplace({s: value}) for k, v in defs.items()}
+    if not defs:
+        model._cache[key] = ([], list(d.closed_forms()))
+        return model._cache[key]
     th, da = model.symbols()
     taken = {str(s) for s in (*th, *da)}
     base = next(b for b in ("s", "s_", "u", "u_", "shared_") if not any(t.startswith(b) for t in taken))
-    rename = {s: sp.Symbol(f"{base}{k + 1}", real=True) for k, s in enumerate(big)}
-    keep = frozenset(big)
-    partials = [p.xreplace(rename) for p in d.closed_forms(keep)]
-    inner = {d.node_of[s]: rename[s] for s in big}
-    shared = []
-    for s in big:
-        node = d.node_of[s]
-        shared.append((rename[s], node.xreplace({k: v for k, v in inner.items() if k != node})))
-    return shared, partials
+    rename = {s: sp.Symbol(f"{base}{k + 1}", real=True) for k, s in enumerate(defs)}
+    shared = [(rename[s], v.xreplace(rename)) for s, v in defs.items()]
+    model._cache[key] = (shared, [p.xreplace(rename) for p in partials])
+    return model._cache[key]
 
 
 def _nodes_at_most(e, limit: int) -> bool:
@@ -402,9 +411,16 @@ def compiled(model: Model):
         th, da = model.symbols()
         key = ("numpy", tuple(th), tuple(da))
         if key not in d.compiled:
+            from sympy.printing.numpy import NumPyPrinter
+
             assignments, outputs = d.program
+            # lambdify's own printer settings, plus order="none": the terms of a sum are
+            # printed as stored instead of sorted (sorting was 40% of the compile at H = 256).
+            printer = NumPyPrinter(
+                {"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True, "order": "none"}
+            )
             d.compiled[key] = sp.lambdify(
-                [*th, *da], outputs, modules="numpy", cse=lambda _: (assignments, outputs)
+                [*th, *da], outputs, modules="numpy", printer=printer, cse=lambda _: (assignments, outputs)
             )
         model._cache["grad_fn"] = d.compiled[key]
     return model._cache["grad_fn"]
