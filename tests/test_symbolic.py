@@ -28,6 +28,8 @@ EXPRESSIONS = [
     ("log(1 + exp(w*x))*sqrt(b**2 + 1) - cos(w*b)", "w,b", "absolute"),
     ("abs(w*x - b) + softplus(w)*tanh(b*x)/(1 + w**2)", "w,b", "squared"),
     ("(w - y)**2 * exp(-b*x) + relu(w + b)", "w,b", None),
+    ("abs(w)**b + (w*x)**2.5 - sqrt(abs(b*x)) + x", "w,b", "squared"),
+    ("exp(w)**(b*x) / (1 + sin(w)**2)", "w,b", "squared"),
 ]
 
 
