@@ -48,6 +48,7 @@ __all__ = [
     "derivative_program",
     "shared_form",
     "simplified",
+    "tidy",
     "hessian",
     "compiled",
 ]
