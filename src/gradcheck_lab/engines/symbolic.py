@@ -27,7 +27,7 @@ users of ``adjoint(user) * dlocal``; a parameter's adjoint is its partial
 derivative. Names used once are substituted back and unused ones dropped,
 so the program is O(H) assignments (mlp H = 256: 513, one ``tanh`` and one
 adjoint per unit). Measured on the 2-core CI machine (benchmarks/derive.py,
-docs/performance.md): mlp H = 256 derives in 0.48 s where ``sympy.diff``
+docs/performance.md): mlp H = 256 derives in 0.5 s where ``sympy.diff``
 took 9 s, and no ``sympy.cse`` is needed: the program is already shared.
 Conditions of a ``Piecewise`` (relu) are not differentiated, as in
 ``sympy.diff``: the derivative is taken branch by branch.
