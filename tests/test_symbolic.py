@@ -93,6 +93,14 @@ def test_program_evaluated_in_order_gives_the_derivatives(name, options):
             assert abs(a - b) <= 1e-12 * max(abs(b), 1e-300)
 
 
+def test_parameters_the_loss_ignores_have_zero_derivative():
+    m = Model.from_function(lambda ops, p, v: 2 * v.x, params={"w": 1.0})
+    assert symbolic.derivatives(m) == [0]
+    assert symbolic.gradients(m, m.sample(4)).values.tolist() == [[0.0]] * 4
+    const = Model.from_function(lambda ops, p, v: 1, params={"w": 1.0}, loss=lambda ops, yhat, y: 3)
+    assert symbolic.derivatives(const) == [0]
+
+
 def test_program_grows_linearly_with_the_width():
     sizes = {H: len(symbolic.derivative_program(get_model("mlp", H=H))[0]) for H in (4, 16, 32)}
     # One tanh and one adjoint per unit, plus the residual's adjoint.

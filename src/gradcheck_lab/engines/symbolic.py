@@ -192,6 +192,7 @@ class _Derivation:
 
         th = list(th)
         params = set(th)
+        loss = sp.sympify(loss, strict=True)  # a model may return a plain number; never a string
         nodes, children, dep = _graph(loss, params)
         counter = iter(range(10**12))
         fresh = lambda: sp.Symbol(f"_c{next(counter)}")  # noqa: E731 -- model names never start with _
