@@ -9,6 +9,7 @@ non-linearity, many weights, and vector inputs with matrix parameters.
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -171,6 +172,13 @@ MODEL_OPTIONS = {name: opts for name, (_, opts) in _CATALOG.items()}
 
 _LIMITS = {"H": (1, 256), "d": (1, 64), "K": (2, 64)}
 
+#: Catalog models built by name and options share one cache (the loss expression, its
+#: derivation, the compiled functions): a model is a pure function of its name and
+#: options, so ``get_model("mlp", H=256)`` called again derives nothing. Kept for the
+#: last ``SHARED_CACHES`` configurations.
+SHARED_CACHES = 16
+_SHARED: OrderedDict[tuple, dict] = OrderedDict()
+
 
 def list_models() -> list[str]:
     """Names of the catalog models."""
@@ -211,4 +219,9 @@ def get_model(name: str, **options: Any) -> Model:
         clean[key] = value
     model = factory(**clean)
     model.options = {k: clean.get(k, spec[1]) for k, spec in allowed.items()}
+    key = (name, tuple(sorted(model.options.items())))
+    model._cache = _SHARED.pop(key, model._cache)
+    _SHARED[key] = model._cache
+    while len(_SHARED) > SHARED_CACHES:
+        _SHARED.popitem(last=False)
     return model

@@ -4,6 +4,12 @@ The loss is the model's own function run on the SymPy backend; the partial
 derivatives are the symbolic engine's, simplified for reading
 (:func:`gradcheck_lab.engines.symbolic.simplified`). The optional Hessian is
 the engine's matrix of second derivatives, simplified where small.
+
+A large subexpression that several partials share (the mlp's residual
+``sum_j W2[j]*tanh(...) + b2 - y``) is shown once, with a name ``s1``, and
+the partials use the name (:func:`gradcheck_lab.engines.symbolic.shared_form`):
+written out, each of the mlp's 3H + 1 partials would repeat the H-term
+residual, O(H^2) text (H = 256: 200 s to tidy and print, unreadable).
 """
 
 from __future__ import annotations
@@ -19,16 +25,6 @@ __all__ = ["Derivation", "derive"]
 HESSIAN_SIMPLIFY_MAX_ENTRIES = 21
 
 
-def _tidy(e, simplify: bool):
-    """The engine's policy (``simplified``): ``simplify`` small expressions, ``factor_terms`` the rest."""
-    import sympy as sp
-
-    from ..engines.symbolic import SIMPLIFY_MAX_OPS, SIMPLIFY_MAX_SYMBOLS
-
-    small = simplify and sp.count_ops(e) <= SIMPLIFY_MAX_OPS and len(e.free_symbols) <= SIMPLIFY_MAX_SYMBOLS
-    return sp.simplify(e) if small else sp.factor_terms(e)
-
-
 @dataclass
 class Derivation:
     """Closed forms of one model, as SymPy expressions.
@@ -36,6 +32,9 @@ class Derivation:
     ``partials`` is a list of ``(label, expression)``: ``dloss/dw1`` and its
     closed form; ``hessian`` a list of ``(row label, column label,
     expression)`` for the upper triangle (empty unless asked for).
+    ``shared`` lists ``(symbol, expression)``: names the partials use for
+    large shared subexpressions (empty for small models); substituting them
+    (:meth:`closed`) gives the closed forms.
     """
 
     model: str
@@ -47,6 +46,13 @@ class Derivation:
     hessian: list[tuple[str, str, Any]] = field(default_factory=list)
     param_labels: list[str] = field(default_factory=list)
     param_symbols: list[Any] = field(default_factory=list)
+    shared: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def closed(self, e):
+        """``e`` with the shared names substituted back (a closed form in the model's symbols)."""
+        for s, v in reversed(self.shared):
+            e = e.xreplace({s: v})
+        return e
 
     def render(self, form: str = "str") -> dict[str, Any]:
         """Every expression as text: ``str`` (one line), ``pretty`` (2-D) or ``latex``.
@@ -61,6 +67,7 @@ class Derivation:
         out = {
             "loss": fn(self.loss),
             "prediction": [fn(p) for p in pred] if isinstance(pred, (list, tuple)) else fn(pred),
+            "shared": {str(s): fn(e) for s, e in self.shared},
             "partials": {label: fn(e) for label, e in self.partials},
             "hessian": [{"row": r, "col": c, "expr": fn(e)} for r, c, e in self.hessian],
         }
@@ -72,11 +79,13 @@ class Derivation:
                 for r, c, _ in self.hessian
             ]
             loss_lhs = "L"
+            names = [sp.latex(s) for s, _ in self.shared]
         else:
             lhs = [lab for lab, _ in self.partials] + [f"d2loss/d{r}d{c}" for r, c, _ in self.hessian]
             loss_lhs = "loss"
+            names = list(out["shared"])
         rhs = list(out["partials"].values()) + [h["expr"] for h in out["hessian"]]
-        out["equations"] = [(loss_lhs, out["loss"]), *zip(lhs, rhs)]
+        out["equations"] = [(loss_lhs, out["loss"]), *zip(names, out["shared"].values()), *zip(lhs, rhs)]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +98,8 @@ class Derivation:
             "prediction": text["prediction"],
             "partials": text["partials"],
             "hessian": text["hessian"],
-            "latex": {k: latex[k] for k in ("loss", "prediction", "partials", "hessian")}
+            "shared": text["shared"],
+            "latex": {k: latex[k] for k in ("loss", "prediction", "shared", "partials", "hessian")}
             | {"equations": [list(eq) for eq in latex["equations"]]},
         }
 
@@ -104,13 +114,17 @@ def derive(model, hessian: bool = False) -> Derivation:
     """
 
     from ..engines.symbolic import hessian as sym_hessian
-    from ..engines.symbolic import simplified
+    from ..engines.symbolic import shared_form, simplified, tidy
 
     labels = model.param_labels
     th, da = model.symbols()
     names = {str(s): lab for s, lab in zip(th, labels)}
     names.update({str(s): lab for s, lab in zip(da, [lab for v in model.data_vars for lab in v.labels()])})
-    partials = [(f"dloss/d{lab}", g) for lab, g in zip(labels, simplified(model))]
+    shared, forms = shared_form(model)
+    # With the shared names the partials are the chain rule's products, already tidy:
+    # simplify would spend ~0.2 s on each (tanh) for nothing shorter.
+    grads = forms if shared else simplified(model)
+    partials = [(f"dloss/d{lab}", g) for lab, g in zip(labels, grads)]
     entries = []
     if hessian:
         H = sym_hessian(model)
@@ -118,7 +132,7 @@ def derive(model, hessian: bool = False) -> Derivation:
         simplify = n * (n + 1) // 2 <= HESSIAN_SIMPLIFY_MAX_ENTRIES
         for i in range(len(labels)):
             for j in range(i, len(labels)):
-                entries.append((labels[i], labels[j], _tidy(H[i, j], simplify)))
+                entries.append((labels[i], labels[j], tidy(H[i, j], simplify)))
     return Derivation(
         model=model.name,
         formula=model.formula,
@@ -129,4 +143,5 @@ def derive(model, hessian: bool = False) -> Derivation:
         hessian=entries,
         param_labels=list(labels),
         param_symbols=list(th),
+        shared=shared,
     )
