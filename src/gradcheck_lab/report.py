@@ -184,7 +184,7 @@ def _param_check(cmp, n: int, i: int, labels: list[str]) -> ParamCheck:
 
 def point_check(cmp, n: int, source: str, index: int) -> PointCheck:
     """Point ``n`` of a comparison in full, labelled as point ``index`` of ``source``."""
-    from .compare import CLASSES, MISMATCH
+    from .compare import CLASSES, PRIORITY
 
     labels = cmp.model.param_labels
     checks = [_param_check(cmp, n, i, labels) for i in range(cmp.batch.theta.shape[1])]
