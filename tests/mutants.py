@@ -381,21 +381,27 @@ class AffineNoBias(torch.autograd.Function):
 
 
 class BufferedAffine(torch.autograd.Function):
-    """``w*x + b`` whose backward adds into a gradient buffer and returns it (a layer's ``.grad``)."""
+    """``w*x + b`` whose backward adds into a gradient buffer and returns it (a layer's ``.grad``).
+
+    ``zero``: the buffer is zeroed before each backward (``zero_grad``); without
+    it, gradients accumulate across calls.
+    """
 
     @staticmethod
-    def forward(ctx, w, b, x, buf):
+    def forward(ctx, w, b, x, buf, zero):
         ctx.save_for_backward(x)
-        ctx.buf = buf
+        ctx.buf, ctx.zero = buf, zero
         return w * x + b
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         buf = ctx.buf
+        if ctx.zero:
+            buf.update(w=0.0, b=0.0)
         buf["w"] = buf["w"] + grad * x
         buf["b"] = buf["b"] + grad
-        return buf["w"], buf["b"], None, None
+        return buf["w"], buf["b"], None, None, None
 
 
 def accumulating_affine_loss(*, zero: bool):
@@ -403,9 +409,7 @@ def accumulating_affine_loss(*, zero: bool):
     buf = {"w": 0.0, "b": 0.0}
 
     def loss(p, v):
-        if zero:
-            buf.update(w=0.0, b=0.0)
-        return (BufferedAffine.apply(p.w, p.b, v.x, buf) - v.y) ** 2
+        return (BufferedAffine.apply(p.w, p.b, v.x, buf, zero) - v.y) ** 2
 
     return torch_loss(loss)
 
@@ -449,10 +453,8 @@ class AccumulatingQuadratic(torch.nn.Module):
         self.buf = {"w": 0.0, "b": 0.0}  # not a buffer: functional_call does not reset it
 
     def forward(self, x, y):
-        if self.zero:
-            self.buf.update(w=0.0, b=0.0)
         # w1*x**2 + (w2*x + b): the affine part through the buffered backward.
-        return (self.w1 * x**2 + BufferedAffine.apply(self.w2, self.b, x, self.buf) - y) ** 2
+        return (self.w1 * x**2 + BufferedAffine.apply(self.w2, self.b, x, self.buf, self.zero) - y) ** 2
 
 
 class LogisticModule(torch.nn.Module):
