@@ -204,6 +204,14 @@ def mutants_markdown(rows) -> str:
         f"blamed, and passes **{twins}/{n}** correct twins. `torch.autograd.gradcheck` (its defaults, the same "
         f"points) fails on {tg_caught}/{n} mutants and on {tg_false}/{n} correct twins (false alarms).",
         "",
+        "gradcheck compares a function's backward with finite differences of *the same function*, at a "
+        "relative 1e-3: a torch_loss or module whose forward itself differs from the model (a label off by one, "
+        "W.T for W, a mean for a sum, the 1/2 convention, another activation) is self-consistent and passes, and "
+        "so does a relative error below 1e-3; in float32 its finite differences fail correct code too. "
+        "gradcheck_lab compares with the model's exact derivative. A region-only bug is caught by either check "
+        "only where the points reach the region. Verdicts in **bold** break the requirement (the mutant caught "
+        "with only the candidate blamed, the twin passing).",
+        "",
         "| mutant | kind | model | dtype | bug | gradcheck_lab: mutant | twin | torch gradcheck: mutant | twin |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

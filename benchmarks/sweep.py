@@ -381,12 +381,17 @@ def sweep_markdown(results: list[Result], command: str) -> str:
             f"{_fmt_counts(r.counts)} | {r.kinks} | {r.seconds:.1f} |"
         )
     if failing:
-        lines += ["", "First failing point per configuration (rerun with the chunk seed):", ""]
+        lines += [
+            "",
+            "Per failing configuration: the first failing point of the first failing chunk (its index in the "
+            "chunk, and the chunk's seed), then the report's headline for that chunk (which names its worst point).",
+            "",
+        ]
         for r in failing:
             f = r.failures[0]
             msg = f["message"].splitlines()[0]
-            lines.append(f"- `{r.config}`, chunk seed {f['chunk_seed']}, point {f['index']}: "
-                         f"`{_short(f['point'])}` -- {msg}")
+            lines.append(f"- `{r.config}`, chunk seed {f['chunk_seed']}, first failing point {f['index']}: "
+                         f"`{_short(f['point'])}`; headline: {msg}")
     return "\n".join(lines)
 
 

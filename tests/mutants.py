@@ -49,6 +49,7 @@ class Mutant:
     points: tuple | None = None  # explicit points; None: the model's dataset
     seed: int = 0
     region: bool = False  # wrong only in a region the default run must reach
+    region_points: tuple = ()  # explicit points inside that region
     slow: bool = False
 
     def get_model(self) -> Model:
@@ -348,13 +349,18 @@ class Tanh(torch.autograd.Function):
 
 
 class Softplus(torch.autograd.Function):
-    """torch's softplus forward (``z`` above 20); the buggy backward takes that branch's slope as 0."""
+    """softplus with a hand-written backward; the buggy one takes the slope above torch's threshold 20 as 0.
+
+    The forward is ``logaddexp(z, 0)``, exact in both tails. (``F.softplus``
+    itself returns ``z`` above its threshold 20, off by ``exp(-z)``: at
+    z = 25 that moves a gradient by a relative 5.8e-13, which is blamed.)
+    """
 
     @staticmethod
     def forward(ctx, z, buggy=False):
         ctx.save_for_backward(z)
         ctx.buggy = buggy
-        return F.softplus(z)
+        return torch.logaddexp(z, torch.zeros_like(z))
 
     @staticmethod
     def backward(ctx, grad):
@@ -536,6 +542,8 @@ def _loss(f):
 
 
 M = Mutant
+#: Points where w*x + b is above torch's softplus threshold 20 (25 and 32).
+SOFTPLUS_TAIL = ({"x": 3.0, "y": 1.0, "params": {"w": 8.0, "b": 1.0}}, {"x": -2.0, "y": 0.5, "params": {"w": -15.0, "b": 2.0}})
 H64 = {"H": 64, "activation": "tanh"}
 
 MUTANTS: list[Mutant] = [
@@ -571,13 +579,15 @@ MUTANTS: list[Mutant] = [
     M("fn_relu_prime_region", "mlp", "function",
       _fn(mlp_grad("relu", wrong_prime=lambda z, h: np.ones_like(z))), _fn(mlp_grad("relu")),
       "relu'(z) taken as 1 everywhere: wrong only where a pre-activation is negative",
-      options={"H": 4, "activation": "relu"}, region=True),
+      options={"H": 4, "activation": "relu"}, region=True,
+      region_points=({"x": 1.0, "y": 0.5, "params": {"W1": [1.0, -2.0, 0.5, 1.0], "b1": [0.5, 0.5, -1.0, 0.2]}},)),
     M("fn_abs_input_region", abs_input, "function", _fn(lambda pa, pt: abs_input_grad(pa, pt, forgot_abs=True)),
-      _fn(abs_input_grad), "d(w*|x|)/dw written as x: wrong only for x < 0", region=True),
+      _fn(abs_input_grad), "d(w*|x|)/dw written as x: wrong only for x < 0", region=True,
+      region_points=({"x": -2.0, "y": 0.5},)),
     M("fn_softplus_threshold_region", softplus_unit, "function",
       _fn(lambda pa, pt: softplus_unit_grad(pa, pt, threshold=20.0)), _fn(softplus_unit_grad),
       "softplus' taken as 0 where w*x + b > 20 (torch's threshold branch): wrong only in the tail",
-      region=True, random=300),
+      region=True, random=300, region_points=SOFTPLUS_TAIL),
     M("fn_rel_1e-4", "mlp", "function", _fn(_scaled(mlp_grad("tanh"), 1e-4)), _fn(mlp_grad("tanh")),
       "every gradient off by a relative 1e-4 (mlp H=8 tanh)"),
     M("fn_rel_1e-6", "logistic", "function", _fn(_scaled(logistic_grad, 1e-6)), _fn(logistic_grad),
@@ -608,7 +618,7 @@ MUTANTS: list[Mutant] = [
       _loss(lambda p, v: (Softplus.apply(p.w * v.x + p.b, True) - v.y) ** 2),
       _loss(lambda p, v: (Softplus.apply(p.w * v.x + p.b, False) - v.y) ** 2),
       "a custom softplus whose backward is 0 above torch's threshold 20: wrong only in the tail",
-      region=True, random=300),
+      region=True, random=300, region_points=SOFTPLUS_TAIL),
     M("loss_custom_affine_no_bias_grad", "affine", "torch_loss",
       _loss(lambda p, v: (AffineNoBias.apply(p.w, p.b, v.x, True) - v.y) ** 2),
       _loss(lambda p, v: (AffineNoBias.apply(p.w, p.b, v.x, False) - v.y) ** 2),
@@ -658,7 +668,8 @@ MUTANTS: list[Mutant] = [
     M("module_mean_for_sum", sum_of_squares, "module", lambda: SumModule(mean=True), lambda: SumModule(),
       "mean of the 4 squared errors where the model sums"),
     M("module_abs_input_region", abs_input, "module", lambda: AbsInputModule(forgot_abs=True),
-      lambda: AbsInputModule(), "w*x where the model has w*|x|: wrong only for x < 0", region=True),
+      lambda: AbsInputModule(), "w*x where the model has w*|x|: wrong only for x < 0", region=True,
+      region_points=({"x": -2.0, "y": 0.5},)),
     M("module_rel_1e-6", "mlp", "module", lambda: MLPModule(act=torch.tanh, rel=1e-6), lambda: MLPModule(),
       "every gradient off by a relative 1e-6 (mlp H=4)", options={"H": 4}),
 ]

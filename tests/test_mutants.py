@@ -13,6 +13,12 @@ import pytest
 from mutants import KINDS, MUTANTS, by_name
 
 
+def slow(fn):
+    """Mark a long run ``slow`` and run it only when selected (``-m slow``): pytest does not deselect it by default."""
+    skip = pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="long run: select it with -m slow")
+    return pytest.mark.slow(skip(fn))
+
+
 def _ids(ms):
     return [m.name for m in ms]
 
@@ -41,7 +47,19 @@ def test_correct_twin_passes(mutant):
     assert report.ok, f"correct twin of {mutant.name} failed: {report.message}"
 
 
-@pytest.mark.slow
+REGION = [m for m in MUTANTS if m.region]
+
+
+@pytest.mark.parametrize("mutant", REGION, ids=_ids(REGION))
+def test_region_mutant_is_caught_inside_its_region(mutant):
+    """Where its region is hit, a region-only bug is caught like any other (the default run must reach it)."""
+    assert mutant.region_points
+    report = mutant.run("buggy", points=list(mutant.region_points), random=0)
+    assert report.at_fault == ["candidate"], report.message
+    assert mutant.run("correct", points=list(mutant.region_points), random=0).ok
+
+
+@slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("mutant", MUTANTS, ids=_ids(MUTANTS))
 def test_mutant_and_twin_on_more_points(mutant, seed):

@@ -16,6 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def slow(fn):
+    """Mark a long run ``slow`` and run it only when selected (``-m slow``): pytest does not deselect it by default."""
+    skip = pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="long run: select it with -m slow")
+    return pytest.mark.slow(skip(fn))
+
+
 def _sweep():
     if "sweep_bench" not in sys.modules:
         spec = importlib.util.spec_from_file_location("sweep_bench", ROOT / "benchmarks" / "sweep.py")
@@ -45,7 +51,7 @@ def test_correct_code_is_never_blamed(config):
     _check(config, CI_POINTS[config.kind])
 
 
-@pytest.mark.slow
+@slow
 @pytest.mark.parametrize("config", sweep.CONFIGS, ids=[c.name for c in sweep.CONFIGS])
 def test_correct_code_is_never_blamed_more_points(config):
     _check(config, 500 if config.kind == "strategy" else 20_000)
