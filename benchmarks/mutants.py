@@ -36,7 +36,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sweep  # noqa: E402  (benchmarks/sweep.py: the loader and the docs writer)
 from gradcheck_lab import get_model, verify  # noqa: E402
-from gradcheck_lab.candidates import torch_loss  # noqa: E402
 from gradcheck_lab.ops import backend  # noqa: E402
 
 mc = sweep.mc  # tests/mutants.py
@@ -228,37 +227,15 @@ def mutants_markdown(rows) -> str:
 # ------------------------------------------------------------ part 2: detection limits
 
 
-def _torch_losses():
-    return {
-        "quadratic": lambda p, v: (p.w1 * v.x**2 + p.w2 * v.x + p.b - v.y) ** 2,
-        "logistic": lambda p, v: torch.nn.functional.softplus(p.w * v.x + p.b) - v.y * (p.w * v.x + p.b),
-        "mlp": lambda p, v: (mc._torch_mlp(p, v) - v.y) ** 2,
-        "softmax": lambda p, v: mc._softmax_loss(p.W, p.b, v.x, v.y),
-    }
-
-
-LIMIT_MODELS = {
-    "quadratic": mc.quadratic_grad,
-    "logistic": mc.logistic_grad,
-    "mlp": mc.mlp_grad("tanh"),
-    "softmax": mc.softmax_grad,
-}
-
-
-def _scaled_loss(fn, rel):
-    return lambda p, v: mc.ScaleGrad.apply(fn(p, v), 1 + rel)
-
-
 def detection_limits(n: int, tg_points: int, progress=print):
     """rel -> column -> (points blamed, points, only the candidate blamed)."""
-    losses = _torch_losses()
     table, columns = {}, []
-    for name, grad in LIMIT_MODELS.items():
+    for name in mc.GRADS:
         model = get_model(name)
         variants = [
-            (f"{name} fn float64", "float64", lambda rel, g=grad: mc._scaled(g, rel)),
-            (f"{name} torch_loss float64", "float64", lambda rel, f=losses[name]: torch_loss(_scaled_loss(f, rel))),
-            (f"{name} torch_loss float32", "float32", lambda rel, f=losses[name]: torch_loss(_scaled_loss(f, rel))),
+            (f"{name} fn float64", "float64", lambda rel, n=name: mc.scaled_grad(n, rel)),
+            (f"{name} torch_loss float64", "float64", lambda rel, n=name: mc.scaled_torch_loss(n, rel)),
+            (f"{name} torch_loss float32", "float32", lambda rel, n=name: mc.scaled_torch_loss(n, rel)),
         ]
         for col, dtype, make in variants:
             columns.append(col)
@@ -275,7 +252,7 @@ def detection_limits(n: int, tg_points: int, progress=print):
         sample = model.sample(tg_points, seed=1)
         for rel in RELS:
             failed, total, _ = torch_gradcheck(
-                "torch_loss", lambda rel=rel, f=losses[name]: torch_loss(_scaled_loss(f, rel)),
+                "torch_loss", lambda rel=rel, n=name: mc.scaled_torch_loss(n, rel),
                 model, sample.theta, sample.data, "float64",
             )
             table[rel][col] = (failed, total, True)

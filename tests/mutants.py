@@ -429,6 +429,28 @@ def _softmax_loss(W, b, x, y):
     return torch.logsumexp(z, 0) - (y * z).sum()
 
 
+#: Correct gradient functions and torch losses of four catalog models (default options):
+#: the detection limits are measured on them (tests/test_mutants.py, benchmarks/mutants.py).
+GRADS = {"quadratic": quadratic_grad, "logistic": logistic_grad, "mlp": mlp_grad("tanh"), "softmax": softmax_grad}
+TORCH_LOSSES = {
+    "quadratic": lambda p, v: (p.w1 * v.x**2 + p.w2 * v.x + p.b - v.y) ** 2,
+    "logistic": lambda p, v: F.softplus(p.w * v.x + p.b) - v.y * (p.w * v.x + p.b),
+    "mlp": lambda p, v: (_torch_mlp(p, v) - v.y) ** 2,
+    "softmax": lambda p, v: _softmax_loss(p.W, p.b, v.x, v.y),
+}
+
+
+def scaled_grad(name: str, rel: float) -> Callable:
+    """The correct gradient function of catalog model ``name``, off by a relative ``rel``."""
+    return _scaled(GRADS[name], rel)
+
+
+def scaled_torch_loss(name: str, rel: float):
+    """A torch_loss of catalog model ``name`` whose every gradient is off by a relative ``rel``."""
+    fn = TORCH_LOSSES[name]
+    return torch_loss(lambda p, v: ScaleGrad.apply(fn(p, v), 1 + rel))
+
+
 # ---------------------------------------------------- modules
 
 

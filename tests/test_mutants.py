@@ -10,7 +10,8 @@ from functools import cache
 
 import pytest
 
-from mutants import KINDS, MUTANTS, by_name
+from gradcheck_lab import get_model, verify
+from mutants import GRADS, KINDS, MUTANTS, by_name, scaled_grad, scaled_torch_loss
 
 
 def slow(fn):
@@ -75,3 +76,13 @@ def test_one_wrong_component_of_193_is_the_one_reported():
     blamed = {c.param for p in report.failures for c in p.checks if "candidate" in c.at_fault}
     assert report.params == by_name("fn_one_of_193").get_model().param_labels and len(report.params) == 193
     assert blamed == {"W1[17]"}, blamed
+
+
+@pytest.mark.parametrize("name", list(GRADS))
+def test_detection_limits_at_generic_points(name):
+    """float64 catches a relative error of 1e-10 at generic points, float32 one of 1e-3 (issue 7)."""
+    model = get_model(name)
+    f64 = verify(model, points=[], random=200, seed=1, candidate=scaled_grad(name, 1e-10))
+    assert f64.at_fault == ["candidate"], f64.message
+    f32 = verify(model, points=[], random=200, seed=1, dtype="float32", candidate=scaled_torch_loss(name, 1e-3))
+    assert f32.at_fault == ["candidate"], f32.message
