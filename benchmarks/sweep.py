@@ -278,10 +278,13 @@ class Result:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _add(into: dict, more: dict | None):
+def _add(into: dict, more: dict | None, prefix: str = ""):
+    """Add integer counts into ``into``; nested mappings become ``outer.inner`` keys."""
     for k, v in (more or {}).items():
-        if isinstance(v, (int, np.integer)):
-            into[k] = into.get(k, 0) + int(v)
+        if isinstance(v, dict):
+            _add(into, v, f"{prefix}{k}.")
+        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            into[prefix + str(k)] = into.get(prefix + str(k), 0) + int(v)
 
 
 def run_config(
