@@ -45,6 +45,9 @@ typecheck: $(STAMP)
 test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) benchmarks/speed.py

@@ -14,10 +14,7 @@ from gradcheck_lab import get_model, verify
 from mutants import GRADS, KINDS, MUTANTS, by_name, scaled_grad, scaled_torch_loss
 
 
-def slow(fn):
-    """Mark a long run ``slow`` and run it only when selected (``-m slow``): pytest does not deselect it by default."""
-    skip = pytest.mark.skipif("'slow' not in config.getoption('markexpr')", reason="long run: select it with -m slow")
-    return pytest.mark.slow(skip(fn))
+slow = pytest.mark.slow  # deselected by default (addopts: -m "not slow"); `make test-slow` runs them
 
 
 def _ids(ms):

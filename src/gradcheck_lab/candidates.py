@@ -61,7 +61,9 @@ class Candidate:
         nominal = "float32" if f32.all() else "float64"
         return Gradients("candidate", values, dtype=nominal, f32=f32 if f32.any() and not f32.all() else None)
 
-    def rounding(self, model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", seed: int = 0):
+    def rounding(
+        self, model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", seed: int | None = 0
+    ):
         """The candidate re-run to measure its own rounding (Note [Own rounding] in rounding.py).
 
         torch code runs in Monte Carlo arithmetic (every aten operation of its
@@ -70,6 +72,8 @@ class Candidate:
         """
         from .rounding import VIRTUAL, torch_mca
 
+        if seed is None:  # a plain second call: does the candidate give the same values again?
+            return self.gradients(model, batch, dtype=dtype, device=device).values
         if self.kind == "function":
             rng = np.random.default_rng(seed)
             delta = 2.0 ** -VIRTUAL["float32" if dtype == "float32" else "float64"]

@@ -46,6 +46,7 @@ figures that set it are in docs/reliability.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -97,7 +98,7 @@ class _Context:
                 return
             if elementwise:
                 for x in inputs:
-                    if isinstance(x, np.ndarray) or np.isscalar(x):
+                    if isinstance(x, (np.ndarray, int, float)) or np.isscalar(x):
                         small = small & (np.asarray(x) != 0)
                         huge = huge & np.isfinite(np.asarray(x, dtype=float))
             else:  # matmul and other generalized ufuncs: a 0 may be exact, a subnormal is not
@@ -202,22 +203,35 @@ def torch_mca(dtype: str, seed: int, n: int | None = None):
             if name in exact_ops or name.endswith("_") or func._schema.is_mutable:
                 return out
             if name not in ("add", "sub", "rsub") and isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                self._underflow(out, args)
+                self._underflow(out, args, torch.Tag.pointwise in func.tags)
             return _perturb_tree(out, gen, delta, torch)
 
-        def _underflow(self, out, args):
+        def _underflow(self, out, args, pointwise):
             mag = out.abs()
             small = mag < torch.finfo(out.dtype).tiny
             huge = torch.isinf(mag)
             if not bool(small.any() or huge.any()):
                 return
+            if not pointwise:  # a reduction or matmul: a 0 may be exact, a subnormal is not
+                small = small & (mag != 0)
+                if not all(bool(torch.isfinite(a).all()) for a in args
+                           if isinstance(a, torch.Tensor) and a.is_floating_point()):
+                    huge = huge & False
+                args = ()
             for a in args:
-                if isinstance(a, torch.Tensor) and a.is_floating_point():
+                # An exact zero factor (a tensor's zero or a Python 0) makes an exact zero result.
+                if isinstance(a, torch.Tensor):
                     try:
                         small = small & (a != 0).broadcast_to(out.shape)
-                        huge = huge & torch.isfinite(a).broadcast_to(out.shape)
+                        if a.is_floating_point():
+                            huge = huge & torch.isfinite(a).broadcast_to(out.shape)
                     except RuntimeError:
                         pass
+                elif isinstance(a, (int, float)) and not isinstance(a, bool):
+                    if a == 0:
+                        small = small & False
+                    if not math.isfinite(a):
+                        huge = huge & False
             small = small | huge
             small_np = small.detach().cpu().numpy()
             size = len(self.tainted)
@@ -250,7 +264,7 @@ def _exact_ops() -> frozenset[str]:
         sign ge gt le lt eq ne maximum minimum max min clamp _conj resolve_conj resolve_neg
         as_strided expand_as flatten unflatten diagonal movedim select_backward slice_backward
         expand_copy permute_copy view_copy t_copy transpose_copy squeeze_copy unsqueeze_copy
-        index_put new_empty_strided empty_strided zero""".split()
+        index_put new_empty_strided empty_strided zero roll flip repeat tile""".split()
     )
 
 
