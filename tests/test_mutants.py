@@ -13,7 +13,6 @@ import pytest
 from gradcheck_lab import get_model, verify
 from mutants import GRADS, KINDS, MUTANTS, by_name, scaled_grad, scaled_torch_loss
 
-
 slow = pytest.mark.slow  # deselected by default (addopts: -m "not slow"); `make test-slow` runs them
 
 
