@@ -284,14 +284,16 @@ def _from_function(fn, model: Model, batch: Batch, dtype: str, device: str, mca_
         if mca_seed is not None:
             from .rounding import context, perturbed_numpy
 
-            ctx = context(1, mca_seed * 7919 + n, "float32" if dtype == "float32" else "float64")
-            params = {k: perturbed_numpy([np.asarray(v)], ctx.rng, "float64", ctx)[0] for k, v in params.items()}
-            point = {k: v if isinstance(v, int) else perturbed_numpy([np.asarray(v)], ctx.rng, "float64", ctx)[0]
+            prec = "float32" if dtype == "float32" else "float64"
+            ctx = context(1, mca_seed * 7919 + n, prec)
+            params = {k: perturbed_numpy([np.asarray(v)], ctx.rng, prec, ctx)[0] for k, v in params.items()}
+            point = {k: v if isinstance(v, int) else perturbed_numpy([np.asarray(v)], ctx.rng, prec, ctx)[0]
                      for k, v in point.items()}
         # A bug in fn raises here, unchanged: the traceback is the user's to read.
         result = fn(params, point)
         out[n], prec = _flatten(model, result, _At(model, batch, n))
-        f32[n] = prec
+        # Given float32 inputs, its values carry float32 rounding whatever dtype it returns.
+        f32[n] = prec | (cast is not None)
         if ctx is not None and ctx.tainted.any():
             out[n] = np.nan
     return out, f32

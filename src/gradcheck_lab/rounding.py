@@ -144,6 +144,39 @@ class MCAArray(np.ndarray):
         return _wrap(result, ctx, ufunc.__name__ not in _EXACT_UFUNCS)
 
 
+    def __array_function__(self, func, types, args, kwargs):
+        # np.where, np.stack, np.max, ... : run on plain arrays and keep the result perturbing,
+        # so no later operation escapes; functions that round (sums, products) perturb their result.
+        ctx = self._ctx
+        result = func(*_plain_tree(args), **_plain_tree(kwargs))
+        return _wrap_tree(result, ctx, func in _ROUNDING_FUNCTIONS)
+
+
+def _plain_tree(x: Any) -> Any:
+    if isinstance(x, MCAArray):
+        return x.view(np.ndarray)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain_tree(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _plain_tree(v) for k, v in x.items()}
+    return x
+
+
+def _wrap_tree(x: Any, ctx: _Context | None, perturb: bool) -> Any:
+    if isinstance(x, (list, tuple)):
+        return type(x)(_wrap_tree(v, ctx, perturb) for v in x)
+    if isinstance(x, (np.ndarray, np.floating)):
+        return _wrap(x, ctx, perturb)
+    return x
+
+
+#: NumPy functions (reached through ``__array_function__``) whose results are rounded.
+_ROUNDING_FUNCTIONS = frozenset(
+    {np.sum, np.prod, np.mean, np.dot, np.matmul, np.einsum, np.cumsum, np.cumprod, np.var, np.std, np.inner,
+     np.outer, np.tensordot, np.vdot, np.linalg.norm, np.logaddexp, np.trace}
+)
+
+
 def _wrap(result: Any, ctx: _Context | None, perturb: bool) -> Any:
     if isinstance(result, tuple):
         return tuple(_wrap(r, ctx, perturb) for r in result)

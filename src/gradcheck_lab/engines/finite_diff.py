@@ -314,12 +314,13 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=
 
 
 def gradients(
-    model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", perturb=None
+    model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", perturb=None, shrink: float = 1.0
 ) -> Gradients:
     """Richardson central differences of the NumPy loss, with error estimates and kink flags.
 
     ``perturb`` (a :func:`gradcheck_lab.rounding.context`) evaluates every loss in Monte Carlo
-    arithmetic, to measure this engine's own rounding (Note [Own rounding]).
+    arithmetic, to measure this engine's own rounding (Note [Own rounding]);
+    ``shrink`` scales every step (the verdict's second look, Note [Verdict]).
     """
     n, p = batch.theta.shape
     theta_cols = [batch.theta[:, i] for i in range(p)]
@@ -330,7 +331,7 @@ def gradients(
     with np.errstate(all="ignore"):
         fscale = np.abs(f32.astype(float) - f0) / np.finfo(np.float32).eps
     fscale = np.maximum(np.abs(f0), np.where(np.isfinite(fscale), fscale, 0.0))
-    ladder = H0 * 2.0 ** -np.arange(K)  # (K,)
+    ladder = H0 * shrink * 2.0 ** -np.arange(K)  # (K,)
 
     out = {k: np.empty((n, p)) for k in ("values", "error", "lower", "upper")}
     kink = np.zeros((n, p), dtype=bool)
