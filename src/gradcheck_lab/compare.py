@@ -555,7 +555,9 @@ def _own_rounding(
             vals = np.stack([np.broadcast_to(plain(o), (len(batch),)) for o in out], axis=1)
             return np.where(ctx.tainted[:, None], np.nan, vals)
 
-        return estimate(run)
+        with np.errstate(all="ignore"):
+            base = np.stack([np.broadcast_to(np.asarray(o, dtype=float), (len(batch),)) for o in fn(*cols)], axis=1)
+        return estimate(run, base)
     if name == "autograd":
         from .engines.autograd import gradients
         from .rounding import estimate, torch_mca
@@ -565,7 +567,7 @@ def _own_rounding(
                 vals = gradients(model, batch, dtype=dtype, device=device).values
             return np.where(mode.tainted[:, None], np.nan, vals)
 
-        return estimate(run)
+        return estimate(run, gradients(model, batch, dtype=dtype, device=device).values)
     if name == "finite_differences":
         from .engines.finite_diff import gradients as fd
         from .rounding import context, estimate
@@ -575,14 +577,14 @@ def _own_rounding(
             vals = fd(model, batch, perturb=ctx).values
             return np.where(ctx.tainted[:, None], np.nan, vals)
 
-        return estimate(run)
+        return estimate(run, fd(model, batch).values)
     if name == "candidate" and candidate_rounding is not None:
         from .rounding import estimate
 
-        est = estimate(lambda seed: candidate_rounding(batch, seed))
         # A candidate that gives another value when simply called again (state kept between
         # calls: a gradient buffer never zeroed) has no rounding to explain its deviation with.
         replay = candidate_rounding(batch, None)
+        est = estimate(lambda seed: candidate_rounding(batch, seed), replay)
         with np.errstate(invalid="ignore"):
             moved = ~(np.abs(replay - values) <= 8 * EPS["float32" if result.dtype == "float32" else "float64"]
                       * np.abs(values))

@@ -322,6 +322,16 @@ def scale_back(s: np.ndarray) -> np.ndarray:
     return s * 2.0**-VIRTUAL_SHIFT
 
 
-def estimate(run: Callable[[int], np.ndarray], seed: int = 0) -> np.ndarray:
-    """The own-rounding estimate of a computation: ``run(sample) -> values`` perturbed, ``SAMPLES`` times."""
-    return scale_back(spread([run(seed * 1009 + s) for s in range(SAMPLES)]))
+def estimate(run: Callable[[int], np.ndarray], base: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """The own-rounding estimate of a computation: ``run(sample) -> values`` perturbed, ``SAMPLES`` times.
+
+    ``base`` is the same computation run plainly (not the values an engine
+    reported, which may come from a replaced engine): the perturbed runs'
+    largest distance from it counts as well as their spread, which alone
+    can be small where every perturbed run moves the same way.
+    """
+    runs = [run(seed * 1009 + s) for s in range(SAMPLES)]
+    out = spread(runs)
+    if base is not None:
+        out = np.maximum(out, spread([base, *runs]))
+    return scale_back(out)
