@@ -58,6 +58,7 @@ def verify(
     candidate: Any = None,
     engines: Mapping[str, Callable] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    order: int = 1,
     **options: Any,
 ):
     """Check the model's gradients with every engine; return a :class:`Report`.
@@ -87,6 +88,8 @@ def verify(
         Replace engines by name (testing the checker itself).
     progress : callable(done, total), optional
         Called after each chunk of random points.
+    order : 1 or 2
+        2 checks the Hessian instead (:func:`gradcheck_lab.hessian.verify_hessian`).
 
     Examples
     --------
@@ -99,6 +102,15 @@ def verify(
     from .compare import compare
     from .report import build_report
 
+    if order == 2:
+        from .hessian import verify_hessian
+
+        return verify_hessian(
+            model, points=points, params=params, random=random, seed=seed, dtype=dtype, device=device,
+            candidate=candidate, engines=engines, progress=progress, **options,
+        )
+    if order != 1:
+        raise UsageError(f"Expected order 1 (gradient) or 2 (Hessian) but got order={order!r}.")
     started = time.perf_counter()
     model = resolve_model(model, **options)
     if isinstance(random, bool) or not isinstance(random, (int, np.integer)) or random < 0:

@@ -48,6 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=_int_at_least(0, 2**32 - 1), default=0, metavar="S", help="seed of the random points (default 0)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="autograd precision")
     p.add_argument("--device", default="cpu", help="torch device for autograd, e.g. cuda (default cpu)")
+    p.add_argument("--order", type=int, choices=(1, 2), default=1, help="1: the gradient; 2: the Hessian (default 1)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON document (schema: docs/json.md)")
     out.add_argument("--quiet", "-q", action="store_true", help="print only the verdict")
@@ -93,6 +94,7 @@ def _run_verify(args) -> int:
             dtype=args.dtype,
             device=args.device,
             progress=progress,
+            order=args.order,
         )
     finally:
         if bar is not None:
