@@ -334,9 +334,10 @@ def _fmt(x) -> str:
 
 
 def _mismatch_message(what: str, traced, labels, report, faults, engine_label: str, func) -> str:
+    # The worst component, preferring the given inputs (their rows are the Jacobian's).
     source, pt, c = max(
         faults,
-        key=lambda f: abs((f[2].values.get("candidate") or 0.0) - (f[2].exact if f[2].exact is not None else 0.0)),
+        key=lambda f: (f[0] == "given", abs((f[2].values.get("candidate") or 0.0) - (f[2].exact or 0.0))),
     )
     name = getattr(func, "__qualname__", None) or type(func).__name__
     where = "at the given inputs" if source == "given" else f"at random point {pt.index} around the inputs"

@@ -92,9 +92,14 @@ def _obj(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         if x.dtype == object:
             return x
-        return x.astype(object)  # Python floats, ints, bools
+        return x.astype(object)  # constants: Python floats, ints, bools
+    return _scalar(x)
+
+
+def _scalar(e: Any) -> np.ndarray:
+    """One element (a backend scalar, possibly itself an array of points) as a 0-d object array."""
     out = np.empty((), dtype=object)
-    out[()] = x
+    out[()] = e
     return out
 
 
@@ -102,7 +107,7 @@ def _map(f: Callable, *arrays: np.ndarray) -> np.ndarray:
     """``f`` element by element over broadcast object arrays."""
     arrays = [_obj(a) for a in arrays]
     if all(a.ndim == 0 for a in arrays):
-        return _obj(f(*(a[()] for a in arrays)))
+        return _scalar(f(*(a[()] for a in arrays)))
     return np.frompyfunc(f, len(arrays), 1)(*arrays)
 
 
@@ -234,7 +239,7 @@ def _reduce(a: np.ndarray, dim, keepdim: bool, f: Callable[[list], Any]) -> np.n
     a = _obj(a)
     dims = _dims(a, dim)
     if a.ndim == 0:
-        return _obj(f([a[()]]))
+        return _scalar(f([a[()]]))
     keep = [d for d in range(a.ndim) if d not in dims]
     moved = np.transpose(a, keep + list(dims))
     lead = moved.shape[: len(keep)]
@@ -292,7 +297,7 @@ def _logsumexp(ops, a, dim, keepdim=False):
 
 def _log_softmax(ops, a, dim, half_to_float=False):
     lse = _logsumexp(ops, a, [dim], True)
-    return _obj(a) - lse
+    return _map(operator.sub, a, lse)
 
 
 def _softmax(ops, a, dim, half_to_float=False):
@@ -304,7 +309,7 @@ def _amax(ops, a, dim=(), keepdim=False):
 
 
 def _amin(ops, a, dim=(), keepdim=False):
-    return -_amax(ops, -_obj(a), dim, keepdim)
+    return _scale(_amax(ops, _scale(a, -1), dim, keepdim), -1)
 
 
 def _norm(ops, a, ord=2, dim=None, keepdim=False, *, dtype=None):
@@ -374,22 +379,26 @@ def _squeeze(ops, a, dim=None):
 def _matmul(ops, a, b):
     a, b = _obj(a), _obj(b)
     if a.ndim == 1 and b.ndim == 1:
-        return _obj(_add_all(ops, list(a * b)))
+        return _scalar(_add_all(ops, list(a * b)))
     return np.matmul(a, b)
 
 
 def _addmm(ops, bias, a, b, *, beta=1, alpha=1):
-    return beta * _obj(bias) + alpha * _matmul(ops, a, b)
+    return _map(lambda c, m: beta * c + alpha * m, bias, _matmul(ops, a, b))
 
 
 def _identity(ops, a, *args, **kwargs):
     return _obj(a)
 
 
+def _copy(ops, a, *args, **kwargs):
+    return _obj(a).copy()
+
+
 def _to_copy(ops, a, *args, dtype=None, **kwargs):
     if dtype is not None and not dtype.is_floating_point:
         raise _Missing(f"conversion to {dtype}")
-    return _obj(a)
+    return _obj(a).copy()
 
 
 def _cat(ops, tensors, dim=0):
@@ -407,9 +416,18 @@ def _split(ops, a, size, dim=0):
 
 def _binary(f: Callable):
     def apply(ops, a, b, *, alpha=1):
-        return f(_obj(a), _obj(b) * alpha if alpha != 1 else _obj(b))
+        return _map(lambda x, y: f(x, y * alpha if alpha != 1 else y), a, b)
 
     return apply
+
+
+def _scale(a, k):
+    """``k * a`` element by element (arithmetic on a 0-d object array would unwrap its element)."""
+    return _map(lambda x: k * x, a)
+
+
+def _arith(f: Callable):
+    return lambda ops, *args: _map(f, *args)
 
 
 _U = _unary
@@ -421,23 +439,23 @@ OPS: dict[str, tuple[Callable, str]] = {
     "add": (_binary(operator.add), "a + alpha*b"),
     "sub": (_binary(operator.sub), "a - alpha*b"),
     "rsub": (_binary(lambda a, b: b - a), "alpha*b - a"),
-    "mul": (lambda ops, a, b: _obj(a) * _obj(b), "a * b"),
-    "div.Tensor": (lambda ops, a, b: _obj(a) / _obj(b), "a / b (true division)"),
-    "div.Scalar": (lambda ops, a, b: _obj(a) / _obj(b), "a / b (true division)"),
-    "neg": (lambda ops, a: -_obj(a), "-a"),
-    "reciprocal": (lambda ops, a: 1.0 / _obj(a), "1 / a"),
-    "pow": (lambda ops, a, b: _obj(a) ** _obj(b), "a ** b (tensor or scalar exponent or base)"),
-    "square": (lambda ops, a: _obj(a) * _obj(a), "a * a"),
+    "mul": (_arith(operator.mul), "a * b"),
+    "div.Tensor": (_arith(operator.truediv), "a / b (true division)"),
+    "div.Scalar": (_arith(operator.truediv), "a / b (true division)"),
+    "neg": (_arith(operator.neg), "-a"),
+    "reciprocal": (_arith(lambda x: 1.0 / x), "1 / a"),
+    "pow": (_arith(operator.pow), "a ** b (tensor or scalar exponent or base)"),
+    "square": (_arith(lambda x: x * x), "a * a"),
     # elementwise functions
     **{n: (_U(n), f"{n}(a)") for n in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh",
                                         "asinh", "atan", "sigmoid", "log1p", "expm1", "erf", "abs")},
-    "rsqrt": (lambda ops, a: 1.0 / _U("sqrt")(ops, a), "1 / sqrt(a)"),
+    "rsqrt": (lambda ops, a: _map(lambda x: 1.0 / x, _U("sqrt")(ops, a)), "1 / sqrt(a)"),
     "relu": (_U("relu"), "max(a, 0); kink at 0"),
-    "silu": (lambda ops, a: _obj(a) * _U("sigmoid")(ops, a), "a * sigmoid(a)"),
-    "softplus": (lambda ops, a, beta=1, threshold=20: _U("softplus")(ops, _obj(a) * beta) / beta,
+    "silu": (lambda ops, a: _map(operator.mul, a, _U("sigmoid")(ops, a)), "a * sigmoid(a)"),
+    "softplus": (lambda ops, a, beta=1, threshold=20: _scale(_U("softplus")(ops, _scale(a, beta)), 1.0 / beta),
                  "log(1 + exp(beta a)) / beta (Note [Softplus threshold])"),
     "gelu": (lambda ops, a, approximate="none": _gelu(ops, a, approximate), "a * Phi(a) (erf form) or its tanh form"),
-    "leaky_relu": (lambda ops, a, slope=0.01: slope * _obj(a) + (1 - slope) * _U("relu")(ops, a),
+    "leaky_relu": (lambda ops, a, slope=0.01: _map(lambda x, r: slope * x + (1 - slope) * r, a, _U("relu")(ops, a)),
                    "a if a > 0 else slope * a"),
     "elu": (lambda ops, a, alpha=1, scale=1, input_scale=1: _elu(ops, a, alpha, scale, input_scale),
             "a if a > 0 else alpha (exp(a) - 1)"),
@@ -491,11 +509,11 @@ OPS: dict[str, tuple[Callable, str]] = {
     "split": (_split, "split into chunks (with getitem)"),
     "split_with_sizes": (_split, "split into sizes (with getitem)"),
     "unbind": (lambda ops, a, dim=0: [_select(ops, a, dim, i) for i in range(_obj(a).shape[dim])], "unbind along dim"),
-    "clone": (_identity, "copy"),
+    "clone": (_copy, "copy"),
     "alias": (_identity, "alias"),
     "detach": (_identity, "identity in the forward (torch's gradcheck also differentiates through it)"),
-    "lift_fresh_copy": (_identity, "copy"),
-    "contiguous": (_identity, "copy"),
+    "lift_fresh_copy": (_copy, "copy"),
+    "contiguous": (_copy, "copy"),
     "_to_copy": (_to_copy, "dtype/device copy (float dtypes; the truth is exact)"),
 }
 
@@ -504,22 +522,54 @@ def _gelu(ops, a, approximate):
     a = _obj(a)
     if approximate == "tanh":
         c = math.sqrt(2.0 / math.pi)
-        return 0.5 * a * (1.0 + _U("tanh")(ops, c * (a + 0.044715 * a * a * a)))
-    return 0.5 * a * (1.0 + _U("erf")(ops, a / math.sqrt(2.0)))
+        inner = _map(lambda x: c * (x + 0.044715 * x * x * x), a)
+        return _map(lambda x, t: 0.5 * x * (1.0 + t), a, _U("tanh")(ops, inner))
+    return _map(lambda x, e: 0.5 * x * (1.0 + e), a, _U("erf")(ops, _scale(a, 1 / math.sqrt(2.0))))
 
 
 def _elu(ops, a, alpha, scale, input_scale):
-    a = _obj(a)
     pos = _U("relu")(ops, a)
-    neg = -_U("relu")(ops, -a)  # min(a, 0)
-    return scale * (pos + alpha * (_U("exp")(ops, neg * input_scale) - 1.0))
+    neg = _scale(_U("relu")(ops, _scale(a, -1)), -1)  # min(a, 0)
+    e = _U("exp")(ops, _scale(neg, input_scale))
+    return _map(lambda p, q: scale * (p + alpha * (q - 1.0)), pos, e)
 
 
 def _handler(target) -> tuple[Callable, str] | None:
     name = getattr(target, "__name__", str(target))  # "add.Tensor"
     if name in OPS:
         return OPS[name]
-    return OPS.get(name.split(".")[0])
+    packet = name.split(".")[0]
+    if packet.endswith("_") and not packet.startswith("_"):
+        return _inplace(packet[:-1], name)
+    return OPS.get(packet)
+
+
+def _write(dst, value) -> np.ndarray:
+    dst = _obj(dst)
+    dst[...] = np.broadcast_to(_obj(value), dst.shape)
+    return dst
+
+
+def _inplace(base: str, name: str) -> tuple[Callable, str] | None:
+    """An in-place op (``add_``, ``copy_``...): the out-of-place result written into the tensor.
+
+    Note [In-place ops]: views of object arrays share their elements like
+    torch's views share storage, so writing into a ``select`` or ``slice``
+    view updates its base as torch does. Graphs with in-place ops are
+    interpreted without constant folding (see ``_analyse``).
+    """
+    if base == "copy":
+        return (lambda ops, dst, src, non_blocking=False: _write(dst, src)), "copy into"
+    if base == "fill":
+        return (lambda ops, dst, value: _write(dst, value)), "fill"
+    if base == "zero":
+        return (lambda ops, dst: _write(dst, 0.0)), "zero"
+    overload = name.split(".", 1)[1] if "." in name else ""
+    found = OPS.get(f"{base}.{overload}") or OPS.get(base)
+    if found is None:
+        return None
+    fn = found[0]
+    return (lambda ops, dst, *args, **kwargs: _write(dst, fn(ops, dst, *args, **kwargs))), f"in place: {found[1]}"
 
 
 def op_table() -> list[tuple[str, str]]:
@@ -677,6 +727,13 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     live: set = {n.name for n in placeholders}
+    # Note [In-place ops]: with a mutation in the graph, a "constant" may be written into later;
+    # then only nodes without inputs (factories) are folded, everything else is interpreted.
+    mutating = any(
+        n.op == "call_function" and getattr(n.target, "__name__", "").split(".")[0].endswith("_")
+        and not getattr(n.target, "__name__", "").startswith("_")
+        for n in gm.graph.nodes
+    )
     env: dict = {n.name: r for n, r in zip(placeholders, real)}
     consts: dict = {}
     missing: list[str] = []
@@ -694,7 +751,7 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
         deps = {a.name for a in node.all_input_nodes}
         with torch.no_grad():
             env[node.name] = node.target(*val(node.args), **val(node.kwargs))
-        if deps & live:
+        if deps & live or (mutating and deps):
             live.add(node.name)
             if node.target is not operator.getitem and _handler(node.target) is None:
                 missing.append(getattr(node.target, "__name__", str(node.target)))
@@ -703,7 +760,7 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
     if missing:
         return Unsupported(sorted(set(missing)), leaves, out_shapes, "op outside the supported table")
     key_consts = "".join(f"{k}={_fingerprint(env[k])}" for k in sorted(consts))
-    key = hashlib.sha1((gm.code + repr([(lf.shape, str(lf.dtype), lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
+    key = hashlib.sha1((gm.code + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
     return Traced(gm, leaves, live, consts, out_shapes, key)
 
 
@@ -721,7 +778,8 @@ def interpret(traced: Traced, ops, inputs: list[np.ndarray]) -> list[np.ndarray]
         if node.op == "placeholder":
             env[node.name] = next(placeholders)
         elif node.name in traced.consts:
-            env[node.name] = traced.consts[node.name]
+            c = traced.consts[node.name]
+            env[node.name] = c.copy() if isinstance(c, np.ndarray) else c  # Note [In-place ops]
         elif node.op == "output":
             result = torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])
         elif node.target is operator.getitem:
