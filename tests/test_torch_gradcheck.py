@@ -248,7 +248,7 @@ def test_random_points_are_seeded():
     assert (a.theta == b.theta).all() and not (a.theta == c.theta).all()
     # around the inputs: within 10% of each value, same sign
     base = model.init_theta()
-    assert ((abs(a.theta - base) <= 0.1 * abs(base) + 1e-12)).all()
+    assert (abs(a.theta - base) <= 0.1 * abs(base) + 1e-12).all()
 
 
 def test_signature_matches_torch():

@@ -59,7 +59,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UsageError
 from .model import Model, Var
 
 __all__ = ["OPS", "Traced", "Unsupported", "trace", "model_of", "op_table", "CACHE_SIZE"]
@@ -304,8 +303,16 @@ def _softmax(ops, a, dim, half_to_float=False):
     return _unary("exp")(ops, _log_softmax(ops, a, dim))
 
 
+def _pairwise_max(ops, xs: list):
+    """max of a list as a balanced tree of ``_max2``: each level doubles the symbolic size
+    (``b`` appears twice in ``b + relu(a - b)``), so a chain over n elements would be 2**n long."""
+    while len(xs) > 1:
+        xs = [_max2(ops, xs[i], xs[i + 1]) if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+    return xs[0]
+
+
 def _amax(ops, a, dim=(), keepdim=False):
-    return _reduce(a, dim, keepdim, lambda xs: functools.reduce(lambda u, w: _max2(ops, u, w), xs))
+    return _reduce(a, dim, keepdim, lambda xs: _pairwise_max(ops, xs))
 
 
 def _amin(ops, a, dim=(), keepdim=False):
@@ -487,6 +494,10 @@ OPS: dict[str, tuple[Callable, str]] = {
     "std": (_std, "sqrt(var)"),
     "amax": (_amax, "max over dims; kinks at ties"),
     "amin": (_amin, "min over dims; kinks at ties"),
+    "max.default": (lambda ops, a: _amax(ops, a), "max of all elements; kinks at ties"),
+    "min.default": (lambda ops, a: _amin(ops, a), "min of all elements; kinks at ties"),
+    "max.other": (lambda ops, a, b: _map(lambda x, y: _max2(ops, x, y), a, b), "elementwise max"),
+    "min.other": (lambda ops, a, b: _map(lambda x, y: -_max2(ops, -x, -y), a, b), "elementwise min"),
     "logsumexp": (_logsumexp, "log(sum(exp(a))) over dims"),
     "_softmax": (_softmax, "exp(a - logsumexp(a)) along dim"),
     "_log_softmax": (_log_softmax, "a - logsumexp(a) along dim"),
@@ -721,6 +732,11 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     return _remember(_TRACES, key, result) if key is not None else result
 
 
+#: Ops whose result depends on their input's shape, not its values.
+_SHAPE_ONLY = {"ones_like", "zeros_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+               "new_empty", "sym_size", "size"}
+
+
 def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
     """Which nodes depend on a leaf, their constants, and which ops are unsupported."""
     import torch
@@ -749,6 +765,8 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
             consts[node.name] = _constant(env[node.name])
             continue
         deps = {a.name for a in node.all_input_nodes}
+        if getattr(node.target, "__name__", "").split(".")[0] in _SHAPE_ONLY:
+            deps = set()  # its value depends on the input's shape only: a constant
         with torch.no_grad():
             env[node.name] = node.target(*val(node.args), **val(node.kwargs))
         if deps & live or (mutating and deps):
