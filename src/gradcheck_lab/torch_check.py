@@ -354,7 +354,7 @@ def _mismatch_message(what: str, traced, labels, report, faults, engine_label: s
         f"the exact value is {_fmt(c.exact if c.exact is not None else c.values.get('symbolic'))} "
         f"({others}).\n"
         f"  At fault: {engine_label} (candidate). {len(faults)} component(s) wrong "
-        f"({n_given} at the given inputs, {len(faults) - n_given} at random points; the report holds them).\n"
+        f"({n_given} at the given inputs, {len(faults) - n_given} in the random points the report lists).\n"
         f"  {report.message}"
     )
 
