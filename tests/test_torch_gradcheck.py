@@ -260,3 +260,38 @@ def test_signature_matches_torch():
     ours2 = inspect.signature(gradgradcheck).parameters
     theirs2 = inspect.signature(torch.autograd.gradgradcheck).parameters
     assert list(theirs2) == [p for p in ours2 if p not in ("points", "seed")]
+
+
+def test_eps_adds_torch_style_differences_to_the_message():
+    with pytest.raises(GradientMismatch, match=r"torch-style finite differences at eps=1e-06 give"):
+        gradcheck(cf.BuggySwish.apply, (_t(2, 3),), eps=1e-6)
+
+
+def test_nondeterministic_backward_is_caught():
+    class Noisy(torch.autograd.Function):
+        calls = 0
+
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            Noisy.calls += 1
+            return g * 2 + (4e-15 if Noisy.calls % 2 else 0.0)  # below the tolerance, not reproducible
+
+    with pytest.raises(GradientMismatch, match="not reentrant"):
+        gradcheck(Noisy.apply, (_t(3),), points=0)
+    assert gradcheck(Noisy.apply, (_t(3),), points=0, nondet_tol=1e-12)
+
+
+from hypothesis import given, settings  # noqa: E402
+
+from gradcheck_lab.strategies import tensors  # noqa: E402
+
+
+@settings(max_examples=6, derandomize=True, deadline=None)
+@given(tensors((2, 3), dtype="float32", max_magnitude=10.0))
+def test_property_swish_float32_and_relu_with_zeros(x):
+    assert gradcheck(cf.Swish.apply, (x,), points=2)
+    assert gradcheck(torch.relu, (x,), points=2)
