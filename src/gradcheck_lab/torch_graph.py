@@ -860,8 +860,12 @@ def _model_for(traced: Traced) -> Model:
     model._cache["simplified"] = _RawDerivatives(model)
     # symbolic.derivatives' cache: the same SymPy derivatives of sum_k c_k y_k, term by term
     # (Note [Sparse derivatives]).
-    th, da = model.symbols()
-    model._cache["grads"] = sparse_gradient(list(zip(da, model.predict_expr())), th)
+    # (An engine that derives in reverse mode, O(size of the loss), does not read this cache.)
+    from .engines import symbolic
+
+    if not hasattr(symbolic, "_derivation"):
+        th, da = model.symbols()
+        model._cache["grads"] = sparse_gradient(list(zip(da, model.predict_expr())), th)
     return _remember(_MODELS, traced.key, model)
 
 
