@@ -189,7 +189,8 @@ def _leaf_values(target: _Target, params, dtype):
 
     out = []
     for leaf in target.leaves:
-        t = torch.tensor([params[n] for n in leaf.var_names], dtype=dtype).reshape(leaf.shape)
+        # float(): the values may be 0-d arrays (a verifier measuring the candidate's own rounding).
+        t = torch.tensor([float(params[n]) for n in leaf.var_names], dtype=dtype).reshape(leaf.shape)
         out.append(t.requires_grad_(True))
     return out
 
@@ -381,7 +382,7 @@ def _own_engines(report) -> None:
 
 def gradcheck(
     func: Callable,
-    inputs,
+    inputs: Any,
     *,
     eps: float | None = None,
     atol: float | None = None,
@@ -512,8 +513,8 @@ def _fixed_step_note(target, traced, eps, pts, faults, labels) -> str:
 
 def gradgradcheck(
     func: Callable,
-    inputs,
-    grad_outputs=None,
+    inputs: Any,
+    grad_outputs: Any = None,
     *,
     eps: float | None = None,
     atol: float | None = None,
