@@ -92,18 +92,19 @@ class _Target:
 
     def _tensor(self, leaf: Leaf):
         if leaf.kind == "input":
-            return self.inputs[leaf.position]
-        return dict(self.module.named_parameters())[leaf.position]
+            return self.inputs[int(leaf.position)]
+        assert self.module is not None
+        return dict(self.module.named_parameters())[str(leaf.position)]
 
     def call(self, *tensors):
         """The user's function with the leaves replaced by ``tensors``."""
         args = list(self.inputs)
-        params = {}
+        params: dict[str, Any] = {}
         for leaf, t in zip(self.leaves, tensors):
             if leaf.kind == "input":
-                args[leaf.position] = t
+                args[int(leaf.position)] = t
             else:
-                params[leaf.position] = t
+                params[str(leaf.position)] = t
         if self.module is not None:
             from torch.func import functional_call
 
@@ -114,7 +115,7 @@ class _Target:
         from .torch_graph import _fingerprint
 
         fkey = self.func if _hashable(self.func) else id(self.func)
-        consts = tuple(
+        consts: tuple = tuple(
             _fingerprint(a) if not (hasattr(a, "requires_grad") and a.requires_grad) else (tuple(a.shape), str(a.dtype))
             for a in self.inputs
         )
@@ -643,6 +644,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     if points:
         batch = type(batch).concat([batch, model.sample(points, seed=seed)])
     fd = finite_diff.gradients(model, batch)
+    assert fd.error is not None and fd.lower is not None and fd.upper is not None
     from .candidates import as_candidate
 
     cand = _forward_candidate(target, model) if forward_ad else _backward_candidate(target)
@@ -658,15 +660,15 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     bad = np.where(kink, ~inside & np.isfinite(tol), bad)
     missing = ", ".join(traced.ops) or traced.reason
     if bad.any():
-        n, i = np.unravel_index(int(np.argmax(np.where(bad, np.abs(got.values - fd.values), -1))), bad.shape)
+        row, col = (int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, np.abs(got.values - fd.values), -1))), bad.shape))
         labels = leaf_labels(traced)
-        var = model.params[i].name
-        where = "at the given inputs" if n < len(cots) else f"at random point {n - len(cots)} around the inputs"
+        var = model.params[col].name
+        where = "at the given inputs" if row < len(cots) else f"at random point {row - len(cots)} around the inputs"
         msg = (
             f"gradcheck_lab.gradcheck: the {'forward-mode AD' if forward_ad else 'backward'} of "
             f"{getattr(target.func, '__qualname__', type(target.func).__name__)} is wrong.\n"
-            f"  d[{_describe_cotangent(traced, batch.data[n])}] / d[{labels.get(var, var)}] {where}: it gives "
-            f"{got.values[n, i]:.10g}, finite differences {fd.values[n, i]:.10g} +- {fd.error[n, i]:.2g}.\n"
+            f"  d[{_describe_cotangent(traced, batch.data[row])}] / d[{labels.get(var, var)}] {where}: it gives "
+            f"{got.values[row, col]:.10g}, finite differences {fd.values[row, col]:.10g} +- {fd.error[row, col]:.2g}.\n"
             f"  Symbolic and referee legs missing: {missing} (not in the supported-op table, docs/torch.md); "
             f"checked against finite differences with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
         )

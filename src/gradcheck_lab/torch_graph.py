@@ -104,10 +104,10 @@ def _scalar(e: Any) -> np.ndarray:
 
 def _map(f: Callable, *arrays: np.ndarray) -> np.ndarray:
     """``f`` element by element over broadcast object arrays."""
-    arrays = [_obj(a) for a in arrays]
-    if all(a.ndim == 0 for a in arrays):
-        return _scalar(f(*(a[()] for a in arrays)))
-    return np.frompyfunc(f, len(arrays), 1)(*arrays)
+    objs = [_obj(a) for a in arrays]
+    if all(a.ndim == 0 for a in objs):
+        return _scalar(f(*(a[()] for a in objs)))
+    return np.frompyfunc(f, len(objs), 1)(*objs)
 
 
 # ---------------------------------------------------------------- backend functions
@@ -168,8 +168,8 @@ def _fn(ops, name: str) -> Callable:
 
 def _unary(name: str):
     def apply(ops, x, *_, **__):
-        f = _fn(ops, name)
-        g = _FLOAT[name]
+        f: Callable = _fn(ops, name)
+        g: Callable = _FLOAT[name]
         return _map(lambda e: g(e) if _is_number(e) else f(e), x)
 
     return apply
@@ -804,14 +804,16 @@ def interpret(traced: Traced, ops, inputs: list[np.ndarray]) -> list[np.ndarray]
             seq, i = node.args
             env[node.name] = env[seq.name][i]
         else:
-            fn, _ = _handler(node.target)
+            found = _handler(node.target)
+            assert found is not None, node.target  # _analyse refused the graph otherwise
+            fn = found[0]
             args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
             kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
             kwargs = {k: v for k, v in kwargs.items() if k not in ("dtype", "layout", "device", "pin_memory",
                                                                        "memory_format", "non_blocking")}
             env[node.name] = fn(ops, *args, **kwargs)
     outs = result if isinstance(result, (list, tuple)) else [result]
-    flat = []
+    flat: list = []
     for o in outs:
         if isinstance(o, (list, tuple)):
             flat.extend(o)
