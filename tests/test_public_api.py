@@ -13,7 +13,7 @@ def test_all_names_resolve():
 
 def test_all_is_sorted_and_complete():
     expected = {
-        "verify", "assert_gradients_agree", "Report", "Model", "Var", "get_model", "list_models",
+        "verify", "assert_gradients_agree", "gradcheck", "gradgradcheck", "Report", "Model", "Var", "get_model", "list_models",
         "derive", "explain", "train", "graph", "GradcheckError", "UsageError", "UnknownModelError",
         "InvalidValueError", "ExpressionError", "GradientMismatch", "__version__",
     }

@@ -20,6 +20,8 @@ _EXPORTS: dict[str, str] = {
     # checking
     "verify": "gradcheck_lab.api",
     "assert_gradients_agree": "gradcheck_lab.api",
+    "gradcheck": "gradcheck_lab.torch_check",
+    "gradgradcheck": "gradcheck_lab.torch_check",
     "Report": "gradcheck_lab.report",
     # models
     "Model": "gradcheck_lab.model",

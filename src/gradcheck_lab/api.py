@@ -71,6 +71,7 @@ def verify(
     strict: bool = False,
     referee_points: int = REFEREE_POINTS,
     referee_seconds: float = REFEREE_SECONDS,
+    order: int = 1,
     **options: Any,
 ):
     """Check the model's gradients with every engine; return a :class:`Report`.
@@ -111,6 +112,8 @@ def verify(
     Random points are checked in chunks sized to a memory budget
     (``CHUNK_BYTES``) and reduced into running summaries as they go, so
     memory does not grow with ``random``.
+    order : 1 or 2
+        2 checks the Hessian instead (:func:`gradcheck_lab.hessian.verify_hessian`).
 
     Examples
     --------
@@ -123,6 +126,16 @@ def verify(
     from .compare import RefereeBudget
     from .report import Accumulator
 
+    if order == 2:
+        from .hessian import verify_hessian
+
+        return verify_hessian(
+            model, points=points, params=params, random=random, seed=seed, dtype=dtype, device=device,
+            candidate=candidate, engines=engines, progress=progress, strict=strict,
+            referee_points=referee_points, referee_seconds=referee_seconds, **options,
+        )
+    if order != 1:
+        raise UsageError(f"Expected order 1 (gradient) or 2 (Hessian) but got order={order!r}.")
     started = time.perf_counter()
     model = resolve_model(model, **options)
     if isinstance(random, bool) or not isinstance(random, (int, np.integer)) or random < 0:

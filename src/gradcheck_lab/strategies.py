@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from .model import Model, Var
 
-__all__ = ["values", "points", "params"]
+__all__ = ["values", "points", "params", "tensors"]
 
 
 def _real(var: Var, min_magnitude: float, max_magnitude: float | None, uniform: bool) -> st.SearchStrategy[float]:
@@ -99,3 +99,49 @@ def points(
     if cancellation == "only":
         return base.map(cancel)
     return st.one_of(base, base.map(cancel))
+
+
+def tensors(
+    shape: tuple[int, ...],
+    *,
+    dtype: str = "float64",
+    min_magnitude: float = 1e-3,
+    max_magnitude: float = 1e2,
+    zeros: bool = True,
+    requires_grad: bool = True,
+) -> st.SearchStrategy[Any]:
+    """torch tensors of ``shape`` for :func:`gradcheck_lab.gradcheck` in a ``@given`` test.
+
+    Components have magnitudes spread log-uniformly over ``[min_magnitude,
+    max_magnitude]`` with both signs (and exact zeros, the kinks of relu and
+    abs, unless ``zeros=False``), shrinking towards small values; the tensor
+    is a leaf that requires grad.
+
+    >>> import torch
+    >>> from hypothesis import given, settings
+    >>> from gradcheck_lab import gradcheck
+    >>> from gradcheck_lab.strategies import tensors
+    >>> @settings(max_examples=5, derandomize=True, deadline=None)
+    ... @given(tensors((2, 3), max_magnitude=10.0))
+    ... def test_relu(x):
+    ...     assert gradcheck(torch.relu, (x,), points=2)
+    >>> test_relu()
+    """
+    import torch
+
+    if dtype not in ("float64", "float32"):
+        from .errors import UsageError
+
+        raise UsageError(f"Expected dtype float64 or float32 but got {dtype!r}.")
+    size = math.prod(shape)
+    lo, hi = math.log10(min_magnitude), math.log10(max_magnitude)
+    magnitude = st.floats(min_value=lo, max_value=hi).map(lambda e: 10.0**e)
+    scalar = st.builds(lambda m, s: m * s, magnitude, st.sampled_from([1.0, -1.0]))
+    if zeros:
+        scalar = scalar | st.just(0.0)
+
+    def build(xs):
+        t = torch.tensor(xs, dtype=getattr(torch, dtype)).reshape(shape)
+        return t.requires_grad_(requires_grad)
+
+    return st.lists(scalar, min_size=size, max_size=size).map(build)

@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
         action="store_true",
         help="count numerically unstable components (an engine losing most of its digits) as mismatches",
     )
+    p.add_argument("--order", type=int, choices=(1, 2), default=1, help="1: the gradient; 2: the Hessian (default 1)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON document (schema: docs/json.md)")
     out.add_argument("--quiet", "-q", action="store_true", help="print only the verdict")
@@ -104,6 +105,7 @@ def _run_verify(args) -> int:
             device=args.device,
             progress=progress,
             strict=args.strict,
+            order=args.order,
         )
     finally:
         if bar is not None:

@@ -1,0 +1,685 @@
+"""``gradcheck`` and ``gradgradcheck``: drop-ins for ``torch.autograd``'s, with an exact referee.
+
+``from gradcheck_lab import gradcheck`` in place of ``from torch.autograd
+import gradcheck``: the same positional arguments and keywords. The user's
+forward is traced into a model (:mod:`gradcheck_lab.torch_graph`), so the
+symbolic engine, the referee, finite differences with error bars and
+autograd of the traced forward give the truth, and the user's *backward* is
+judged as a candidate (Note [Drop-in design]).
+
+Note [Drop-in design]
+~~~~~~~~~~~~~~~~~~~~~
+* **What is checked**: the floating-point inputs that require grad and, for
+  an ``nn.Module``, its parameters that require grad (named as in
+  ``named_parameters()``: ``0.weight``).
+* **Outputs**: every floating output element, flattened in order. Each
+  checked point is a cotangent ``c``: the model's loss is ``c . f(x)`` and
+  its gradient the vector-Jacobian product ``J^T c`` the backward computes.
+  At the given inputs the cotangents are the unit vectors while the outputs
+  have at most :data:`MAX_JACOBIAN` elements (the full Jacobian, row by
+  row), else :data:`RANDOM_COTANGENTS` seeded random ones; ``fast_mode``
+  takes random ones always.
+* **Random points**: ``points`` more points around the inputs (each
+  component uniform in ``t +- 0.1 |t|``, seeded by ``seed``), each with a
+  random cotangent: one call checks more than one point.
+* **Tolerances**: derived per component from the dtype and the rounding
+  scale (Note [Tolerance model] in tolerance.py), so correct float32
+  backwards pass and 1e-8 relative errors in float64 are caught. ``atol``
+  and ``rtol``, when given, replace the derived tolerance for the
+  candidate: it fails where ``|g - exact| > atol + rtol |exact|``.
+* **Ops outside the table** (:data:`gradcheck_lab.torch_graph.OPS`): no
+  symbolic or referee leg; the backward is checked against finite
+  differences of the user's forward with their error bars, and the message
+  says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import GradientMismatch, UsageError
+from .torch_graph import Leaf, Traced, Unsupported, leaf_labels, model_of, name_leaves, trace
+
+__all__ = ["gradcheck", "gradgradcheck", "MAX_JACOBIAN", "RANDOM_COTANGENTS", "POINTS"]
+
+#: Largest number of output elements whose full Jacobian is checked at the given inputs.
+MAX_JACOBIAN = 64
+#: Seeded random cotangents at the given inputs beyond that (and in fast mode).
+RANDOM_COTANGENTS = 8
+#: Random points around the inputs checked by default.
+POINTS = 8
+
+
+# ---------------------------------------------------------------- the function under test
+
+
+class _Target:
+    """The user's callable, its checked leaves and how to call it with new leaf values."""
+
+    def __init__(self, func: Callable, inputs: Sequence[Any]):
+        import torch
+
+        self.func = func
+        self.inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
+        self.module = func if isinstance(func, torch.nn.Module) else None
+        names = _argument_names(func, len(self.inputs))
+        leaves: list[Leaf] = []
+        for i, a in enumerate(self.inputs):
+            if isinstance(a, torch.Tensor) and a.requires_grad:
+                _check_dtype(a, f"input {i} ({names[i]})")
+                leaves.append(Leaf(names[i], "input", i, tuple(a.shape), a.dtype))
+        if self.module is not None:
+            for pname, p in self.module.named_parameters():
+                if p.requires_grad:
+                    _check_dtype(p, f"parameter {pname}")
+                    leaves.append(Leaf(pname, "parameter", pname, tuple(p.shape), p.dtype))
+        if not leaves:
+            raise UsageError(
+                "Expected at least one input tensor (or module parameter) that requires grad but got none; "
+                "create inputs with requires_grad=True, e.g. torch.randn(3, dtype=torch.float64, requires_grad=True)."
+            )
+        name_leaves(leaves)
+        self.leaves = leaves
+        dtypes = {str(lf.dtype).replace("torch.", "") for lf in leaves}
+        self.dtype = "float32" if "float32" in dtypes else "float64"
+        self.values = [self._tensor(lf).detach() for lf in leaves]
+
+    def _tensor(self, leaf: Leaf):
+        if leaf.kind == "input":
+            return self.inputs[int(leaf.position)]
+        assert self.module is not None
+        return dict(self.module.named_parameters())[str(leaf.position)]
+
+    def call(self, *tensors):
+        """The user's function with the leaves replaced by ``tensors``."""
+        args = list(self.inputs)
+        params: dict[str, Any] = {}
+        for leaf, t in zip(self.leaves, tensors):
+            if leaf.kind == "input":
+                args[int(leaf.position)] = t
+            else:
+                params[str(leaf.position)] = t
+        if self.module is not None:
+            from torch.func import functional_call
+
+            return functional_call(self.module, params, tuple(args))
+        return self.func(*args)
+
+    def key(self):
+        from .torch_graph import _fingerprint
+
+        fkey = self.func if _hashable(self.func) else id(self.func)
+        consts: tuple = tuple(
+            _fingerprint(a) if not (hasattr(a, "requires_grad") and a.requires_grad) else (tuple(a.shape), str(a.dtype))
+            for a in self.inputs
+        )
+        if self.module is not None:
+            consts += tuple(
+                (k, _fingerprint(t)) for k, t in (*self.module.named_buffers(), *self.module.named_parameters())
+                if not t.requires_grad
+            )
+            consts += (self.module.training,)
+        return (fkey, consts, tuple((lf.label, lf.shape, str(lf.dtype)) for lf in self.leaves))
+
+    def flat_output(self, out):
+        import torch
+
+        from .torch_graph import _flat_outputs
+
+        outs = [o for o in _flat_outputs(out) if o.is_floating_point()]
+        return torch.cat([o.reshape(-1) for o in outs])
+
+    def leaf_tensors(self, p, dtype):
+        import torch
+
+        out = []
+        for leaf in self.leaves:
+            parts = [getattr(p, n) for n in leaf.var_names]
+            out.append(torch.stack(parts).reshape(leaf.shape) if leaf.shape else parts[0])
+        return out
+
+
+def _hashable(x) -> bool:
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_dtype(t, what: str) -> None:
+    if t.dtype not in _float_dtypes():
+        raise UsageError(
+            f"Expected {what} to be float32 or float64 but got {t.dtype}; "
+            "half precision and complex tensors have no tolerance model here: convert to float32 or float64."
+        )
+
+
+def _float_dtypes():
+    import torch
+
+    return (torch.float32, torch.float64)
+
+
+def _argument_names(func, n: int) -> list[str]:
+    target = func.forward if hasattr(func, "forward") and callable(func.forward) else func
+    try:
+        params = [
+            p.name for p in inspect.signature(target).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    names = [params[i] if i < len(params) else f"input{i}" for i in range(n)]
+    # *args functions (Function.apply): name by position.
+    return [nm if nm not in ("args", "self", "ctx") else f"input{i}" for i, nm in enumerate(names)]
+
+
+# ---------------------------------------------------------------- candidates
+
+
+def _leaf_values(target: _Target, params, dtype):
+    """The checked tensors at a point's ``params`` (name -> float), as fresh leaves requiring grad."""
+    import torch
+
+    out = []
+    for leaf in target.leaves:
+        # float(): the values may be 0-d arrays (a verifier measuring the candidate's own rounding).
+        t = torch.tensor([float(params[n]) for n in leaf.var_names], dtype=dtype).reshape(leaf.shape)
+        out.append(t.requires_grad_(True))
+    return out
+
+
+def _gradient(grads, leaves) -> np.ndarray:
+    import torch
+
+    parts = [(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, leaves)]
+    return torch.cat(parts).detach().numpy()  # float32 stays float32: judged with float32's tolerance
+
+
+def _backward_candidate(target: _Target):
+    """The user's backward as a gradient function: ``J^T c`` by ``torch.autograd.grad`` of ``c . f(x)``."""
+    import torch
+
+    dt = getattr(torch, target.dtype)
+
+    def grad(params, point):
+        leaves = _leaf_values(target, params, dt)
+        flat = target.flat_output(target.call(*leaves))
+        cot = torch.as_tensor(np.asarray(point["cotangent"], dtype=float), dtype=flat.dtype)
+        return _gradient(torch.autograd.grad((flat * cot).sum(), leaves, allow_unused=True), leaves)
+
+    return grad
+
+
+def _double_backward_candidate(target: _Target, direction: str):
+    """``u . d(c . f)/dx`` with ``create_graph=True``, differentiated again: the user's double backward."""
+    import torch
+
+    dt = getattr(torch, target.dtype)
+
+    def grad(params, point):
+        leaves = _leaf_values(target, params, dt)
+        flat = target.flat_output(target.call(*leaves))
+        cot = torch.as_tensor(np.asarray(point["cotangent"], dtype=float), dtype=flat.dtype)
+        first = torch.autograd.grad((flat * cot).sum(), leaves, create_graph=True, allow_unused=True)
+        u = torch.as_tensor(np.asarray(point[direction], dtype=float), dtype=flat.dtype)
+        terms, off = [], 0
+        for leaf, g in zip(target.leaves, first):
+            n = max(math.prod(leaf.shape), 1)
+            if g is not None and g.requires_grad:
+                terms.append((g.reshape(-1) * u[off : off + n]).sum())
+            off += n
+        if not terms:
+            # A backward that is not differentiable at all: its second derivatives read as 0.
+            return np.zeros(sum(max(math.prod(lf.shape), 1) for lf in target.leaves), dtype=flat.detach().numpy().dtype)
+        return _gradient(torch.autograd.grad(sum(terms), leaves, allow_unused=True), leaves)
+
+    return grad
+
+
+def _forward_candidate(target: _Target, model):
+    """Forward-mode AD (``torch.autograd.forward_ad``) as a gradient function: ``J^T c`` from one JVP per component."""
+    import torch
+    import torch.autograd.forward_ad as fwAD
+
+    cache: dict = {}
+    dt = getattr(torch, target.dtype)
+
+    def jacobian(theta: tuple) -> np.ndarray:
+        if theta in cache:
+            return cache[theta]
+        base, off = [], 0
+        for leaf in target.leaves:
+            n = max(math.prod(leaf.shape), 1)
+            base.append(torch.tensor(theta[off : off + n], dtype=dt).reshape(leaf.shape))
+            off += n
+        cols = []
+        for j, leaf in enumerate(target.leaves):
+            for k in range(max(math.prod(leaf.shape), 1)):
+                with fwAD.dual_level():
+                    duals = []
+                    for i, t in enumerate(base):
+                        tangent = torch.zeros_like(t)
+                        if i == j:
+                            tangent.view(-1)[k] = 1.0
+                        duals.append(fwAD.make_dual(t, tangent))
+                    out = target.call(*duals)
+                    from .torch_graph import _flat_outputs
+
+                    parts = []
+                    for o in _flat_outputs(out):
+                        if o.is_floating_point():
+                            tan = fwAD.unpack_dual(o).tangent
+                            parts.append(torch.zeros(o.numel(), dtype=dt) if tan is None else tan.reshape(-1))
+                cols.append(torch.cat(parts).detach().double().numpy())
+        cache[theta] = np.stack(cols, axis=1)  # (n_out, P)
+        return cache[theta]
+
+    names = [v.name for v in model.params]
+
+    def grad(params, point):
+        jac = jacobian(tuple(float(params[n]) for n in names))
+        flat = jac.T @ np.asarray(point["cotangent"], dtype=float)
+        return np.asarray(flat, dtype=np.float32) if target.dtype == "float32" else flat
+
+    return grad
+
+
+# ---------------------------------------------------------------- points and verdicts
+
+
+def _cotangents(n_out: int, fast_mode: bool, seed: int, given=None) -> list[list[float]]:
+    if given is not None:
+        return [given]
+    if n_out <= MAX_JACOBIAN and not fast_mode:
+        return [[1.0 if j == k else 0.0 for j in range(n_out)] for k in range(n_out)]
+    rng = np.random.default_rng(seed)
+    return [list(rng.uniform(-1.0, 1.0, n_out)) for _ in range(RANDOM_COTANGENTS)]
+
+
+def _describe_cotangent(traced, cot) -> str:
+    c = np.asarray(cot, dtype=float)
+    nz = np.flatnonzero(c)
+    if len(nz) == 1 and c[nz[0]] == 1.0:
+        return traced.output_element(int(nz[0]))
+    return "the outputs projected on a random cotangent"
+
+
+def _faults(report, atol, rtol, who: str = "candidate"):
+    """``(source, point, check)`` for every component where ``who`` is at fault."""
+    out = []
+    custom = atol is not None or rtol is not None
+    a, r = (atol or 0.0), (rtol or 0.0)
+    for source, points in (("given", report.data_points), ("random", report.failures)):
+        for pt in points:
+            for c in pt.checks:
+                if custom and who == "candidate":
+                    ref = c.exact if c.exact is not None else c.values.get("symbolic")
+                    g = c.values.get("candidate")
+                    bad = g is None or ref is None or abs(g - ref) > a + r * abs(ref)
+                else:
+                    bad = who in c.at_fault
+                if bad:
+                    out.append((source, pt, c))
+    return out
+
+
+def _fmt(x) -> str:
+    return "none" if x is None else f"{x:.10g}"
+
+
+def _mismatch_message(what: str, traced, labels, report, faults, engine_label: str, func) -> str:
+    # The worst component, preferring the given inputs (their rows are the Jacobian's).
+    source, pt, c = max(
+        faults,
+        key=lambda f: (f[0] == "given", abs((f[2].values.get("candidate") or 0.0) - (f[2].exact or 0.0))),
+    )
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    where = "at the given inputs" if source == "given" else f"at random point {pt.index} around the inputs"
+    comp = labels.get(c.param, c.param)
+    outs = _describe_cotangent(traced, pt.point.get("cotangent", []))
+    others = ", ".join(
+        f"{'autograd of the traced forward' if e == 'autograd' else e.replace('_', ' ')} {_fmt(v)}"
+        for e, v in c.values.items() if e != "candidate"
+    )
+    n_given = sum(1 for f in faults if f[0] == "given")
+    return (
+        f"gradcheck_lab.{what}: the {engine_label} of {name} is wrong.\n"
+        f"  d[{outs}] / d[{comp}] {where}: {engine_label} gives {_fmt(c.values.get('candidate'))}, "
+        f"the exact value is {_fmt(c.exact if c.exact is not None else c.values.get('symbolic'))} "
+        f"({others}).\n"
+        f"  At fault: {engine_label} (candidate). {len(faults)} component(s) wrong "
+        f"({n_given} at the given inputs, {len(faults) - n_given} in the random points the report lists).\n"
+        f"  {report.message}"
+    )
+
+
+def _fail(message: str, report, raise_exception: bool) -> bool:
+    if raise_exception:
+        raise GradientMismatch(message, report)
+    return False
+
+
+def _own_engines(report) -> None:
+    ours = [e for e in report.at_fault if e != "candidate"]
+    if ours:
+        warnings.warn(
+            f"gradcheck_lab: the project's own engines disagree ({', '.join(ours)}); the verdict on your "
+            f"backward stands, but please report this: {report.message}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+# ---------------------------------------------------------------- gradcheck
+
+
+def gradcheck(
+    func: Callable,
+    inputs: Any,
+    *,
+    eps: float | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    raise_exception: bool = True,
+    nondet_tol: float = 0.0,
+    check_undefined_grad: bool = True,
+    check_grad_dtypes: bool = False,
+    check_batched_grad: bool = False,
+    check_batched_forward_grad: bool = False,
+    check_forward_ad: bool = False,
+    check_backward_ad: bool = True,
+    fast_mode: bool = False,
+    masked: bool | None = None,
+    points: int = POINTS,
+    seed: int = 0,
+) -> bool:
+    """Check the backward (and optionally forward-mode AD) of ``func`` at ``inputs``; True or GradientMismatch.
+
+    A drop-in for :func:`torch.autograd.gradcheck` (Note [Drop-in design]):
+    ``func`` is any callable of tensors or an ``nn.Module``; ``inputs`` a
+    tensor or a tuple (non-tensor arguments pass through). Keywords as in
+    torch: ``atol``/``rtol`` replace the derived tolerances when given;
+    ``eps`` adds torch's fixed-step finite differences to the failure
+    message (ours choose their own steps); ``nondet_tol`` bounds the
+    difference of two backward passes (reentrancy); ``check_forward_ad``
+    checks forward-mode JVPs; ``check_backward_ad=False`` skips the
+    backward; ``fast_mode`` checks random cotangents instead of the full
+    Jacobian. ``check_undefined_grad``, ``check_grad_dtypes``,
+    ``check_batched_grad``, ``check_batched_forward_grad`` and ``masked``
+    are accepted and not performed (structural checks of torch's own
+    operators; run torch's gradcheck for them). ``points`` random points
+    around the inputs (seeded by ``seed``) are checked too.
+
+    >>> import torch
+    >>> from gradcheck_lab import gradcheck
+    >>> x = torch.randn(3, 4, dtype=torch.float32, requires_grad=True)
+    >>> gradcheck(lambda t: (t.sin() * t).sum(0), (x,))
+    True
+    """
+    _validate(points, seed)
+    target = _Target(func, inputs)
+    traced = trace(target.call, target.values, target.leaves, key=target.key())
+    if traced.n_out == 0:
+        raise UsageError("Expected func to return at least one floating-point tensor element but got none.")
+    if isinstance(traced, Unsupported):
+        return _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad)
+    model = model_of(traced, [v.detach().double().numpy() for v in target.values])
+    labels = leaf_labels(traced)
+    cots = _cotangents(traced.n_out, fast_mode, seed)
+    pts = [{"cotangent": c} for c in cots]
+    from .api import verify
+
+    if check_backward_ad:
+        cand = _backward_candidate(target)
+        report = verify(model, points=pts, random=points, seed=seed, candidate=cand, dtype=target.dtype)
+        faults = _faults(report, atol, rtol)
+        if faults:
+            msg = _mismatch_message("gradcheck", traced, labels, report, faults, "backward", func)
+            if eps is not None:
+                msg += "\n  " + _fixed_step_note(target, traced, eps, pts, faults, labels)
+            return _fail(msg, report, raise_exception)
+        _own_engines(report)
+        if not _reentrant(target, model, cots, nondet_tol, raise_exception):
+            return False
+    if check_forward_ad:
+        cand = _forward_candidate(target, model)
+        report = verify(model, points=pts, random=points, seed=seed, candidate=cand, dtype=target.dtype)
+        faults = _faults(report, atol, rtol)
+        if faults:
+            msg = _mismatch_message("gradcheck", traced, labels, report, faults, "forward-mode AD (JVP)", func)
+            return _fail(msg, report, raise_exception)
+    return True
+
+
+def _validate(points, seed) -> None:
+    for name, value in (("points", points), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise UsageError(f"Expected {name} to be a non-negative integer but got {name}={value!r}.")
+
+
+def _reentrant(target, model, cots, nondet_tol, raise_exception) -> bool:
+    """Two backward passes at the given inputs agree within ``nondet_tol`` (torch's reentrancy check)."""
+    from .candidates import as_candidate
+
+    cand = as_candidate(_backward_candidate(target))
+    batch = model.batch([{"cotangent": cots[0]}])
+    a = cand.gradients(model, batch, dtype=target.dtype).values
+    b = cand.gradients(model, batch, dtype=target.dtype).values
+    worst = float(np.max(np.abs(a - b))) if a.size else 0.0
+    if worst > nondet_tol:
+        msg = (
+            f"gradcheck_lab.gradcheck: the backward is not reentrant: two passes at the same inputs differ by "
+            f"{worst:.3g} > nondet_tol={nondet_tol}; make it deterministic or pass nondet_tol."
+        )
+        return _fail(msg, None, raise_exception)
+    return True
+
+
+def _fixed_step_note(target, traced, eps, pts, faults, labels) -> str:
+    """torch's own estimate for the worst component: central differences at the fixed step ``eps``."""
+    import torch
+
+    source, pt, c = faults[0]
+    var = c.param
+    li, k = next((i, lf.var_names.index(var)) for i, lf in enumerate(target.leaves) if var in lf.var_names)
+    cot = torch.tensor(pt.point["cotangent"], dtype=torch.float64)
+    vals = [v.double().clone() for v in target.values]
+    if source != "given":
+        off = 0
+        for i, lf in enumerate(target.leaves):
+            for j, n in enumerate(lf.var_names):
+                vals[i].view(-1)[j] = float(pt.point["params"][n])
+            off += 1
+
+    def f(delta):
+        moved = [v.clone() for v in vals]
+        moved[li].view(-1)[k] += delta
+        with torch.no_grad():
+            return float((target.flat_output(target.call(*moved)).double() * cot).sum())
+
+    est = (f(eps) - f(-eps)) / (2 * eps)
+    return f"torch-style finite differences at eps={eps:g} give {est:.10g} for {labels.get(var, var)}."
+
+
+# ---------------------------------------------------------------- gradgradcheck
+
+
+def gradgradcheck(
+    func: Callable,
+    inputs: Any,
+    grad_outputs: Any = None,
+    *,
+    eps: float | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    gen_non_contig_grad_outputs: bool = False,
+    raise_exception: bool = True,
+    nondet_tol: float = 0.0,
+    check_undefined_grad: bool = True,
+    check_grad_dtypes: bool = False,
+    check_batched_grad: bool = False,
+    check_fwd_over_rev: bool = False,
+    check_rev_over_rev: bool = True,
+    fast_mode: bool = False,
+    masked: bool = False,
+    points: int = POINTS,
+    seed: int = 0,
+) -> bool:
+    """Check the double backward of ``func``: a drop-in for :func:`torch.autograd.gradgradcheck`.
+
+    The derivative of the vector-Jacobian product ``u . d(c . f)/dx`` with
+    respect to the inputs, as the user's code computes it (backward with
+    ``create_graph=True``, then backward again), is judged against SymPy's
+    second derivatives, the referee, torch's double backward of the traced
+    forward and finite differences of the exact gradient (Note [Hessian as a
+    gradient] in hessian.py). ``grad_outputs`` is the cotangent ``c``
+    (seeded random if None); at the given inputs ``u`` runs over every
+    input component (up to :data:`MAX_JACOBIAN`), so a backward that is
+    right to first order but not differentiable (a detached factor) fails.
+    The other keywords are as in :func:`gradcheck`.
+
+    >>> import torch
+    >>> from gradcheck_lab import gradgradcheck
+    >>> x = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    >>> gradgradcheck(lambda t: t.exp() * t, (x,))
+    True
+    """
+    import torch
+
+    from .api import verify
+    from .hessian import hvp_model
+
+    _validate(points, seed)
+    target = _Target(func, inputs)
+    traced = trace(target.call, target.values, target.leaves, key=target.key())
+    if isinstance(traced, Unsupported):
+        raise UsageError(
+            f"Expected the forward to use supported ops for gradgradcheck but it uses {', '.join(traced.ops) or '?'} "
+            f"({traced.reason}); second derivatives need the symbolic leg (docs/torch.md lists the ops)."
+        )
+    if not check_rev_over_rev:
+        return True
+    base = model_of(traced, [v.detach().double().numpy() for v in target.values])
+    derived = hvp_model(base)
+    direction = derived.inputs[-1].name
+    if grad_outputs is not None:
+        gos = grad_outputs if isinstance(grad_outputs, (list, tuple)) else (grad_outputs,)
+        cot = list(torch.cat([g.detach().double().reshape(-1) for g in gos]).numpy())
+    else:
+        cot = _cotangents(traced.n_out, True, seed)[0]
+    p = base.n_params
+    dirs = (
+        [[1.0 if i == j else 0.0 for i in range(p)] for j in range(p)]
+        if p <= MAX_JACOBIAN and not fast_mode
+        else [list(np.random.default_rng(seed + 1).uniform(-1, 1, p)) for _ in range(RANDOM_COTANGENTS)]
+    )
+    pts = [{"cotangent": cot, direction: u} for u in dirs]
+    cand = _double_backward_candidate(target, direction)
+    report = verify(derived, points=pts, random=points, seed=seed, candidate=cand, dtype=target.dtype)
+    faults = _faults(report, atol, rtol)
+    if faults:
+        labels = leaf_labels(traced)
+        msg = _mismatch_message("gradgradcheck", traced, labels, report, faults, "double backward", func)
+        return _fail(msg.replace("d[the outputs projected on a random cotangent]", "d[u . d(c . f)/dx]"), report,
+                     raise_exception)
+    _own_engines(report)
+    return True
+
+
+# ---------------------------------------------------------------- ops outside the table
+
+
+def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, seed, fast_mode, forward_ad) -> bool:
+    """Autograd of the user's code against finite differences with their error bars (no symbolic leg)."""
+    import torch
+
+    from .engines import finite_diff
+    from .model import Model, Var
+    from .tolerance import engine_tolerance, fd_tolerance
+
+    name_leaves(traced.leaves)
+    shapes = [lf.shape for lf in traced.leaves]
+    names = [lf.var_names for lf in traced.leaves]
+    values = np.concatenate([v.detach().double().numpy().ravel() for v in target.values])
+
+    def predict(ops, p, v):
+        if getattr(ops, "name", "") not in ("numpy", "float"):
+            raise UsageError(f"ops outside the supported table run on the numpy backend only, not {ops.name}")
+        cols = [np.asarray(getattr(p, n), dtype=float) for ns in names for n in ns]
+        cot = [np.asarray(c, dtype=float) for c in v.cotangent]
+        shape = np.broadcast_shapes(*(c.shape for c in cols + cot))
+        cols = [np.broadcast_to(c, shape) for c in cols]
+        out = np.empty(shape)
+        for idx in np.ndindex(shape):
+            flat = np.array([c[idx] for c in cols])
+            tensors, off = [], 0
+            for s in shapes:
+                n = max(math.prod(s), 1)
+                tensors.append(torch.tensor(flat[off : off + n], dtype=torch.float64).reshape(s))
+                off += n
+            with torch.no_grad():
+                y = target.flat_output(target.call(*tensors)).double().numpy()
+            out[idx] = float(np.dot(y, [np.broadcast_to(c, shape)[idx] for c in cot]))
+        return out
+
+    params = []
+    for n, t in zip([n for ns in names for n in ns], values):
+        r = 0.1 * abs(t) if t != 0 else 0.1
+        params.append(Var(n, init=float(t), domain=(float(t - r), float(t + r))))
+    model = Model.from_function(
+        predict, params=params, inputs=(),
+        target=Var("cotangent", shape=(traced.n_out,), domain=(-1.0, 1.0)),
+        loss=lambda ops, yhat, y: yhat, name="traced (no symbolic leg)",
+    )
+    cots = _cotangents(traced.n_out, fast_mode, seed)
+    batch = model.batch([{"cotangent": c} for c in cots])
+    if points:
+        batch = type(batch).concat([batch, model.sample(points, seed=seed)])
+    fd = finite_diff.gradients(model, batch)
+    assert fd.error is not None and fd.lower is not None and fd.upper is not None
+    from .candidates import as_candidate
+
+    cand = _forward_candidate(target, model) if forward_ad else _backward_candidate(target)
+    got = as_candidate(cand).gradients(model, batch, dtype=target.dtype)
+    scale = np.maximum(np.abs(fd.values), np.max(np.abs(np.nan_to_num(fd.values)), axis=1, keepdims=True))
+    tol = fd_tolerance(fd.error, scale) + engine_tolerance(target.dtype, scale)
+    if atol is not None or rtol is not None:
+        tol = (atol or 0.0) + (rtol or 0.0) * np.abs(fd.values) + fd_tolerance(fd.error, scale)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(got.values - fd.values) <= tol) & np.isfinite(tol)
+    kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
+    inside = (got.values >= fd.lower - tol) & (got.values <= fd.upper + tol)
+    bad = np.where(kink, ~inside & np.isfinite(tol), bad)
+    missing = ", ".join(traced.ops) or traced.reason
+    if bad.any():
+        row, col = (int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, np.abs(got.values - fd.values), -1))), bad.shape))
+        labels = leaf_labels(traced)
+        var = model.params[col].name
+        where = "at the given inputs" if row < len(cots) else f"at random point {row - len(cots)} around the inputs"
+        msg = (
+            f"gradcheck_lab.gradcheck: the {'forward-mode AD' if forward_ad else 'backward'} of "
+            f"{getattr(target.func, '__qualname__', type(target.func).__name__)} is wrong.\n"
+            f"  d[{_describe_cotangent(traced, batch.data[row])}] / d[{labels.get(var, var)}] {where}: it gives "
+            f"{got.values[row, col]:.10g}, finite differences {fd.values[row, col]:.10g} +- {fd.error[row, col]:.2g}.\n"
+            f"  Symbolic and referee legs missing: {missing} (not in the supported-op table, docs/torch.md); "
+            f"checked against finite differences with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
+        )
+        return _fail(msg, None, raise_exception)
+    warnings.warn(
+        f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
+        "finite differences with their error bars only.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return True
+
+
+_ = (Traced,)  # re-exported type for annotations in docs

@@ -1,0 +1,959 @@
+"""Symbolic truth for any torch forward: trace it to aten ops, interpret the graph on every backend.
+
+:func:`trace` runs the user's function once under ``make_fx``
+(:mod:`torch.fx.experimental.proxy_tensor`) at the given inputs and keeps
+the aten-level graph. A custom ``torch.autograd.Function`` is traced
+*through*: ``make_fx`` records the ops its ``forward`` dispatches, and its
+``backward`` never enters the graph (the backward is what is under test).
+:func:`model_of` turns the graph into an ordinary :class:`~gradcheck_lab.Model`
+whose ``predict`` *interprets* the graph against the ``ops`` namespace
+(Note [Object arrays]), so the SymPy engine, the mpmath referee, finite
+differences with their kink detection and torch autograd all read the
+user's forward, written once.
+
+Note [Object arrays]
+~~~~~~~~~~~~~~~~~~~~
+Every tensor of the graph is held as a NumPy array of ``dtype=object``
+whose elements are one backend's scalars: SymPy expressions, torch columns
+of points (autograd engine), NumPy columns (finite differences), Python
+floats, or the teaching tracer's nodes. NumPy's object loops apply Python's
+``+ - * / **`` element by element and ``np.matmul`` works on object arrays,
+so arithmetic, matrix products, views and indexing are written once for
+every backend. Functions go through ``ops`` (``ops.exp``...); the few the
+namespace lacks are in :data:`_EXTRA`, per backend. Nodes that do not depend
+on a checked input (index tensors, masks of constant data, ``zeros_like``)
+are evaluated once with torch itself at trace time and enter as constants.
+
+Note [Kinks through relu]
+~~~~~~~~~~~~~~~~~~~~~~~~~
+``clamp``, ``maximum``, ``minimum``, ``amax``, ``leaky_relu``, ``elu`` and
+``hardtanh`` are rewritten with ``ops.relu`` (``max(a, b) = b + relu(a -
+b)``), so the finite-difference engine, which records every relu/abs
+argument (Note [Kinks] in engines/finite_diff.py), knows where their kinks
+are, and the symbolic form is a ``Piecewise``. ``where`` of a comparison
+``a > b`` is a ``Piecewise`` (SymPy) or the backend's ``where``; on the
+finite-difference backend the difference ``a - b`` is also passed through
+``ops.abs`` (times 0) so that a branch switch inside the stencil is seen.
+
+Note [Softplus threshold]
+~~~~~~~~~~~~~~~~~~~~~~~~~
+``torch.nn.functional.softplus`` returns ``x`` itself where ``beta * x``
+exceeds its ``threshold`` (20). The traced model uses the exact
+``log(1 + exp(beta x)) / beta`` (``ops.softplus``), so above the threshold
+the user's forward and backward differ from the truth by about
+``exp(-20) = 2e-9`` relative, which float64 checks report (Note [Stable
+forms] in ops.py); inputs there are rare in gradient tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import operator
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .model import Model, Var
+
+__all__ = ["OPS", "Traced", "Unsupported", "trace", "model_of", "op_table", "CACHE_SIZE"]
+
+#: Traced graphs and derived models kept (least recently used dropped).
+CACHE_SIZE = 64
+
+# ---------------------------------------------------------------- elements
+
+
+class _Cmp:
+    """One element of a boolean tensor that depends on a checked input: ``d <op> 0``."""
+
+    __slots__ = ("op", "d")
+
+    def __init__(self, op: str, d: Any):
+        self.op, self.d = op, d
+
+
+_NEG = {"gt": "le", "ge": "lt", "lt": "ge", "le": "gt", "eq": "ne", "ne": "eq"}
+_PY_CMP = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le, "eq": operator.eq, "ne": operator.ne}
+
+
+def _is_number(e: Any) -> bool:
+    return isinstance(e, (int, float, bool, np.number, np.bool_))
+
+
+def _obj(x: Any) -> np.ndarray:
+    """A value of the graph as an object array (Note [Object arrays])."""
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            return x
+        return x.astype(object)  # constants: Python floats, ints, bools
+    return _scalar(x)
+
+
+def _scalar(e: Any) -> np.ndarray:
+    """One element (a backend scalar, possibly itself an array of points) as a 0-d object array."""
+    out = np.empty((), dtype=object)
+    out[()] = e
+    return out
+
+
+def _map(f: Callable, *arrays: np.ndarray) -> np.ndarray:
+    """``f`` element by element over broadcast object arrays."""
+    objs = [_obj(a) for a in arrays]
+    if all(a.ndim == 0 for a in objs):
+        return _scalar(f(*(a[()] for a in objs)))
+    return np.frompyfunc(f, len(objs), 1)(*objs)
+
+
+# ---------------------------------------------------------------- backend functions
+
+_FLOAT = {
+    "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos, "tan": math.tan,
+    "tanh": math.tanh, "sinh": math.sinh, "cosh": math.cosh, "asinh": math.asinh, "atan": math.atan,
+    "log1p": math.log1p, "expm1": math.expm1, "erf": math.erf, "abs": abs,
+    "relu": lambda z: max(z, 0.0),
+    "sigmoid": lambda z: 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z)),
+    "softplus": lambda z: max(z, 0.0) + math.log1p(math.exp(-abs(z))),
+}
+
+
+def _sympy_extra(name: str):
+    import sympy as sp
+    from sympy.codegen.cfunctions import expm1, log1p
+
+    return {"tan": sp.tan, "sinh": sp.sinh, "cosh": sp.cosh, "asinh": sp.asinh, "atan": sp.atan,
+            "log1p": log1p, "expm1": expm1}.get(name)
+
+
+def _torch_extra(name: str):
+    import torch
+
+    return {"tan": torch.tan, "sinh": torch.sinh, "cosh": torch.cosh, "asinh": torch.asinh, "atan": torch.atan,
+            "log1p": torch.log1p, "expm1": torch.expm1, "erf": torch.erf}.get(name)
+
+
+def _numpy_extra(name: str):
+    return {"tan": np.tan, "sinh": np.sinh, "cosh": np.cosh, "asinh": np.arcsinh, "atan": np.arctan,
+            "log1p": np.log1p, "expm1": np.expm1}.get(name)
+
+
+#: Functions the ``ops`` namespace may lack, per backend name (``erf`` only where
+#: every engine can evaluate it: NumPy has none, so SymPy's would not lambdify).
+_EXTRA: dict[str, Callable[[str], Any]] = {
+    "sympy": _sympy_extra,
+    "torch": _torch_extra,
+    "numpy": _numpy_extra,
+    "float": lambda name: _FLOAT.get(name),
+}
+
+
+class _Missing(Exception):
+    """A function no backend provides: the graph falls back (see gradcheck_lab.torch_check)."""
+
+
+def _fn(ops, name: str) -> Callable:
+    f = getattr(ops, name, None)
+    if f is None:
+        extra = _EXTRA.get(getattr(ops, "name", ""))
+        f = extra(name) if extra else None
+    if f is None:
+        raise _Missing(f"{name} on the {getattr(ops, 'name', '?')} backend")
+    return f
+
+
+def _unary(name: str):
+    def apply(ops, x, *_, **__):
+        f: Callable = _fn(ops, name)
+        g: Callable = _FLOAT[name]
+        return _map(lambda e: g(e) if _is_number(e) else f(e), x)
+
+    return apply
+
+
+def _add_all(ops, items: list) -> Any:
+    if not items:
+        return 0.0
+    if getattr(ops, "name", "") == "sympy":
+        import sympy as sp
+
+        return sp.Add(*items)
+    return functools.reduce(operator.add, items)
+
+
+def _relu(ops, e):
+    return max(e, 0.0) if _is_number(e) else ops.relu(e)
+
+
+def _max2(ops, a, b):
+    """max(a, b) = b + relu(a - b) (Note [Kinks through relu])."""
+    return b + _relu(ops, a - b)
+
+
+def _where1(ops, c, a, b):
+    if not isinstance(c, _Cmp):
+        return a if bool(c) else b
+    d = c.d
+    if _is_number(d):
+        return a if _PY_CMP[c.op](d, 0) else b
+    name = getattr(ops, "name", "")
+    if name == "sympy":
+        import sympy as sp
+
+        rel = {"gt": sp.StrictGreaterThan, "ge": sp.GreaterThan, "lt": sp.StrictLessThan, "le": sp.LessThan,
+               "eq": sp.Eq, "ne": sp.Ne}[c.op]
+        return sp.Piecewise((a, rel(d, 0)), (b, True))
+    if name == "torch":
+        import torch
+
+        cond = _PY_CMP[c.op](d, 0)
+        a = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=d.dtype, device=d.device)
+        b = b if isinstance(b, torch.Tensor) else torch.as_tensor(b, dtype=d.dtype, device=d.device)
+        return torch.where(cond, a, b)
+    if name == "numpy":
+        # Note [Kinks through relu]: the finite-difference engine records this argument.
+        return np.where(_PY_CMP[c.op](d, 0), a, b) + 0.0 * ops.abs(d)
+    value = getattr(d, "value", d)  # the teaching tracer's nodes, Python floats
+    return a if _PY_CMP[c.op](float(value), 0) else b
+
+
+# ---------------------------------------------------------------- aten handlers
+
+
+def _dims(a: np.ndarray, dim) -> tuple[int, ...]:
+    if dim is None:
+        return tuple(range(a.ndim))
+    if isinstance(dim, int):
+        dim = [dim]
+    if len(dim) == 0:
+        return tuple(range(a.ndim))
+    return tuple(sorted(d % max(a.ndim, 1) for d in dim))
+
+
+def _reduce(a: np.ndarray, dim, keepdim: bool, f: Callable[[list], Any]) -> np.ndarray:
+    a = _obj(a)
+    dims = _dims(a, dim)
+    if a.ndim == 0:
+        return _scalar(f([a[()]]))
+    keep = [d for d in range(a.ndim) if d not in dims]
+    moved = np.transpose(a, keep + list(dims))
+    lead = moved.shape[: len(keep)]
+    rows = moved.reshape(lead + (-1,))
+    out = np.empty(lead, dtype=object)
+    for idx in np.ndindex(lead):
+        out[idx] = f(list(rows[idx]))
+    if keepdim:
+        out = out.reshape([1 if d in dims else a.shape[d] for d in range(a.ndim)])
+    return out
+
+
+def _count(a: np.ndarray, dim) -> int:
+    return math.prod(_obj(a).shape[d] for d in _dims(_obj(a), dim)) if _obj(a).ndim else 1
+
+
+def _sum(ops, a, dim=None, keepdim=False, dtype=None):
+    return _reduce(a, dim, keepdim, lambda xs: _add_all(ops, xs))
+
+
+def _mean(ops, a, dim=None, keepdim=False, dtype=None):
+    n = _count(a, dim)
+    return _reduce(a, dim, keepdim, lambda xs: _add_all(ops, xs) / n)
+
+
+def _var(ops, a, dim=None, *, correction=None, keepdim=False, unbiased=None):
+    c = 1 if correction is None else correction
+    if unbiased is not None:
+        c = 1 if unbiased else 0
+
+    def var(xs):
+        m = _add_all(ops, xs) / len(xs)
+        return _add_all(ops, [(x - m) ** 2 for x in xs]) / (len(xs) - c)
+
+    return _reduce(a, dim, keepdim, var)
+
+
+def _std(ops, a, dim=None, *, correction=None, keepdim=False, unbiased=None):
+    v = _var(ops, a, dim, correction=correction, keepdim=keepdim, unbiased=unbiased)
+    return _unary("sqrt")(ops, v)
+
+
+def _logsumexp_list(ops, xs):
+    return ops.logsumexp(list(xs)) if not all(_is_number(x) for x in xs) else _FLOAT_LSE(xs)
+
+
+def _FLOAT_LSE(xs):
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def _logsumexp(ops, a, dim, keepdim=False):
+    return _reduce(a, dim, keepdim, lambda xs: _logsumexp_list(ops, xs))
+
+
+def _log_softmax(ops, a, dim, half_to_float=False):
+    lse = _logsumexp(ops, a, [dim], True)
+    return _map(operator.sub, a, lse)
+
+
+def _softmax(ops, a, dim, half_to_float=False):
+    return _unary("exp")(ops, _log_softmax(ops, a, dim))
+
+
+def _pairwise_max(ops, xs: list):
+    """max of a list as a balanced tree of ``_max2``: each level doubles the symbolic size
+    (``b`` appears twice in ``b + relu(a - b)``), so a chain over n elements would be 2**n long."""
+    while len(xs) > 1:
+        xs = [_max2(ops, xs[i], xs[i + 1]) if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+    return xs[0]
+
+
+def _amax(ops, a, dim=(), keepdim=False):
+    return _reduce(a, dim, keepdim, lambda xs: _pairwise_max(ops, xs))
+
+
+def _amin(ops, a, dim=(), keepdim=False):
+    return _scale(_amax(ops, _scale(a, -1), dim, keepdim), -1)
+
+
+def _norm(ops, a, ord=2, dim=None, keepdim=False, *, dtype=None):
+    if ord == 2:
+        return _unary("sqrt")(ops, _reduce(a, dim, keepdim, lambda xs: _add_all(ops, [x * x for x in xs])))
+    if ord == 1:
+        return _reduce(_unary("abs")(ops, a), dim, keepdim, lambda xs: _add_all(ops, xs))
+    raise _Missing(f"linalg_vector_norm with ord={ord}")
+
+
+def _cmp(op):
+    def apply(ops, a, b):
+        return _map(lambda x, y: _PY_CMP[op](x, y) if _is_number(x) and _is_number(y) else _Cmp(op, x - y), a, b)
+
+    return apply
+
+
+def _logical_not(ops, a):
+    return _map(lambda c: _Cmp(_NEG[c.op], c.d) if isinstance(c, _Cmp) else not bool(c), a)
+
+
+def _where(ops, c, a, b):
+    return _map(lambda ci, ai, bi: _where1(ops, ci, ai, bi), c, a, b)
+
+
+def _clamp(ops, a, lo=None, hi=None):
+    a = _obj(a)
+    if lo is not None:
+        a = _map(lambda x, l_: _max2(ops, x, l_), a, lo)
+    if hi is not None:
+        a = _map(lambda x, h: -_max2(ops, -x, -h), a, hi)
+    return a
+
+
+def _expand(ops, a, size, *, implicit=False):
+    a = _obj(a)
+    lead = len(size) - a.ndim
+    size = [a.shape[i - lead] if s == -1 else s for i, s in enumerate(size)]
+    return np.broadcast_to(a, size).copy()
+
+
+def _slice(ops, a, dim=0, start=None, end=None, step=1):
+    idx = [slice(None)] * _obj(a).ndim
+    idx[dim] = slice(start, end, step)
+    return _obj(a)[tuple(idx)]
+
+
+def _select(ops, a, dim, index):
+    idx = [slice(None)] * _obj(a).ndim
+    idx[dim] = index
+    return _obj(a)[tuple(idx)]
+
+
+def _index(ops, a, indices):
+    idx = tuple(slice(None) if i is None else np.asarray(i) for i in indices)
+    return _obj(a)[idx]
+
+
+def _squeeze(ops, a, dim=None):
+    a = _obj(a)
+    if dim is None:
+        return a.reshape([s for s in a.shape if s != 1])
+    dims = {d % max(a.ndim, 1) for d in ([dim] if isinstance(dim, int) else dim)}
+    return a.reshape([s for d, s in enumerate(a.shape) if not (d in dims and s == 1)])
+
+
+def _matmul(ops, a, b):
+    a, b = _obj(a), _obj(b)
+    if a.ndim == 1 and b.ndim == 1:
+        return _scalar(_add_all(ops, list(a * b)))
+    return np.matmul(a, b)
+
+
+def _addmm(ops, bias, a, b, *, beta=1, alpha=1):
+    return _map(lambda c, m: beta * c + alpha * m, bias, _matmul(ops, a, b))
+
+
+def _identity(ops, a, *args, **kwargs):
+    return _obj(a)
+
+
+def _copy(ops, a, *args, **kwargs):
+    return _obj(a).copy()
+
+
+def _to_copy(ops, a, *args, dtype=None, **kwargs):
+    if dtype is not None and not dtype.is_floating_point:
+        raise _Missing(f"conversion to {dtype}")
+    return _obj(a).copy()
+
+
+def _cat(ops, tensors, dim=0):
+    arrs = [_obj(t) for t in tensors if _obj(t).size or _obj(t).ndim > 1]
+    return np.concatenate(arrs, axis=dim)
+
+
+def _split(ops, a, size, dim=0):
+    a = _obj(a)
+    n = a.shape[dim]
+    sizes = [size] * (n // size) + ([n % size] if n % size else []) if isinstance(size, int) else list(size)
+    bounds = np.cumsum([0, *sizes])
+    return [_slice(ops, a, dim, int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def _binary(f: Callable):
+    def apply(ops, a, b, *, alpha=1):
+        return _map(lambda x, y: f(x, y * alpha if alpha != 1 else y), a, b)
+
+    return apply
+
+
+def _scale(a, k):
+    """``k * a`` element by element (arithmetic on a 0-d object array would unwrap its element)."""
+    return _map(lambda x: k * x, a)
+
+
+def _arith(f: Callable):
+    return lambda ops, *args: _map(f, *args)
+
+
+_U = _unary
+
+#: aten op (``packet.overload``, or ``packet`` for every overload) -> (handler, meaning).
+#: The supported-op table of docs/torch.md is generated from this.
+OPS: dict[str, tuple[Callable, str]] = {
+    # arithmetic
+    "add": (_binary(operator.add), "a + alpha*b"),
+    "sub": (_binary(operator.sub), "a - alpha*b"),
+    "rsub": (_binary(lambda a, b: b - a), "alpha*b - a"),
+    "mul": (_arith(operator.mul), "a * b"),
+    "div.Tensor": (_arith(operator.truediv), "a / b (true division)"),
+    "div.Scalar": (_arith(operator.truediv), "a / b (true division)"),
+    "neg": (_arith(operator.neg), "-a"),
+    "reciprocal": (_arith(lambda x: 1.0 / x), "1 / a"),
+    "pow": (_arith(operator.pow), "a ** b (tensor or scalar exponent or base)"),
+    "square": (_arith(lambda x: x * x), "a * a"),
+    # elementwise functions
+    **{n: (_U(n), f"{n}(a)") for n in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh",
+                                        "asinh", "atan", "sigmoid", "log1p", "expm1", "erf", "abs")},
+    "rsqrt": (lambda ops, a: _map(lambda x: 1.0 / x, _U("sqrt")(ops, a)), "1 / sqrt(a)"),
+    "relu": (_U("relu"), "max(a, 0); kink at 0"),
+    "silu": (lambda ops, a: _map(operator.mul, a, _U("sigmoid")(ops, a)), "a * sigmoid(a)"),
+    "softplus": (lambda ops, a, beta=1, threshold=20: _scale(_U("softplus")(ops, _scale(a, beta)), 1.0 / beta),
+                 "log(1 + exp(beta a)) / beta (Note [Softplus threshold])"),
+    "gelu": (lambda ops, a, approximate="none": _gelu(ops, a, approximate), "a * Phi(a) (erf form) or its tanh form"),
+    "leaky_relu": (lambda ops, a, slope=0.01: _map(lambda x, r: slope * x + (1 - slope) * r, a, _U("relu")(ops, a)),
+                   "a if a > 0 else slope * a"),
+    "elu": (lambda ops, a, alpha=1, scale=1, input_scale=1: _elu(ops, a, alpha, scale, input_scale),
+            "a if a > 0 else alpha (exp(a) - 1)"),
+    "hardtanh": (lambda ops, a, lo=-1, hi=1: _clamp(ops, a, lo, hi), "clamp(a, min, max)"),
+    "clamp": (_clamp, "min(max(a, lo), hi); kinks at lo and hi"),
+    "clamp_min": (lambda ops, a, lo: _clamp(ops, a, lo, None), "max(a, lo)"),
+    "clamp_max": (lambda ops, a, hi: _clamp(ops, a, None, hi), "min(a, hi)"),
+    "maximum": (lambda ops, a, b: _map(lambda x, y: _max2(ops, x, y), a, b), "elementwise max; kink at a = b"),
+    "minimum": (lambda ops, a, b: _map(lambda x, y: -_max2(ops, -x, -y), a, b), "elementwise min; kink at a = b"),
+    # comparisons and selection
+    **{c: (_cmp(c), f"a {s} b, for where") for c, s in
+       (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("eq", "=="), ("ne", "!="))},
+    "logical_not": (_logical_not, "not c, for where"),
+    "where.self": (_where, "where(c, a, b) of a comparison: Piecewise"),
+    "masked_fill": (lambda ops, a, mask, value: _where(ops, mask, value, a), "where(mask, value, a)"),
+    # linear algebra
+    "mm": (_matmul, "matrix product"),
+    "bmm": (_matmul, "batched matrix product"),
+    "matmul": (_matmul, "matrix product"),
+    "mv": (_matmul, "matrix-vector product"),
+    "dot": (_matmul, "dot product"),
+    "addmm": (_addmm, "beta*bias + alpha*(a @ b) (nn.Linear)"),
+    "addmv": (_addmm, "beta*bias + alpha*(A @ v)"),
+    "baddbmm": (_addmm, "beta*bias + alpha*(a @ b), batched"),
+    # reductions
+    "sum": (_sum, "sum over all or some dims"),
+    "mean": (_mean, "mean over all or some dims"),
+    "var": (_var, "variance with correction (unbiased by default)"),
+    "std": (_std, "sqrt(var)"),
+    "amax": (_amax, "max over dims; kinks at ties"),
+    "amin": (_amin, "min over dims; kinks at ties"),
+    "max.default": (lambda ops, a: _amax(ops, a), "max of all elements; kinks at ties"),
+    "min.default": (lambda ops, a: _amin(ops, a), "min of all elements; kinks at ties"),
+    "max.other": (lambda ops, a, b: _map(lambda x, y: _max2(ops, x, y), a, b), "elementwise max"),
+    "min.other": (lambda ops, a, b: _map(lambda x, y: -_max2(ops, -x, -y), a, b), "elementwise min"),
+    "logsumexp": (_logsumexp, "log(sum(exp(a))) over dims"),
+    "_softmax": (_softmax, "exp(a - logsumexp(a)) along dim"),
+    "_log_softmax": (_log_softmax, "a - logsumexp(a) along dim"),
+    "linalg_vector_norm": (_norm, "2-norm or 1-norm over dims"),
+    # views, indexing, copies
+    "view": (lambda ops, a, size: _obj(a).reshape(size), "reshape"),
+    "_unsafe_view": (lambda ops, a, size: _obj(a).reshape(size), "reshape"),
+    "reshape": (lambda ops, a, size: _obj(a).reshape(size), "reshape"),
+    "permute": (lambda ops, a, dims: np.transpose(_obj(a), dims), "permute dims"),
+    "transpose": (lambda ops, a, d0, d1: np.swapaxes(_obj(a), d0, d1), "swap two dims"),
+    "t": (lambda ops, a: _obj(a).T, "transpose of a matrix"),
+    "expand": (_expand, "broadcast to a size"),
+    "unsqueeze": (lambda ops, a, dim: np.expand_dims(_obj(a), dim if dim >= 0 else dim + _obj(a).ndim + 1), "new dim of size 1"),
+    "squeeze": (_squeeze, "drop dims of size 1"),
+    "slice": (_slice, "a[start:end:step] along dim"),
+    "select": (_select, "a[index] along dim"),
+    "index": (_index, "advanced indexing by integer or boolean tensors"),
+    "cat": (_cat, "concatenate"),
+    "stack": (lambda ops, ts, dim=0: np.stack([_obj(t) for t in ts], axis=dim), "stack"),
+    "split": (_split, "split into chunks (with getitem)"),
+    "split_with_sizes": (_split, "split into sizes (with getitem)"),
+    "unbind": (lambda ops, a, dim=0: [_select(ops, a, dim, i) for i in range(_obj(a).shape[dim])], "unbind along dim"),
+    "clone": (_copy, "copy"),
+    "alias": (_identity, "alias"),
+    "detach": (_identity, "identity in the forward (torch's gradcheck also differentiates through it)"),
+    "lift_fresh_copy": (_copy, "copy"),
+    "contiguous": (_copy, "copy"),
+    "_to_copy": (_to_copy, "dtype/device copy (float dtypes; the truth is exact)"),
+}
+
+
+def _gelu(ops, a, approximate):
+    a = _obj(a)
+    if approximate == "tanh":
+        c = math.sqrt(2.0 / math.pi)
+        inner = _map(lambda x: c * (x + 0.044715 * x * x * x), a)
+        return _map(lambda x, t: 0.5 * x * (1.0 + t), a, _U("tanh")(ops, inner))
+    return _map(lambda x, e: 0.5 * x * (1.0 + e), a, _U("erf")(ops, _scale(a, 1 / math.sqrt(2.0))))
+
+
+def _elu(ops, a, alpha, scale, input_scale):
+    pos = _U("relu")(ops, a)
+    neg = _scale(_U("relu")(ops, _scale(a, -1)), -1)  # min(a, 0)
+    e = _U("exp")(ops, _scale(neg, input_scale))
+    return _map(lambda p, q: scale * (p + alpha * (q - 1.0)), pos, e)
+
+
+def _handler(target) -> tuple[Callable, str] | None:
+    name = getattr(target, "__name__", str(target))  # "add.Tensor"
+    if name in OPS:
+        return OPS[name]
+    packet = name.split(".")[0]
+    if packet.endswith("_") and not packet.startswith("_"):
+        return _inplace(packet[:-1], name)
+    return OPS.get(packet)
+
+
+def _write(dst, value) -> np.ndarray:
+    dst = _obj(dst)
+    dst[...] = np.broadcast_to(_obj(value), dst.shape)
+    return dst
+
+
+def _inplace(base: str, name: str) -> tuple[Callable, str] | None:
+    """An in-place op (``add_``, ``copy_``...): the out-of-place result written into the tensor.
+
+    Note [In-place ops]: views of object arrays share their elements like
+    torch's views share storage, so writing into a ``select`` or ``slice``
+    view updates its base as torch does. Graphs with in-place ops are
+    interpreted without constant folding (see ``_analyse``).
+    """
+    if base == "copy":
+        return (lambda ops, dst, src, non_blocking=False: _write(dst, src)), "copy into"
+    if base == "fill":
+        return (lambda ops, dst, value: _write(dst, value)), "fill"
+    if base == "zero":
+        return (lambda ops, dst: _write(dst, 0.0)), "zero"
+    overload = name.split(".", 1)[1] if "." in name else ""
+    found = OPS.get(f"{base}.{overload}") or OPS.get(base)
+    if found is None:
+        return None
+    fn = found[0]
+    return (lambda ops, dst, *args, **kwargs: _write(dst, fn(ops, dst, *args, **kwargs))), f"in place: {found[1]}"
+
+
+def op_table() -> list[tuple[str, str]]:
+    """The supported aten ops (name, meaning), sorted: the table of docs/torch.md."""
+    return sorted((name, meaning) for name, (_, meaning) in OPS.items())
+
+
+# ---------------------------------------------------------------- tracing
+
+
+@dataclass
+class Leaf:
+    """One checked tensor: a function input that requires grad, or a module parameter."""
+
+    label: str  # "x" (input 0), "0.weight"
+    kind: str  # "input" or "parameter"
+    position: int | str  # argument index, or the parameter's dotted name
+    shape: tuple[int, ...]
+    dtype: Any
+    var_names: list[str] = field(default_factory=list)
+
+    def element(self, k: int) -> str:
+        if not self.shape:
+            return self.label
+        return f"{self.label}[{', '.join(map(str, np.unravel_index(k, self.shape)))}]"
+
+
+@dataclass
+class Traced:
+    """An aten graph of the user's forward with what the interpreter needs."""
+
+    gm: Any  # torch.fx.GraphModule
+    leaves: list[Leaf]
+    live: set  # names of nodes that depend on a checked leaf
+    consts: dict  # node name -> value of a node that does not
+    out_shapes: list[tuple[int, ...]]  # the floating outputs, in order
+    key: str  # the graph's structure, shapes and constants (derivation cache key)
+
+    @property
+    def n_out(self) -> int:
+        return sum(math.prod(s) for s in self.out_shapes)
+
+    def output_element(self, k: int) -> str:
+        """'output 0 element (1, 2)' for flat output index ``k``."""
+        for j, s in enumerate(self.out_shapes):
+            size = math.prod(s)
+            if k < size:
+                where = f" element {tuple(int(i) for i in np.unravel_index(k, s))}" if s else ""
+                return f"output {j}{where}"
+            k -= size
+        return f"output element {k}"
+
+
+@dataclass
+class Unsupported:
+    """A forward with ops outside :data:`OPS`: no symbolic leg (see gradcheck_lab.torch_check)."""
+
+    ops: list[str]
+    leaves: list[Leaf]
+    out_shapes: list[tuple[int, ...]]
+    reason: str = ""
+
+    @property
+    def n_out(self) -> int:
+        return sum(math.prod(s) for s in self.out_shapes)
+
+    output_element = Traced.output_element
+
+
+def _identifier(text: str, taken: set[str]) -> str:
+    base = re.sub(r"\W", "_", text).strip("_") or "t"
+    if not base[0].isalpha():
+        base = "p" + base
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}{n}"
+    taken.add(name)
+    return name
+
+
+def _constant(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        arr = value.detach().cpu()
+        if arr.is_floating_point():
+            return arr.double().numpy().astype(object)
+        return arr.numpy()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_constant(v) for v in value)
+    return value
+
+
+def _fingerprint(t) -> str:
+    import torch
+
+    if isinstance(t, torch.Tensor):
+        data = t.detach().cpu().contiguous()
+        return f"T{tuple(t.shape)}{t.dtype}{t.requires_grad}:" + hashlib.sha1(data.numpy().tobytes()).hexdigest()[:16]
+    return repr(t)
+
+
+def _flat_outputs(out) -> list:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flat_outputs(o)]
+    return []
+
+
+_TRACES: OrderedDict = OrderedDict()
+_MODELS: OrderedDict = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key, value):
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = None) -> Traced | Unsupported:
+    """Trace ``call(*args)`` (args: the checked leaves' tensors first, in ``leaves`` order).
+
+    ``call`` takes the leaves' tensors as its arguments. With ``key`` (the
+    function, shapes, dtypes and constant values) the graph is cached.
+    """
+    if key is not None and key in _TRACES:
+        _TRACES.move_to_end(key)
+        return _TRACES[key]
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    real = [a.detach().clone() for a in args]
+    with torch.no_grad():
+        out = _flat_outputs(call(*real))
+    floating = [o for o in out if o.is_floating_point()]
+    out_shapes = [tuple(o.shape) for o in floating]
+    try:
+        gm = make_fx(call)(*real)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means no symbolic leg
+        return _remember(_TRACES, key, Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")) if key else \
+            Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")
+    result = _analyse(gm, real, leaves, out_shapes)
+    return _remember(_TRACES, key, result) if key is not None else result
+
+
+#: Ops whose result depends on their input's shape, not its values.
+_SHAPE_ONLY = {"ones_like", "zeros_like", "full_like", "empty_like", "new_zeros", "new_ones", "new_full",
+               "new_empty", "sym_size", "size"}
+
+
+def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
+    """Which nodes depend on a leaf, their constants, and which ops are unsupported."""
+    import torch
+
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    live: set = {n.name for n in placeholders}
+    # Note [In-place ops]: with a mutation in the graph, a "constant" may be written into later;
+    # then only nodes without inputs (factories) are folded, everything else is interpreted.
+    mutating = any(
+        n.op == "call_function" and getattr(n.target, "__name__", "").split(".")[0].endswith("_")
+        and not getattr(n.target, "__name__", "").startswith("_")
+        for n in gm.graph.nodes
+    )
+    env: dict = {n.name: r for n, r in zip(placeholders, real)}
+    consts: dict = {}
+    missing: list[str] = []
+
+    def val(a):
+        return torch.fx.node.map_arg(a, lambda n: env[n.name])
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or node.op == "output":
+            continue
+        if node.op == "get_attr":
+            env[node.name] = getattr(gm, node.target)
+            consts[node.name] = _constant(env[node.name])
+            continue
+        deps = {a.name for a in node.all_input_nodes}
+        if getattr(node.target, "__name__", "").split(".")[0] in _SHAPE_ONLY:
+            deps = set()  # its value depends on the input's shape only: a constant
+        with torch.no_grad():
+            env[node.name] = node.target(*val(node.args), **val(node.kwargs))
+        if deps & live or (mutating and deps):
+            live.add(node.name)
+            if node.target is not operator.getitem and _handler(node.target) is None:
+                missing.append(getattr(node.target, "__name__", str(node.target)))
+        else:
+            consts[node.name] = _constant(env[node.name])
+    if missing:
+        return Unsupported(sorted(set(missing)), leaves, out_shapes, "op outside the supported table")
+    key_consts = "".join(f"{k}={_fingerprint(env[k])}" for k in sorted(consts))
+    key = hashlib.sha1((gm.code + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
+    return Traced(gm, leaves, live, consts, out_shapes, key)
+
+
+# ---------------------------------------------------------------- interpretation
+
+
+def interpret(traced: Traced, ops, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run the graph on ``ops`` with the leaves as object arrays; the floating outputs."""
+    import torch
+
+    env: dict = {}
+    placeholders = iter(inputs)
+    result = None
+    for node in traced.gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node.name] = next(placeholders)
+        elif node.name in traced.consts:
+            c = traced.consts[node.name]
+            env[node.name] = c.copy() if isinstance(c, np.ndarray) else c  # Note [In-place ops]
+        elif node.op == "output":
+            result = torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])
+        elif node.target is operator.getitem:
+            seq, i = node.args
+            env[node.name] = env[seq.name][i]
+        else:
+            found = _handler(node.target)
+            assert found is not None, node.target  # _analyse refused the graph otherwise
+            fn = found[0]
+            args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("dtype", "layout", "device", "pin_memory",
+                                                                       "memory_format", "non_blocking")}
+            env[node.name] = fn(ops, *args, **kwargs)
+    outs = result if isinstance(result, (list, tuple)) else [result]
+    flat: list = []
+    for o in outs:
+        if isinstance(o, (list, tuple)):
+            flat.extend(o)
+        else:
+            flat.append(o)
+    return [_obj(o) for o in flat if isinstance(o, np.ndarray) and (o.dtype == object or o.dtype.kind == "f")]
+
+
+def _model_for(traced: Traced) -> Model:
+    """The derivation-carrying model of a graph, cached by its structure (not yet at a point)."""
+    if traced.key in _MODELS:
+        _MODELS.move_to_end(traced.key)
+        return _MODELS[traced.key]
+    params = [Var(n, init=0.0) for leaf in traced.leaves for n in leaf.var_names]
+    names = [lf.var_names for lf in traced.leaves]
+    shapes = [lf.shape for lf in traced.leaves]
+
+    def predict(ops, p, v):
+        inputs = []
+        for ns, shape in zip(names, shapes):
+            arr = np.empty(len(ns), dtype=object)
+            for k, n in enumerate(ns):
+                arr[k] = getattr(p, n)
+            inputs.append(arr.reshape(shape))
+        return [e for o in interpret(traced, ops, inputs) for e in o.ravel()]
+
+    def project(ops, outputs, cotangent):
+        # The loss of one point is the cotangent's projection of the outputs (a VJP's loss).
+        return _add_all(ops, [c * o for c, o in zip(cotangent, outputs)])
+
+    model = Model.from_function(
+        predict,
+        params=params,
+        inputs=(),
+        target=Var("cotangent", shape=(traced.n_out,), domain=(-1.0, 1.0), max_abs=1.0),
+        loss=project,
+        name="traced",
+        formula="cotangent . f(inputs)",
+        description="a torch forward traced to aten ops",
+    )
+    model.loss_name = "projection"
+    # verify() shows a few derivatives "simplified"; for a traced graph they are long sums in
+    # generated names, and simplifying them cost seconds (LayerNorm 3x4: 1.3 s). Show them as derived.
+    from .engines.symbolic import SIMPLIFY_MAX_OPS  # noqa: F401 - the cache below is symbolic.simplified's
+
+    model._cache["simplified"] = _RawDerivatives(model)
+    # symbolic.derivatives' cache: the same SymPy derivatives of sum_k c_k y_k, term by term
+    # (Note [Sparse derivatives]).
+    # (An engine that derives in reverse mode, O(size of the loss), does not read this cache.)
+    from .engines import symbolic
+
+    if not hasattr(symbolic, "_derivation"):
+        th, da = model.symbols()
+        model._cache["grads"] = sparse_gradient(list(zip(da, model.predict_expr())), th)
+    return _remember(_MODELS, traced.key, model)
+
+
+def sparse_gradient(terms: list[tuple[Any, Any]], symbols: list) -> list:
+    """``d/ds sum_k coef_k * expr_k`` for every symbol ``s``, differentiating each term only by its own symbols.
+
+    Note [Sparse derivatives]: ``sympy.diff`` of the whole sum visits every
+    term for every symbol (a 10x10 elementwise function: 10,000 term
+    derivatives, 5.7 s); most terms do not contain the symbol. The same
+    derivative, organised by each term's free symbols, costs one ``diff`` per
+    (term, symbol it contains): 100 there (0.1 s). ``coef`` must not contain
+    the symbols (a cotangent or direction component).
+    """
+    import sympy as sp
+
+    index = {s: i for i, s in enumerate(symbols)}
+    parts: list[list] = [[] for _ in symbols]
+    for coef, expr in terms:
+        expr = sp.sympify(expr)
+        for s in expr.free_symbols:
+            i = index.get(s)
+            if i is not None:
+                parts[i].append(coef * sp.diff(expr, s))
+    return [sp.Add(*p) for p in parts]
+
+
+class _RawDerivatives(dict):
+    """``symbolic.simplified``'s cache for a traced model: the derivative as derived, not simplified."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self._model = model
+
+    def __contains__(self, i) -> bool:
+        if not super().__contains__(i):
+            from .engines.symbolic import derivatives
+
+            self[i] = derivatives(self._model)[i]
+        return True
+
+
+#: Half-width of the random points around a value ``t``: ``SPREAD * |t|`` (``SPREAD`` at 0).
+SPREAD = 0.1
+
+
+def model_of(traced: Traced, values: list[np.ndarray], name: str = "traced") -> Model:
+    """The traced model at the leaves' ``values``: initial values and sampling domains around them.
+
+    The model's derivations (SymPy, compiled functions) are shared by every
+    call on the same graph (``_cache``); only the point changes. Random
+    points draw each component uniformly from ``t +- SPREAD * |t|`` (``+-
+    SPREAD`` where ``t = 0``): the sign is kept, so a ``log`` or ``sqrt``
+    stays in its domain.
+    """
+    from dataclasses import replace
+
+    base = _model_for(traced)
+    flat = np.concatenate([np.asarray(v, dtype=float).ravel() for v in values]) if values else np.zeros(0)
+    params = []
+    for var, t in zip(base.params, flat):
+        r = SPREAD * abs(t) if t != 0 else SPREAD
+        params.append(Var(var.name, init=float(t), domain=(float(t - r), float(t + r)), max_abs=max(2 * abs(t), 1.0)))
+    return replace(base, params=tuple(params), name=name)
+
+
+def name_leaves(leaves: list[Leaf]) -> None:
+    """Give every component of every leaf an identifier (a model's variable name): ``net.0.weight`` -> ``net_0_weight_1_2``."""
+    taken: set[str] = {"cotangent", "direction"}
+    for leaf in leaves:
+        stem = _identifier(leaf.label, set())
+        leaf.var_names = []
+        for k in range(max(math.prod(leaf.shape), 1)):
+            suffix = "_".join(map(str, np.unravel_index(k, leaf.shape))) if leaf.shape else ""
+            leaf.var_names.append(_identifier(f"{stem}_{suffix}" if suffix else stem, taken))
+
+
+def leaf_labels(traced: Traced | Unsupported) -> dict[str, str]:
+    """Var name -> element label (``x[0, 1]``)."""
+    out = {}
+    for leaf in traced.leaves:
+        for k, n in enumerate(leaf.var_names):
+            out[n] = leaf.element(k)
+    return out
+
+
+def is_float_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor) and x.is_floating_point()

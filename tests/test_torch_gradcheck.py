@@ -1,0 +1,297 @@
+"""gradcheck_lab.gradcheck / gradgradcheck: the drop-in for torch.autograd's, on real custom Functions."""
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradcheck_lab import GradientMismatch, UsageError, gradcheck, gradgradcheck
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs" / "examples"))
+import custom_functions as cf  # noqa: E402
+
+
+def _t(*shape, dtype=torch.float64, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(True)
+
+
+def _cases(dtype):
+    return {
+        "LinearFunction": (cf.LinearFunction.apply, (_t(4, 3, dtype=dtype), _t(2, 3, dtype=dtype, seed=1), _t(2, dtype=dtype, seed=2))),
+        "MulConstant": (cf.MulConstant.apply, (_t(2, 3, dtype=dtype), 2.5)),
+        "Exp": (cf.Exp.apply, (_t(2, 3, dtype=dtype),)),
+        "Swish": (cf.Swish.apply, (_t(2, 3, dtype=dtype),)),
+        "Softplus": (cf.Softplus.apply, (_t(2, 3, dtype=dtype),)),
+        "LayerNorm": (cf.LayerNorm.apply, (_t(2, 3, dtype=dtype),)),
+        "MatMul": (cf.MatMul.apply, (_t(3, 3, dtype=dtype), _t(3, 3, dtype=dtype, seed=1))),
+    }
+
+
+BUGS = {
+    "missing factor": (cf.BuggySwish.apply, lambda dt: (_t(2, 3, dtype=dt),)),
+    "transposed product": (cf.BuggyMatMul.apply, lambda dt: (_t(3, 3, dtype=dt), _t(3, 3, dtype=dt, seed=1))),
+    "dropped variance term": (cf.LayerNormNoVarianceTerm.apply, lambda dt: (_t(2, 3, dtype=dt),)),
+    "not the gradient": (cf.StraightThroughClamp.apply, lambda dt: (_t(2, 3, dtype=dt, scale=2.0),)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", list(_cases(torch.float64)))
+def test_correct_functions_pass(name, dtype):
+    func, inputs = _cases(dtype)[name]
+    assert gradcheck(func, inputs) is True
+
+
+@pytest.mark.parametrize("name", ["Exp", "Swish", "LayerNorm", "MatMul"])
+def test_torch_gradcheck_fails_the_same_correct_functions_in_float32(name):
+    func, inputs = _cases(torch.float32)[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.autograd.gradcheck(func, inputs, raise_exception=False) is False
+    assert gradcheck(func, inputs) is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("bug", list(BUGS))
+def test_buggy_backwards_are_caught(bug, dtype):
+    func, make = BUGS[bug]
+    assert gradcheck(func, make(dtype), raise_exception=False) is False
+    with pytest.raises(GradientMismatch) as info:
+        gradcheck(func, make(dtype))
+    assert isinstance(info.value, AssertionError)
+    assert "backward" in str(info.value) and "At fault" in str(info.value)
+
+
+def test_layernorm_ignoring_eps_is_caught_in_float64():
+    x = _t(2, 4)
+    with pytest.raises(GradientMismatch) as info:
+        cf_fn = cf.LayerNormIgnoresEps.apply
+        gradcheck(cf_fn, (x,))
+    assert "input0[" in str(info.value)
+    assert gradcheck(cf.LayerNorm.apply, (x,)) is True
+
+
+def test_message_names_input_element_output_element_values_and_engine():
+    a, b = _t(3, 3), _t(3, 3, seed=1)
+    with pytest.raises(GradientMismatch) as info:
+        gradcheck(lambda left, right: cf.BuggyMatMul.apply(left, right), (a, b))
+    text = str(info.value)
+    assert "left[" in text and "output 0 element (" in text
+    assert "the exact value is" in text and "finite differences" in text and "symbolic" in text
+    assert "At fault: backward (candidate)" in text
+    assert info.value.report is not None and "candidate" in info.value.report.at_fault
+
+
+@pytest.mark.parametrize("fn", [torch.relu, torch.abs], ids=["relu", "abs"])
+def test_kinks_pass_at_exact_zero(fn):
+    x = torch.tensor([[-1.0, 0.0, 2.0], [0.0, 0.5, -0.3]], dtype=torch.float64, requires_grad=True)
+    assert gradcheck(fn, (x,)) is True
+
+
+def test_relu_at_zero_fails_torch_gradcheck():
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(torch.relu, (x,), raise_exception=False) is False
+    assert gradcheck(torch.relu, (x,)) is True
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+
+
+def test_sequential_module_checked_with_its_parameters():
+    net = _mlp()
+    assert gradcheck(net, (_t(2, 3),)) is True
+
+
+class _Wrapped(torch.nn.Module):
+    def __init__(self, net, buggy=False):
+        super().__init__()
+        self.net, self.buggy = net, buggy
+
+    def forward(self, x):
+        h = self.net(x)
+        return cf.BuggySwish.apply(h) if self.buggy else cf.Swish.apply(h)
+
+
+def test_module_parameter_names_with_dots_and_a_bug_inside():
+    net = _mlp()
+    assert gradcheck(_Wrapped(net), (_t(2, 3, seed=3).detach(),)) is True
+    with pytest.raises(GradientMismatch) as info:
+        gradcheck(_Wrapped(net, buggy=True), (_t(2, 3, seed=3).detach(),))
+    assert "net.0.weight[" in str(info.value) or "net.2." in str(info.value)
+
+
+def test_gradgradcheck_catches_a_detached_factor():
+    x = _t(4)
+    assert gradgradcheck(cf.Square.apply, (x,)) is True
+    assert gradgradcheck(cf.DetachedSquare.apply, (x,), raise_exception=False) is False
+    with pytest.raises(GradientMismatch, match="double backward"):
+        gradgradcheck(cf.DetachedSquare.apply, (x,))
+    # right to first order
+    assert gradcheck(cf.DetachedSquare.apply, (x,)) is True
+
+
+def test_gradgradcheck_with_grad_outputs_and_float32():
+    x = _t(2, 2, dtype=torch.float32)
+    go = torch.ones(2, 2, dtype=torch.float32)
+    assert gradgradcheck(cf.Swish.apply, (x,), go) is True
+
+
+class _ExpWithJvp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_forward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):  # pragma: no cover - forward mode only
+        raise NotImplementedError
+
+    @staticmethod
+    def jvp(ctx, t):
+        (y,) = ctx.saved_tensors
+        return t * y * ctx.factor if hasattr(ctx, "factor") else t * y
+
+
+class _ExpWrongJvp(_ExpWithJvp):
+    @staticmethod
+    def jvp(ctx, t):
+        (y,) = ctx.saved_tensors
+        return t * y * 1.001
+
+
+def test_forward_mode_ad_against_the_symbolic_directional_derivative():
+    x = _t(3)
+    assert gradcheck(lambda t: t.sin() * t, (x,), check_forward_ad=True) is True
+    assert gradcheck(_ExpWithJvp.apply, (x,), check_forward_ad=True, check_backward_ad=False) is True
+    with pytest.raises(GradientMismatch, match="forward-mode AD"):
+        gradcheck(_ExpWrongJvp.apply, (x,), check_forward_ad=True, check_backward_ad=False)
+
+
+def test_tuple_outputs_and_non_tensor_arguments_pass_through():
+    a, b = _t(3), _t(3, seed=1)
+
+    def f(u, v, k, mode):
+        assert mode == "sum"
+        return u * v * k, (u - v).exp().sum()
+
+    assert gradcheck(f, (a, b, 3.0, "mode" if False else "sum")) is True
+
+
+def test_more_outputs_than_the_full_jacobian_limit_use_random_cotangents():
+    from gradcheck_lab.torch_check import MAX_JACOBIAN
+
+    x = _t(9, 9)
+    assert x.numel() > MAX_JACOBIAN
+    assert gradcheck(lambda t: t.tanh() * 2, (x,), points=2) is True
+    with pytest.raises(GradientMismatch, match="random cotangent"):
+        gradcheck(cf.BuggySwish.apply, (x,), points=0)
+
+
+def test_user_tolerances_replace_the_derived_ones():
+    x = _t(2, 3, dtype=torch.float32)
+
+    class Off(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t.exp()
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return g * t.exp() * (1 + 1e-3)
+
+    assert gradcheck(Off.apply, (x,), raise_exception=False) is False
+    assert gradcheck(Off.apply, (x,), atol=1e-2, rtol=1e-2) is True
+
+
+def test_ops_outside_the_table_fall_back_to_finite_differences():
+    class WrongCumsum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return torch.cumsum(t, 0)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    x = _t(4)
+    with pytest.warns(RuntimeWarning, match="symbolic and referee legs missing"):
+        assert gradcheck(lambda t: torch.cumsum(t, 0) ** 2, (x,)) is True
+    with pytest.raises(GradientMismatch, match="legs missing: cumsum"):
+        gradcheck(WrongCumsum.apply, (x,))
+
+
+def test_usage_errors():
+    with pytest.raises(UsageError, match="requires grad"):
+        gradcheck(torch.exp, (torch.ones(2, dtype=torch.float64),))
+    with pytest.raises(UsageError, match="float32 or float64"):
+        gradcheck(torch.exp, (torch.ones(2, dtype=torch.float16, requires_grad=True),))
+    with pytest.raises(UsageError, match="points"):
+        gradcheck(torch.exp, (_t(2),), points=-1)
+
+
+def test_random_points_are_seeded():
+    from gradcheck_lab.torch_check import _Target
+    from gradcheck_lab.torch_graph import model_of, trace
+
+    target = _Target(torch.sin, (_t(2, 2),))
+    traced = trace(target.call, target.values, target.leaves)
+    model = model_of(traced, [v.numpy() for v in target.values])
+    a, b, c = model.sample(3, seed=0), model.sample(3, seed=0), model.sample(3, seed=1)
+    assert (a.theta == b.theta).all() and not (a.theta == c.theta).all()
+    # around the inputs: within 10% of each value, same sign
+    base = model.init_theta()
+    assert (abs(a.theta - base) <= 0.1 * abs(base) + 1e-12).all()
+
+
+def test_signature_matches_torch():
+    import inspect
+
+    ours = inspect.signature(gradcheck).parameters
+    theirs = inspect.signature(torch.autograd.gradcheck).parameters
+    assert list(theirs) == [p for p in ours if p not in ("points", "seed")]
+    ours2 = inspect.signature(gradgradcheck).parameters
+    theirs2 = inspect.signature(torch.autograd.gradgradcheck).parameters
+    assert list(theirs2) == [p for p in ours2 if p not in ("points", "seed")]
+
+
+def test_eps_adds_torch_style_differences_to_the_message():
+    with pytest.raises(GradientMismatch, match=r"torch-style finite differences at eps=1e-06 give"):
+        gradcheck(cf.BuggySwish.apply, (_t(2, 3),), eps=1e-6)
+
+
+def test_nondeterministic_backward_is_caught():
+    class Noisy(torch.autograd.Function):
+        calls = 0
+
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            Noisy.calls += 1
+            return g * 2 + (4e-15 if Noisy.calls % 2 else 0.0)  # below the tolerance, not reproducible
+
+    with pytest.raises(GradientMismatch, match="not reentrant"):
+        gradcheck(Noisy.apply, (_t(3),), points=0)
+    assert gradcheck(Noisy.apply, (_t(3),), points=0, nondet_tol=1e-12)
+
+
+from hypothesis import given, settings  # noqa: E402
+
+from gradcheck_lab.strategies import tensors  # noqa: E402
+
+
+@settings(max_examples=6, derandomize=True, deadline=None)
+@given(tensors((2, 3), dtype="float32", max_magnitude=10.0))
+def test_property_swish_float32_and_relu_with_zeros(x):
+    assert gradcheck(cf.Swish.apply, (x,), points=2)
+    assert gradcheck(torch.relu, (x,), points=2)
