@@ -504,6 +504,11 @@ class _Printer:
         if isinstance(e, (sp.And, sp.Or, sp.Not)):
             op = {sp.And: "_and", sp.Or: "_or", sp.Not: "_not"}[type(e)]
             return f"{op}(" + ", ".join(self(a) for a in e.args) + ")"
+        if e is sp.true or e is sp.false:
+            return "True" if e is sp.true else "False"
+        if isinstance(e, sp.ITE):  # if c then a else b, as (c and a) or (not c and b)
+            c, a, b = (self(x) for x in e.args)
+            return f"_or(_and({c}, {a}), _and(_not({c}), {b}))"
         if e.is_Function:
             name = type(e).__name__
             if name in FUNCTIONS:
