@@ -98,7 +98,7 @@ REASONS = {
     "unresolved": "the referee could not certify the exact value within its budget",
     "budget": "the referee's budget for this run was spent (disagreement not proven)",
     "range": "the point lies outside float32's range (an input overflows to inf there)",
-    "range32": "the exact gradient lies beyond float32's range, which a float32 engine cannot hold",
+    "range32": "the exact gradient (or the model's own float32 computation of it) lies beyond float32's range",
     "kink_rounding": "rounding the inputs to float32 moves them onto or across a relu/abs kink",
 }
 
@@ -284,12 +284,18 @@ def compare(
     for name, res in results.items():
         disagree |= ~np.isfinite(res.values) & judged[name] & ~kink
 
-    # Kinks: judge each engine against the subgradient interval.
+    # Kinks: judge each engine against the subgradient interval. Finite differences
+    # flag kinks by a heuristic (Note [Kinks]): a value outside the interval is only a
+    # mismatch once the referee confirms the kink; where it proves the loss
+    # differentiable there, the component is judged against the exact value instead.
+    kink_bad = {name: np.zeros((n, p), dtype=bool) for name in results}
     if kink.any():
         for name, res in results.items():
             inside = _within(res.values, fd.lower, fd.upper, tol[name] if name != "finite_differences" else 0.0)
-            bad = kink & ~inside & judged[name]
-            state[name][bad] = MISMATCH
+            kink_bad[name] = kink & ~inside & judged[name]
+    kink_rows = np.zeros(n, dtype=bool)
+    for bad in kink_bad.values():
+        kink_rows |= bad.any(axis=1)
 
     # ---------------------------------------------------------------- proof
     exact = np.full((n, p), np.nan)
@@ -317,6 +323,8 @@ def compare(
                 mark[:] = False
                 mark[rows] = (st == codes[code]) & j & ~kink[rows]
                 not_judged(name, mark, reason)
+        # A kink finite differences flagged where the referee certifies a derivative: no kink.
+        kink[rows] &= ~(st == codes["CERTIFIED"])
         # A kink the referee proves (an argument exactly 0) that finite differences did not flag.
         ref_kink = st == codes["KINK"]
         if ref_kink.any():
@@ -330,7 +338,10 @@ def compare(
                 budget.proven.add(name)
 
     forced = referee_rows if referee_rows is not None else np.zeros(n, dtype=bool)
+    forced = forced | kink_rows
     prove(np.flatnonzero(forced), budget.deadline + 60.0)
+    for name in results:  # outside the subgradient interval of a kink the referee did not disprove
+        state[name][kink_bad[name] & kink & (state[name] == AGREE)] = MISMATCH
     optional = np.flatnonzero(disagree.any(axis=1) & ~forced)
     # The first few disagreements are proven; after that, a disagreement that only an engine
     # already proven at fault in this run explains (the others agree among themselves) is
@@ -359,7 +370,11 @@ def compare(
                 with np.errstate(invalid="ignore"):
                     lonely &= ~(np.abs(res.values - results[o].values) <= tol[name] + tol[o]) | ~judged[o]
             if name in budget.proven:
-                state[name][rows_u & lonely] = MISMATCH
+                blame = rows_u & lonely
+                if name in PROJECT_ENGINES and not strict:  # overflow of our own engines: unstable
+                    state[name][blame & ~np.isfinite(res.values)] = UNSTABLE
+                    blame &= np.isfinite(res.values)
+                state[name][blame] = MISMATCH
                 not_judged(name, rows_u & ~lonely, "budget")
             else:
                 not_judged(name, rows_u, "budget")
@@ -476,6 +491,16 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
         st = state[name][rows]  # a copy (fancy indexing): written back below
         if nonfinite.any():
             project = name in PROJECT_ENGINES
+            if not project and results["autograd"].dtype != "float64":
+                # Where float32 autograd of the model itself overflows too, the point is beyond
+                # what float32 arithmetic computes: a float32 candidate's overflow is not judged.
+                beyond = nonfinite & f32 & ~np.isfinite(results["autograd"].values[rows])
+                if beyond.any():
+                    mark = np.zeros(state[name].shape, dtype=bool)
+                    mark[rows] = beyond
+                    not_judged(name, mark, "range32")
+                    st = state[name][rows]
+                    nonfinite = nonfinite & ~beyond
             st[nonfinite] = MISMATCH if (strict or not project) else UNSTABLE
         if finite_off.any() and name == "finite_differences" and not fd_replaced:
             # Finite differences off the exact value beyond their error bar: truncation they
