@@ -113,7 +113,7 @@ def verify(
     (``CHUNK_BYTES``) and reduced into running summaries as they go, so
     memory does not grow with ``random``.
     order : 1 or 2
-        2 checks the Hessian instead (:func:`gradcheck_lab.hessian.verify_hessian`).
+        2 checks the Hessian instead (:func:`_verify_hessian`, Note in hessian.py).
 
     Examples
     --------
@@ -127,9 +127,7 @@ def verify(
     from .report import Accumulator
 
     if order == 2:
-        from .hessian import verify_hessian
-
-        return verify_hessian(
+        return _verify_hessian(
             model, points=points, params=params, random=random, seed=seed, dtype=dtype, device=device,
             candidate=candidate, engines=engines, progress=progress, strict=strict,
             referee_points=referee_points, referee_seconds=referee_seconds, **options,
@@ -172,6 +170,39 @@ def verify(
         seconds=time.perf_counter() - started,
         strict=strict,
     )
+
+
+def _verify_hessian(
+    model: Model | str,
+    *,
+    points: Sequence[Mapping[str, Any]] | None = None,
+    candidate: Any = None,
+    **kwargs: Any,
+):
+    """``verify(model, order=2)``: every engine's Hessian, judged like gradients; a Report.
+
+    At each explicit point (default: the model's dataset) the whole Hessian is
+    checked (one derived point per parameter direction, the referee on every
+    one); each random point checks ``H u`` for a random direction ``u``.
+
+    >>> from gradcheck_lab import verify
+    >>> report = verify("quadratic", order=2, points=[{"x": 2, "y": 4}], random=5)
+    >>> report.ok, [c.exact for c in report.data_points[0].checks]
+    (True, [32.0, 16.0, 8.0])
+    """
+    from .hessian import hessian_points, hvp_model
+
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in ("H", "activation", "d", "K")}
+    base = resolve_model(model, **options)
+    if candidate is not None:
+        raise UsageError(
+            "Expected no candidate with order=2: candidates are checked to first order; "
+            "check a double backward with gradcheck_lab.gradgradcheck."
+        )
+    derived = hvp_model(base)
+    direction = derived.inputs[-1].name
+    pts = list(base.dataset) if points is None else list(points)
+    return verify(derived, points=hessian_points(base, pts, direction), **kwargs)
 
 
 def chunk_size(model: Model) -> int:

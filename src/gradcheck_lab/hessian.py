@@ -34,7 +34,7 @@ import numpy as np
 from .errors import UsageError
 from .model import Model, Var
 
-__all__ = ["hvp_model", "verify_hessian", "DIRECTION"]
+__all__ = ["hvp_model", "hessian_points", "DIRECTION"]
 
 #: Name of the direction input ``u`` of the derived model.
 DIRECTION = "direction"
@@ -122,36 +122,3 @@ def hessian_points(base: Model, points: Sequence[Mapping[str, Any]], direction: 
         for j in range(base.n_params):
             out.append({**pt, direction: _one_hot(base.n_params, j)})
     return out
-
-
-def verify_hessian(
-    model: Model | str,
-    *,
-    points: Sequence[Mapping[str, Any]] | None = None,
-    candidate: Any = None,
-    **kwargs: Any,
-):
-    """``verify(model, order=2)``: every engine's Hessian, judged like gradients; a Report.
-
-    At each explicit point (default: the model's dataset) the whole Hessian is
-    checked (one derived point per parameter direction, the referee on every
-    one); each random point checks ``H u`` for a random direction ``u``.
-
-    >>> from gradcheck_lab import verify
-    >>> report = verify("quadratic", order=2, points=[{"x": 2, "y": 4}], random=5)
-    >>> report.ok, [c.exact for c in report.data_points[0].checks]
-    (True, [32.0, 16.0, 8.0])
-    """
-    from .api import resolve_model, verify
-
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k in ("H", "activation", "d", "K")}
-    base = resolve_model(model, **options)
-    if candidate is not None:
-        raise UsageError(
-            "Expected no candidate with order=2: candidates are checked to first order; "
-            "check a double backward with gradcheck_lab.gradgradcheck."
-        )
-    derived = hvp_model(base)
-    direction = derived.inputs[-1].name
-    pts = list(base.dataset) if points is None else list(points)
-    return verify(derived, points=hessian_points(base, pts, direction), **kwargs)
