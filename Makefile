@@ -50,7 +50,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
