@@ -87,3 +87,17 @@ def test_library_guide_plugin_examples(pytester):
         if line.startswith(("GradientMismatch:", "test_broken.py::", "┃param", "data point 0:", "model quadratic")):
             assert line in out, line
     assert "Traceback" not in out and "gradcheck_lab/api.py" not in out
+
+
+def test_plugin_under_xdist(pytester):
+    """``pytest -n 2``: the fixture and options work in xdist workers (issue 8)."""
+    import pytest
+
+    pytest.importorskip("xdist")
+    files, _ = _guide_blocks()
+    for name, source in files.items():
+        pytester.makepyfile(**{name[:-3]: source})
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--gradcheck-points", "25",
+                                           *files)
+    result.assert_outcomes(passed=3, failed=1)
+    assert "GradientMismatch" in result.stdout.str()
