@@ -1,3 +1,10 @@
+# The CUDA device check (run on a machine with a GPU, from the repository root):
+#   bash scripts/gpu_check.sh        ($OUT: a folder for the JSON it writes)
+# Needs the project's dependencies (torch with CUDA, sympy, mpmath, python-flint,
+# numpy, rich, hypothesis) importable with PYTHONPATH=src. The two mlp H=64 runs
+# compare --device cuda with --device cpu on the same points: symbolic and finite
+# differences stay batched on the CPU, autograd runs on the GPU, so the cuda
+# run must not be slower (each prints its seconds).
 set -x
 nvidia-smi -L
 export PYTHONPATH=src
