@@ -556,10 +556,13 @@ class Model:
                 return np.eye(var.shape[0])[rng.integers(0, var.shape[0], size=n)]
             lo, hi = var.domain
             flat = rng.uniform(lo, hi, size=(n, var.size))
-            top = math.log10(max(var.max_abs, 1e-3))
-            mags = 10.0 ** rng.uniform(-3.0, top, size=(n, var.size))
-            signs = np.where(rng.random((n, var.size)) < 0.5, -1.0, 1.0)
-            return np.where(spread[:, None], signs * mags, flat)
+            k = int(spread.sum())
+            if k:
+                top = math.log10(max(var.max_abs, 1e-3))
+                mags = 10.0 ** rng.uniform(-3.0, top, size=(k, var.size))
+                signs = np.where(rng.random((k, var.size)) < 0.5, -1.0, 1.0)
+                flat[spread] = signs * mags
+            return flat
 
         theta = np.concatenate([draw(v) for v in self.params], axis=1)
         data = np.concatenate([draw(v) for v in self.data_vars], axis=1)

@@ -236,13 +236,18 @@ def _fault_line(cmp, engine: str, n: int, i: int, source: str, index: int) -> st
             f"({value:.10g} vs {ref:.10g}){agree}{bound}")
 
 
+def _bins(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Bin index of log10(values) for uniform ``edges``; out-of-range values go to the end bins."""
+    lo, step = edges[0], edges[1] - edges[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        idx = np.floor((np.log10(np.maximum(values, 1e-300)) - lo) / step)
+    return np.clip(np.nan_to_num(idx, nan=0.0), 0, len(edges) - 2).astype(np.int64)
+
+
 def _hist(values: np.ndarray, edges: list[float]) -> np.ndarray:
     """Counts of log10(values) in bins of ``edges``, out-of-range values clamped to the end bins."""
     v = values[np.isfinite(values)]
-    with np.errstate(divide="ignore"):
-        lg = np.log10(np.maximum(v, 1e-300))
-    idx = np.clip(np.searchsorted(edges, lg, side="right") - 1, 0, len(edges) - 2)
-    return np.bincount(idx, minlength=len(edges) - 1)
+    return np.bincount(_bins(v, edges), minlength=len(edges) - 1)
 
 
 class Accumulator:
@@ -343,18 +348,14 @@ class Accumulator:
             with np.errstate(all="ignore"):
                 ratio = np.abs(cmp.results[e].values - ref) / np.maximum(cmp.tol[e], tiny)
             keep = judged_any & np.isfinite(ratio) & np.isfinite(cmp.tol[e])
-            h = _hist(ratio[keep], RATIO_EDGES)
+            # error against magnitude: 2-D counts [magnitude bin][ratio bin]
+            ri = _bins(ratio[keep], RATIO_EDGES)
+            h = np.bincount(ri, minlength=len(RATIO_EDGES) - 1)
             self.hist_engines[e] = self.hist_engines.get(e, 0) + h
             # error against magnitude: 2-D counts [magnitude bin][ratio bin]
-            r = ratio[keep]
-            m = np.abs(ref[keep])
-            with np.errstate(divide="ignore"):
-                mi = np.clip(np.searchsorted(MAGNITUDE_EDGES, np.log10(np.maximum(m, 1e-300)), side="right") - 1,
-                             0, len(MAGNITUDE_EDGES) - 2)
-                ri = np.clip(np.searchsorted(RATIO_EDGES, np.log10(np.maximum(r, 1e-300)), side="right") - 1,
-                             0, len(RATIO_EDGES) - 2)
-            grid = np.zeros((len(MAGNITUDE_EDGES) - 1, len(RATIO_EDGES) - 1), dtype=np.int64)
-            np.add.at(grid, (mi, ri), 1)
+            mi = _bins(np.abs(ref[keep]), MAGNITUDE_EDGES)
+            nr = len(RATIO_EDGES) - 1
+            grid = np.bincount(mi * nr + ri, minlength=(len(MAGNITUDE_EDGES) - 1) * nr).reshape(-1, nr)
             self.hist_mag[e] = self.hist_mag.get(e, 0) + grid
         for k, a in enumerate(self.engines):
             for b in self.engines[k + 1 :]:
