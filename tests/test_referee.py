@@ -123,9 +123,32 @@ def test_kink_at_relu_exactly_zero():
     # At x = 0 the relu's argument is b1 alone; at b1 = 0 the slope in W1 is 0 on both sides:
     # the derivative exists (0), only the one in b1 is a kink.
     params0 = {**params, "b1": [0.0, 0.5]}
-    ex0 = certify(m, m.batch([{"x": 0.0, "y": 0.5}], params=params0))
+    ex0 = certify(m, m.batch([{"x": 0.0, "y": 0.0}], params=params0))
     assert ex0.status[0, labels.index("W1[0]")] == CERTIFIED and ex0.value[0, labels.index("W1[0]")] == 0.0
     assert ex0.status[0, labels.index("b1[0]")] == KINK
+    # With y = 0.5 the residual is 0 there too: the loss is relu(b1[0])**2 / 2 near the point,
+    # differentiable with derivative 0 (Note [Ties]: both sides give 0 exactly).
+    ex1 = certify(m, m.batch([{"x": 0.0, "y": 0.5}], params=params0))
+    assert (ex1.status[0] == CERTIFIED).all() and ex1.value[0, labels.index("b1[0]")] == 0.0
+
+
+def test_tie_on_a_continuous_derivative_certifies():
+    # A huber bend: each Piecewise of the derivative program jumps there (an indicator), only
+    # their sum is continuous; evaluating every side of the tied surfaces proves it (Note [Ties]).
+    m = Model.from_expr("huber(w*x - b) + huber(w, 0.5)", params="w,b", loss=None)
+    ex = certify(m, m.batch([{"x": 1.0, "y": 0.0}], params={"w": 0.5, "b": -0.5}))
+    assert ex.status[0].tolist() == [CERTIFIED, CERTIFIED]
+    assert ex.value[0].tolist() == [1.0 * 1.0 + 0.5, -1.0]  # huber'(1) * x + huber'_0.5(0.5), -huber'(1)
+    # The same bend with abs: the two sides differ (-1 and 1), a kink in both components.
+    k = Model.from_expr("abs(w*x - b) + huber(w, 0.5)", params="w,b", loss=None)
+    exk = certify(k, k.batch([{"x": 1.0, "y": 0.0}], params={"w": 0.5, "b": 0.5}))
+    assert exk.status[0].tolist() == [KINK, KINK]
+    # A tie the sides cannot settle exactly (a product with exp) stays conservative: never certified wrong.
+    e = Model.from_expr("huber(w*x - b) * exp(w)", params="w,b", loss=None)
+    exe = certify(e, e.batch([{"x": 1.0, "y": 0.0}], params={"w": 0.5, "b": -0.5}), max_bits=512)
+    truth = [math.exp(0.5) * (1.0 + 0.5), -math.exp(0.5)]  # huber(1) = 1/2, huber'(1) = 1
+    for i in range(2):
+        assert exe.status[0, i] != CERTIFIED or abs(exe.value[0, i] - truth[i]) <= 1e-15 * abs(truth[i])
 
 
 def test_kink_abs_at_zero_and_not_beside_it():

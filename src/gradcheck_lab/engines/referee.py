@@ -216,18 +216,21 @@ def _above(name, bound, closed):
     return f
 
 
-def _sign(x):
+def _sign(x, *_, _side=None):
     if x.__class__ is _Bad:
         return x
     if x > 0:
         return _ONE()
     if x < 0:
         return -_ONE()
-    return _KINKED if x.is_exact() and x.is_zero() else _COND
+    if not (x.is_exact() and x.is_zero()):
+        return _COND
+    side = _tie_side(_side)  # exactly 0: the side being explored (Note [Ties])
+    return _KINKED if side is None else _arb()(side)
 
 
-def _heaviside(x, *_):
-    s = _sign(x)
+def _heaviside(x, *_, _side=None):
+    s = _sign(x, _side=_side)
     return s if s.__class__ is _Bad else (s + 1) / 2
 
 
@@ -330,8 +333,29 @@ def _sum(terms):
     return out
 
 
-def _cmp(a, b, lower_is_true):
-    """Three-valued ``a < b`` (``lower_is_true``) or ``a > b``; exact equality is a tie."""
+# Note [Ties]: the side of each tied surface being explored, and the ties met unassigned.
+_SIDES: dict = {}
+_PENDING: set = set()
+#: Most tied surfaces explored at one point (2**k sides, Note [Ties]); beyond, the local rule.
+MAX_TIES = 6
+
+
+def _tie_side(side):
+    """+1 or -1: the sign of ``lhs - rhs`` on the side explored, or None (recorded as pending)."""
+    if side is None:
+        return None
+    key, orient = side
+    if key in _SIDES:
+        return orient * _SIDES[key]
+    _PENDING.add(key)
+    return None
+
+
+def _cmp(a, b, lower_is_true, side=None):
+    """Three-valued ``a < b`` (``lower_is_true``) or ``a > b``; exact equality is a tie.
+
+    ``side`` (surface key, orientation) resolves a tie on the side being explored (Note [Ties]).
+    """
     if a.__class__ is _Bad:
         return a
     if b.__class__ is _Bad:
@@ -341,15 +365,20 @@ def _cmp(a, b, lower_is_true):
         return lower_is_true
     if d > 0:
         return not lower_is_true
-    return _TIE if d.is_exact() and d.is_zero() else _COND
+    if not (d.is_exact() and d.is_zero()):
+        return _COND
+    sgn = _tie_side(side)
+    if sgn is None:
+        return _TIE
+    return (sgn < 0) if lower_is_true else (sgn > 0)
 
 
-def _lt(a, b):
-    return _cmp(a, b, True)
+def _lt(a, b, side=None):
+    return _cmp(a, b, True, side)
 
 
-def _gt(a, b):
-    return _cmp(a, b, False)
+def _gt(a, b, side=None):
+    return _cmp(a, b, False, side)
 
 
 def _eq(a, b):
@@ -448,6 +477,22 @@ class _Printer:
         self.consts: list = []  # sympy numbers, built per precision
         self._const_index: dict = {}
         self.funcs: set[str] = set()
+        self.surfaces: dict = {}  # canonical ``lhs - rhs`` -> key (Note [Ties])
+        self.inline: dict = {}  # CSE symbol -> its expression over the inputs, for the keys
+
+    def side(self, d) -> str:
+        """``(key, orientation)`` of the surface ``d = 0``: ``d`` is ``orientation`` times its canonical form.
+
+        The CSE symbols are replaced by their expressions over the inputs, so that
+        one surface written twice (``c0 < 0`` and ``b + w*x < 0``) is one key.
+        """
+        d = d.xreplace(self.inline)
+        orient = 1
+        if d.could_extract_minus_sign():
+            d, orient = -d, -1
+        _, d = d.as_content_primitive()  # 2*z - 2 and z - 1 are one surface
+        key = self.surfaces.setdefault(d, len(self.surfaces))
+        return f"({key}, {orient})"
 
     def const(self, num) -> str:
         key = (type(num).__name__, num)
@@ -500,12 +545,18 @@ class _Printer:
         if isinstance(e, sp.core.relational.Relational):
             a, b = self(e.lhs), self(e.rhs)
             op = {"<": "_lt", "<=": "_lt", ">": "_gt", ">=": "_gt", "==": "_eq", "!=": "_ne"}.get(e.rel_op)
+            if op in ("_lt", "_gt"):
+                return f"{op}({a}, {b}, {self.side(e.lhs - e.rhs)})"
             return f"{op}({a}, {b})" if op else "_UNSUP"
         if isinstance(e, (sp.And, sp.Or, sp.Not)):
             op = {sp.And: "_and", sp.Or: "_or", sp.Not: "_not"}[type(e)]
             return f"{op}(" + ", ".join(self(a) for a in e.args) + ")"
         if e.is_Function:
             name = type(e).__name__
+            if name in ("sign", "Heaviside"):
+                self.funcs.add(name)
+                args = ", ".join(self(a) for a in e.args)
+                return f"_F_{name}({args}, _side={self.side(e.args[0])})"
             if name in FUNCTIONS:
                 self.funcs.add(name)
                 return f"_F_{name}(" + ", ".join(self(a) for a in e.args) + ")"
@@ -547,6 +598,7 @@ class _Compiled:
         lines = [f"def _program({', '.join(names[s] for s in [*th, *da])}, _K):"]
         for sym, expr in assignments:
             lines.append(f"    {names[sym]} = {pr(expr)}")
+            pr.inline[sym] = expr.xreplace(pr.inline)
         lines.append("    return (" + "".join(f"{pr(o)}, " for o in outputs) + ")")
         self.source = "\n".join(lines).replace("_K1", "_K[0]")
         namespace = dict(_RUNTIME)
@@ -564,7 +616,58 @@ class _Compiled:
         arb = _arb()
         if prec not in self._by_prec:
             self._by_prec[prec] = _build_consts(self.consts, arb)
-        return self.fn(*args, self._by_prec[prec])
+        consts = self._by_prec[prec]
+        try:
+            outs = self._run(args, consts, {})
+            kinked = [i for i, o in enumerate(outs) if o.__class__ is _Bad and o.kind == _KINK]
+            if not kinked or not _PENDING:
+                return outs
+            # Note [Ties]: a tie the local rule called a kink; evaluate every side of the tied surfaces.
+            leaves = self._explore(args, consts, {})
+            if leaves is None:
+                return outs  # too many tied surfaces: the local rule's (conservative) answer
+            outs = list(outs)
+            for i in kinked:
+                outs[i] = _agree([leaf[i] for leaf in leaves])
+            return tuple(outs)
+        finally:
+            _SIDES.clear()
+            _PENDING.clear()
+
+    def _run(self, args, consts, sides):
+        _SIDES.clear()
+        _SIDES.update(sides)
+        _PENDING.clear()
+        return self.fn(*args, consts)
+
+    def _explore(self, args, consts, sides):
+        """The outputs on every side of the tied surfaces met (a list), or None past :data:`MAX_TIES`."""
+        outs = self._run(args, consts, sides)
+        if not _PENDING:
+            return [outs]
+        if len(sides) >= MAX_TIES:
+            return None
+        key = min(_PENDING)
+        leaves = []
+        for side in (-1, 1):
+            sub = self._explore(args, consts, {**sides, key: side})
+            if sub is None:
+                return None
+            leaves += sub
+        return leaves
+
+
+def _agree(vals):
+    """One component on every side of a tie (Note [Ties]): the value if proven the same, else why not."""
+    bad = [v for v in vals if v.__class__ is _Bad]
+    if bad:
+        return max(bad, key=lambda b: b.kind)
+    first = vals[0]
+    if all(v.is_exact() for v in vals) and all((v == first) is True for v in vals[1:]):
+        return first
+    if any(not a.overlaps(b) for k, a in enumerate(vals) for b in vals[k + 1 :]):
+        return _KINKED  # two sides provably differ
+    return _COND  # they may agree: more precision may separate them, else UNRESOLVED
 
 
 def _compiled(model: Model) -> _Compiled:
