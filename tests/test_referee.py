@@ -112,6 +112,27 @@ def test_enclosure_contains_300_digit_value(key):
     check()
 
 
+def test_value_is_the_nearest_float_beside_a_rounding_boundary():
+    # Found by test_enclosure_contains_300_digit_value (an example Hypothesis drew only when other
+    # test modules were loaded: it mixes in literal constants from the loaded sources). d/db1[1] is
+    # 2*W2*(W2 + b2 - y): 7.0625*|W2| is exactly halfway between two float64s, 2*W2**2 (1e-303)
+    # decides the rounding. The 128-bit ball is narrow (2**-60) but straddles the boundary, and its
+    # midpoint rounded to even, one ulp off (Note [Correct rounding]).
+    m = MODELS["mlp{'H': 3, 'activation': 'relu'}"]
+    w2 = -9.410685982082832e-152
+    point = {"x": 0.0, "y": 4.0, "params": {"W1": [0.0] * 3, "b1": [0.0, 1.0, 0.0], "W2": [0.0, w2, 0.0], "b2": 0.46875}}
+    batch = _batch(m, point)
+    ex = certify(m, batch)
+    i = m.param_labels.index("b1[1]")
+    with mpmath.workdps(400):
+        truth = 2 * mpmath.mpf(w2) * (mpmath.mpf(w2) + mpmath.mpf(0.46875) - 4)
+        halfway = 7.0625 * mpmath.mpf(-w2)
+        assert mpmath.mpf(float(halfway)) != halfway  # indeed not a float64: a rounding boundary
+    assert ex.status[0, i] == CERTIFIED and ex.value[0, i] == float(truth)
+    assert ex.bits[0] > referee.START_BITS
+    assert_encloses(ex, truth, 0, i)
+
+
 def test_kink_at_relu_exactly_zero():
     m = get_model("mlp", H=2, activation="relu")
     params = {"W1": [1.0, 2.0], "b1": [-1.0, 0.5], "W2": [1.0, 1.0], "b2": 0.0}

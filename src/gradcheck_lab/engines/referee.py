@@ -764,10 +764,17 @@ def _judge(outs, need_row, rel, last):
         ghi = np.where(fine, np.nextafter(m, np.inf), ghi)
         finite = np.isfinite(m) & np.isfinite(r)
         narrow = finite & (2 * r * (1 + _SLACK) <= np.maximum(need, rel * np.abs(m)))
-    st = np.where(narrow, CERTIFIED, -1).astype(np.int8)
-    val = np.where(narrow, m, np.nan)
-    # The few that need exact work: exact results, values beyond float64, wide balls.
-    for k in np.flatnonzero((r == 0.0) | ~finite | ~narrow):
+        # Note [Correct rounding]: narrow by ``rel`` alone is not enough for ``value`` to be the float64
+        # nearest the exact value; the ball must also lie inside the rounding interval of ``m``.
+        # ``m`` + ``tail`` is the midpoint (a double-double: the subtraction is exact in Arb).
+        tail = np.array([float(b.mid() - arb(mk)) if math.isfinite(mk) else 0.0 for b, mk in zip(balls, m)])
+        half = np.minimum(np.spacing(np.abs(m)), np.spacing(np.nextafter(np.abs(m), 0))) / 2
+        rounds = (np.abs(tail) + r) * (1 + _SLACK) + 2 * _TINY < half
+        ok = finite & ((2 * r * (1 + _SLACK) <= need) | (narrow & rounds))
+    st = np.where(ok, CERTIFIED, -1).astype(np.int8)
+    val = np.where(ok, m, np.nan)
+    # The few that need exact work: exact results, values beyond float64, wide balls, rounding boundaries.
+    for k in np.flatnonzero((r == 0.0) | ~finite | ~ok):
         b = balls[k]
         if not finite[k]:  # bounds and narrowness from the exact ball
             glo[k], ghi[k] = _down(b.lower()), _up(b.upper())
@@ -780,6 +787,8 @@ def _judge(outs, need_row, rel, last):
             same = _same_float(b)
             if same is not None:
                 st[k], val[k] = CERTIFIED, same
+            elif last and narrow[k]:  # still across a rounding boundary at the last precision
+                st[k], val[k] = CERTIFIED, m[k]  # within ``rel``, not proven the nearest (Note [Correct rounding])
             elif last:
                 st[k] = UNRESOLVED
     st = np.where((st == CERTIFIED) & np.isinf(val), BEYOND, st).astype(np.int8)
