@@ -766,8 +766,9 @@ def _judge(outs, need_row, rel, last):
         narrow = finite & (2 * r * (1 + _SLACK) <= np.maximum(need, rel * np.abs(m)))
         # Note [Correct rounding]: narrow by ``rel`` alone is not enough for ``value`` to be the float64
         # nearest the exact value; the ball must also lie inside the rounding interval of ``m``.
-        # ``m`` + ``tail`` is the midpoint (a double-double: the subtraction is exact in Arb).
-        tail = np.array([float(b.mid() - arb(mk)) if math.isfinite(mk) else 0.0 for b, mk in zip(balls, m)])
+        # ``m`` + ``tail`` is the midpoint (a double-double; ``float`` of a ball is its midpoint's
+        # nearest float, and ``b - mk`` errs by 2**-prec of the tail: far inside the slack).
+        tail = np.array([float(b - mk) if math.isfinite(mk) else 0.0 for b, mk in zip(balls, m.tolist())])
         half = np.minimum(np.spacing(np.abs(m)), np.spacing(np.nextafter(np.abs(m), 0))) / 2
         rounds = (np.abs(tail) + r) * (1 + _SLACK) + 2 * _TINY < half
         ok = finite & ((2 * r * (1 + _SLACK) <= need) | (narrow & rounds))
