@@ -12,8 +12,8 @@ pages are built with the library, as the CLI builds them:
   component of a few points, so the failing-point tables and the histograms'
   tail show.
 
-If the Report has no streaming summaries (``counts``, ``histograms``) yet,
-the script computes the same summaries from one ``compare()`` of the same
+The Report carries the streaming summaries (``counts``, ``histograms``); should one
+lack them (an older report), the script computes them from one ``compare()`` of the same
 random points (:func:`summaries`) so the screenshot shows those sections.
 """
 

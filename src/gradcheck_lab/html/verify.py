@@ -28,10 +28,10 @@ __all__ = ["verify_page", "VERDICT_CLASSES"]
 
 #: The verdict classes of ``report.counts``, in display order, with what each means.
 VERDICT_CLASSES = {
-    "agree": "every engine within its tolerance of the reference",
-    "mismatch": "an engine outside its tolerance: at fault",
-    "unstable": "the finite-difference estimate itself did not settle",
-    "not_judged": "no reference could judge it (see notes)",
+    "agree": "every engine within its tolerance, or within what its own rounding explains",
+    "mismatch": "an engine off the certified exact value beyond its own rounding: at fault",
+    "unstable": "explained by an engine's own rounding, but it lost most of its digits (not a failure)",
+    "not_judged": "undefined, beyond the dtype's range, or not certified (see notes)",
     "kink": "derivative undefined (relu/abs at 0): any subgradient accepted",
 }
 _VERDICT_COLOR = {"agree": "#2b8a3e", "mismatch": "#c92a2a", "unstable": "#9c6b00", "not_judged": "#667085", "kink": "#7048e8"}
