@@ -169,3 +169,15 @@ def test_every_class_is_counted():
 def test_strict_counts_unstable_as_mismatch():
     point = {"x": 3, "y": 1, "params": {"W1": 5, "b1": 5, "W2": 1, "b2": 0}}
     assert not verify("mlp", H=1, points=[point], random=0, strict=True).ok
+
+
+def test_a_bug_is_proven_even_when_the_referee_budget_is_spent():
+    """The first disagreements are always proven: a slow candidate cannot hide a bug."""
+
+    def grad(params, point):
+        x, y = point["x"], point["y"]
+        r = params["w1"] * x**2 + params["w2"] * x + params["b"] - y
+        return {"w1": 2 * r * x**2 * (1 + 1e-4), "w2": 2 * r * x, "b": 2 * r}
+
+    r = verify("quadratic", points=[], random=500, candidate=grad, referee_seconds=0.0, referee_points=0)
+    assert not r.ok and r.at_fault == ["candidate"]

@@ -105,27 +105,35 @@ REASONS = {
 
 @dataclass
 class RefereeBudget:
-    """What the referee may still spend in one run: points and seconds, shared by its chunks.
+    """What the proof stage may still spend in one run: points and seconds, shared by its chunks.
 
-    Explicitly given points are always refereed and are not counted.
+    The seconds are those the proof stage itself spends (the referee and the
+    Monte Carlo reruns), not the run's wall time: a slow candidate does not
+    use up the referee's budget. Explicitly given points are always refereed
+    and are not counted; the first ``PROBE_ROWS`` disagreements of a run are
+    proven whatever the budget, so a bug is always proven before majority
+    may count it.
     """
 
     points: int = 2000
     seconds: float = 5.0
-    started: float = field(default_factory=time.perf_counter)
+    spent: float = 0.0
     used: int = 0
     proven: set = field(default_factory=set)  # engines the referee has proven at fault in this run
 
-    def take(self, want: int) -> int:
-        if time.perf_counter() - self.started > self.seconds:
-            return 0
-        k = max(0, min(want, self.points - self.used))
+    def take(self, want: int, minimum: int = 0) -> int:
+        floor = max(0, minimum - self.used)
+        if self.spent > self.seconds:
+            k = min(want, floor)
+        else:
+            k = max(0, min(want, max(self.points - self.used, floor)))
         self.used += k
         return k
 
     @property
     def deadline(self) -> float:
-        return self.started + self.seconds
+        """When a proof that starts now must stop (at least one second from now)."""
+        return time.perf_counter() + max(self.seconds - self.spent, 1.0)
 
 
 @dataclass
@@ -306,6 +314,13 @@ def compare(
     def prove(rows: np.ndarray, deadline: float) -> None:
         if not len(rows):
             return
+        started = time.perf_counter()
+        try:
+            _prove(rows, deadline)
+        finally:
+            budget.spent += time.perf_counter() - started
+
+    def _prove(rows: np.ndarray, deadline: float) -> None:
         sub = batch.take(rows)
         need = np.full((len(rows), p), np.inf)
         for name in results:
@@ -346,7 +361,7 @@ def compare(
     # The first few disagreements are proven; after that, a disagreement that only an engine
     # already proven at fault in this run explains (the others agree among themselves) is
     # left to majority: a failing run costs little more than a passing one.
-    first = optional[: budget.take(min(len(optional), PROBE_ROWS))]
+    first = optional[: budget.take(min(len(optional), PROBE_ROWS), minimum=PROBE_ROWS)]
     prove(first, budget.deadline)
     rest = np.setdiff1d(optional, first)
     explained = _explained_by(results, tol, judged, disagree, budget.proven)
