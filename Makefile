@@ -54,4 +54,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache
