@@ -35,10 +35,11 @@ $(STAMP): pyproject.toml
 verify: $(STAMP)
 	$(PY) -m gradcheck_lab verify quadratic
 
+# ruff, then mypy ([tool.mypy] in pyproject.toml); `make test` runs both first.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
+	$(PY) -m mypy src/gradcheck_lab
 
-# Not yet part of `test`: the lead adds it once the concurrent rewrites are typed.
 typecheck: $(STAMP)
 	$(PY) -m mypy src/gradcheck_lab
 
@@ -53,4 +54,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache

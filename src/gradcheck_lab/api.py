@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import GradientMismatch, UsageError
 from .model import Batch, Model
+
+if TYPE_CHECKING:
+    from .report import Report
 
 __all__ = ["verify", "assert_gradients_agree", "resolve_model", "chunk_size"]
 
@@ -73,7 +76,7 @@ def verify(
     referee_seconds: float = REFEREE_SECONDS,
     order: int = 1,
     **options: Any,
-):
+) -> Report:
     """Check the model's gradients with every engine; return a :class:`Report`.
 
     Parameters
@@ -223,7 +226,7 @@ def _compare(model, batch: Batch, dtype, device, cand, engines, budget, strict, 
     )
 
 
-def assert_gradients_agree(model: Model | str, *, random: int = 100, **kwargs: Any):
+def assert_gradients_agree(model: Model | str, *, random: int = 100, **kwargs: Any) -> Report:
     """Raise :class:`GradientMismatch` unless every engine (and ``candidate``) agrees.
 
     Takes the keyword arguments of :func:`verify` (``random`` defaults to 100

@@ -143,7 +143,8 @@ def _user_params(model: Model, theta_row: np.ndarray, cast=None) -> dict[str, An
 
 
 def _user_point(model: Model, data_row: np.ndarray, cast=None) -> dict[str, Any]:
-    out, off = {}, 0
+    out: dict[str, Any] = {}
+    off = 0
     for var in model.data_vars:
         vals = data_row[off : off + var.size]
         off += var.size
@@ -284,10 +285,10 @@ def _from_function(fn, model: Model, batch: Batch, dtype: str, device: str, mca_
         if mca_seed is not None:
             from .rounding import context, perturbed_numpy
 
-            prec = "float32" if dtype == "float32" else "float64"
-            ctx = context(1, mca_seed * 7919 + n, prec)
-            params = {k: perturbed_numpy([np.asarray(v)], ctx.rng, prec, ctx)[0] for k, v in params.items()}
-            point = {k: v if isinstance(v, int) else perturbed_numpy([np.asarray(v)], ctx.rng, prec, ctx)[0]
+            mca_prec = "float32" if dtype == "float32" else "float64"
+            ctx = context(1, mca_seed * 7919 + n, mca_prec)
+            params = {k: perturbed_numpy([np.asarray(v)], ctx.rng, mca_prec, ctx)[0] for k, v in params.items()}
+            point = {k: v if isinstance(v, int) else perturbed_numpy([np.asarray(v)], ctx.rng, mca_prec, ctx)[0]
                      for k, v in point.items()}
         # A bug in fn raises here, unchanged: the traceback is the user's to read.
         result = fn(params, point)

@@ -219,9 +219,9 @@ def get_model(name: str, **options: Any) -> Model:
         clean[key] = value
     model = factory(**clean)
     model.options = {k: clean.get(k, spec[1]) for k, spec in allowed.items()}
-    key = (name, tuple(sorted(model.options.items())))
-    model._cache = _SHARED.pop(key, model._cache)
-    _SHARED[key] = model._cache
+    shared_key = (name, tuple(sorted(model.options.items())))
+    model._cache = _SHARED.pop(shared_key, model._cache)
+    _SHARED[shared_key] = model._cache
     while len(_SHARED) > SHARED_CACHES:
         _SHARED.popitem(last=False)
     return model

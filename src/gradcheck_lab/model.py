@@ -585,7 +585,7 @@ class Model:
         return out
 
     # ------------------------------------------------------------ symbolic form
-    def symbols(self):
+    def symbols(self) -> tuple[list[Any], list[Any]]:
         """SymPy symbols (real) for the flat parameters and data, cached."""
         if "symbols" not in self._cache:
             import sympy as sp
@@ -595,7 +595,7 @@ class Model:
             self._cache["symbols"] = (th, da)
         return self._cache["symbols"]
 
-    def loss_expr(self):
+    def loss_expr(self) -> Any:
         """The loss as a SymPy expression of the flat symbols, cached."""
         if "loss_expr" not in self._cache:
             from .ops import backend
@@ -604,7 +604,7 @@ class Model:
             self._cache["loss_expr"] = self.loss(backend("sympy"), th.__getitem__, da.__getitem__)
         return self._cache["loss_expr"]
 
-    def predict_expr(self):
+    def predict_expr(self) -> Any:
         """The prediction as SymPy expression(s), cached."""
         if "predict_expr" not in self._cache:
             from .ops import backend

@@ -75,7 +75,7 @@ def points(
     ``cancellation``: ``True`` mixes in points whose target equals the
     prediction (real scalar targets), ``"only"`` draws only those, ``False`` none.
     """
-    kw = dict(min_magnitude=min_magnitude, max_magnitude=max_magnitude, uniform=uniform)
+    kw: dict[str, Any] = dict(min_magnitude=min_magnitude, max_magnitude=max_magnitude, uniform=uniform)
     base = st.fixed_dictionaries(
         {**{v.name: values(v, **kw) for v in model.data_vars}, "params": params(model, **kw)}
     )

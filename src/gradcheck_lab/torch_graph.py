@@ -112,7 +112,7 @@ def _map(f: Callable, *arrays: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- backend functions
 
-_FLOAT = {
+_FLOAT: dict[str, Callable[[float], float]] = {
     "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos, "tan": math.tan,
     "tanh": math.tanh, "sinh": math.sinh, "cosh": math.cosh, "asinh": math.asinh, "atan": math.atan,
     "log1p": math.log1p, "expm1": math.expm1, "erf": math.erf, "abs": abs,

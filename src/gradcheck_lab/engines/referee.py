@@ -143,6 +143,7 @@ import math
 import operator
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -658,7 +659,7 @@ class _Compiled:
             pr.inline[sym] = expr.xreplace(pr.inline)
         lines.append("    return (" + "".join(f"{pr(o)}, " for o in outputs) + ")")
         self.source = "\n".join(lines).replace("_K1", "_K[0]")
-        namespace = dict(_RUNTIME)
+        namespace: dict[str, Any] = dict(_RUNTIME)  # exec's globals: the program's runtime
         for name in pr.funcs | {"sqrt", "exp"}:
             namespace[f"_F_{name}"] = FUNCTIONS[name]
         # The source is generated from our own derived expression (never a user string),

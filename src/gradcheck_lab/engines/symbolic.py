@@ -36,6 +36,7 @@ Conditions of a ``Piecewise`` (relu) are not differentiated, as in
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,10 @@ def _graph(loss, params):
     """The distinct nodes of ``loss`` in post-order, their children, and which depend on ``params``."""
     import sympy as sp
 
-    children, dep, order = {}, {}, []
+    # SymPy ships no types (pyproject [tool.mypy]): nodes are Any.
+    children: dict[Any, tuple[Any, ...]] = {}
+    dep: dict[Any, bool] = {}
+    order: list[Any] = []
     stack = [(loss, False)]
     while stack:
         n, done = stack.pop()
@@ -86,6 +90,7 @@ def _graph(loss, params):
             continue
         if n in children:
             continue
+        kids: tuple[Any, ...]
         if n.is_Atom:
             kids = ()
         elif isinstance(n, sp.Piecewise):
@@ -197,7 +202,10 @@ class _Derivation:
         nodes, children, dep = _graph(loss, params)
         counter = iter(range(10**12))
         fresh = lambda: sp.Symbol(f"_c{next(counter)}")  # noqa: E731 -- model names never start with _
-        name, size, forward, node_of = {}, {}, [], {}
+        name: dict[Any, Any] = {}
+        size: dict[Any, int] = {}
+        forward: list[tuple[Any, Any]] = []
+        node_of: dict[Any, Any] = {}
         for n in nodes:
             size[n] = 1 + sum(size[c] for c in children[n])
             if n.is_Atom:
@@ -241,7 +249,8 @@ def _substitute(program, node_of, keep=frozenset()):
     """``program``'s outputs with every name but ``keep`` substituted; and ``keep``'s definitions."""
     import sympy as sp
 
-    full, defs = {}, {}
+    full: dict[Any, Any] = {}
+    defs: dict[Any, Any] = {}
     for s, e in program[0]:
         if s in keep:
             defs[s] = _subs(e, full)
@@ -264,7 +273,8 @@ def _tidy(assignments: list, outputs: list, protect=frozenset()) -> tuple[list, 
             kept.append((s, e))
             for k, c in _uses([e]).items():
                 live[k] = live.get(k, 0) + c
-    subst, program = {}, []
+    subst: dict[Any, Any] = {}
+    program: list[tuple[Any, Any]] = []
     for s, e in reversed(kept):
         e = _subs(e, subst) if subst else e
         if (live[s] == 1 and s not in protect) or e.is_Atom:

@@ -73,7 +73,7 @@ def layout(tr) -> tuple[dict[int, tuple[float, float]], int, int]:
     tallest = max(len(v) for v in layers.values())
     height = tallest * (NODE_H + GAP_Y) - GAP_Y + 2 * PAD
     width = len(ranks) * (NODE_W + GAP_X) - GAP_X + 2 * PAD
-    pos = {}
+    pos: dict[int, tuple[float, float]] = {}
     for col, r in enumerate(ranks):
         layer = layers[r]
         span = len(layer) * (NODE_H + GAP_Y) - GAP_Y

@@ -15,7 +15,10 @@ residual, O(H^2) text (H = 256: 200 s to tidy and print, unreadable).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..model import Model
 
 __all__ = ["Derivation", "derive"]
 
@@ -104,7 +107,7 @@ class Derivation:
         }
 
 
-def derive(model, hessian: bool = False) -> Derivation:
+def derive(model: Model, hessian: bool = False) -> Derivation:
     """The closed-form loss and partial derivatives of ``model`` (and its Hessian).
 
     >>> from gradcheck_lab import get_model
