@@ -256,11 +256,12 @@ class _Sampler:
         self.model = copy.copy(model)
         self.model.sample = self  # instance attribute: verify calls model.sample(n, seed=...)
 
-    def __call__(self, n, seed=0, **_):
-        if n != len(self.batch):
-            raise RuntimeError(f"sweep: verify asked for {n} points, the chunk has {len(self.batch)}")
+    def __call__(self, n, seed=0, start=0, **_):
+        # verify streams its random points in chunks: points start .. start + n of ours.
+        if start + n > len(self.batch):
+            raise RuntimeError(f"sweep: verify asked for points {start}..{start + n}, the chunk has {len(self.batch)}")
         self.called = True
-        return self.batch
+        return self.batch.take(slice(start, start + n))
 
 
 # ------------------------------------------------------ running
