@@ -24,6 +24,10 @@ MIN_CHUNK, MAX_CHUNK = 64, 65536
 #: The referee's budget for the random points of one run (Note [Verdict] in compare.py).
 REFEREE_POINTS = 2000
 REFEREE_SECONDS = 5.0
+#: Catalog options as the CLI spells them.
+_CLI_OPTION = {"H": "hidden", "d": "dim", "K": "classes"}
+#: Models with more parameter components than this show no partials in a report (see ``derive``).
+WIDE = 100
 #: Derivatives shown in a report before "... N more".
 SHOW_DERIVATIVES = 6
 
@@ -46,6 +50,18 @@ def _derivative_strings(model: Model) -> dict[str, str]:
     if "derivative_strings" in model._cache:
         return dict(model._cache["derivative_strings"])
     from .engines.symbolic import simplified
+
+    if model.n_params > WIDE:
+        # Printing a wide model's partials costs seconds (each holds the whole residual);
+        # the report names where to read them instead.
+        from .catalog import list_models
+
+        opts = " ".join(f"--{_CLI_OPTION.get(k, k)} {v}" for k, v in model.options.items())
+        how = (f"`gradcheck-lab derive {model.name} {opts}`".replace(" `", "`") if model.name in list_models()
+               else "`gradcheck_lab.derive(model)`")
+        out = {"...": f"{model.n_params} partials; {how} shows them"}
+        model._cache["derivative_strings"] = dict(out)
+        return out
 
     labels = model.param_labels
     shown = list(range(min(len(labels), SHOW_DERIVATIVES)))

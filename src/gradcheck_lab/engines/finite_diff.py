@@ -354,6 +354,31 @@ def gradients(
             out[key][:] = arr.reshape(p, n).T
         kink[:] = jump.reshape(p, n).T
         return Gradients("finite_differences", dtype="float64", kink=kink, **out)
+    block = max(1, FUSED_MAX // max(1, n * p * (2 * K + 1)))
+    if block > 1:
+        # Note [Fused stencils], in blocks of parameters: one evaluation per block.
+        for start in range(0, p, block):
+            idx_block = np.arange(start, min(start + block, p))
+            b = len(idx_block)
+            idx = np.repeat(idx_block, n)
+            tiled = [np.tile(c, b) for c in theta_cols]
+            dtiled = [np.tile(c, b) for c in data_cols]
+            f0t, fst = np.tile(f0, b), np.tile(fscale, b)
+            value, error, jump, lower, upper, beside = _one_parameter(
+                model, tiled, dtiled, idx, ladder, f0t, fst, perturb
+            )
+            rows = np.flatnonzero(beside)
+            if len(rows):
+                sub = _one_parameter(
+                    model, [c[rows] for c in tiled], [c[rows] for c in dtiled], idx[rows],
+                    ladder * RETRY_SHRINK, f0t[rows], fst[rows], perturb,
+                )
+                for arr, new in zip((value, error, jump, lower, upper), sub[:5]):
+                    arr[rows] = new
+            for key, arr in (("values", value), ("error", error), ("lower", lower), ("upper", upper)):
+                out[key][:, idx_block] = arr.reshape(b, n).T
+            kink[:, idx_block] = jump.reshape(b, n).T
+        return Gradients("finite_differences", dtype="float64", kink=kink, **out)
     for i in range(p):
         value, error, jump, lower, upper, beside = _one_parameter(
             model, theta_cols, data_cols, i, ladder, f0, fscale, perturb
@@ -381,7 +406,9 @@ def gradients(
 #: time: for one point of mlp H=8 (25 parameters) that overhead is most of the check.
 #: For small batches every parameter's stencil goes into one evaluation instead: the
 #: batch is tiled P times and row block i perturbs parameter i only. It costs
-#: ``N P^2 (2K + 1)`` values, hence the limit; the arithmetic is the same.
+#: ``N P^2 (2K + 1)`` values, hence the limit; beyond it, parameters go in blocks
+#: of ``FUSED_MAX // (N P (2K + 1))`` (a data point of mlp H=256: 769 calls became 13).
+#: The arithmetic is the same.
 FUSED_MAX = 2_000_000
 
 #: Random directions per point of the directional check (Note [Directional check]).
