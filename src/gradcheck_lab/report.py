@@ -153,41 +153,52 @@ RATIO_EDGES = [x / 2 for x in range(-16, 9)]  # 1e-8 .. 1e4
 MAGNITUDE_EDGES = [float(x) for x in range(-20, 11)]
 
 
-def _param_check(cmp, n: int, i: int, labels: list[str]) -> ParamCheck:
+def _floats(row) -> list[float | None]:
+    """A row of numbers as JSON-ready floats (None for NaN and inf)."""
+    return [x if math.isfinite(x) else None for x in np.asarray(row, dtype=float).tolist()]
+
+
+def _param_checks(cmp, n: int, labels: list[str]) -> list[ParamCheck]:
+    """Every component of point ``n``, read row-wise (one conversion per engine, not per value)."""
     from .compare import CLASSES, MISMATCH
 
     res = cmp.results
-    label = labels[i]
-    kink = bool(cmp.kink[n, i])
-    faults = [e for e in res if cmp.state[e][n, i] == MISMATCH]
-    disc = {}
     names = list(res)
-    with np.errstate(invalid="ignore"):
-        for a_i, a in enumerate(names):
-            for b in names[a_i + 1 :]:
-                disc[pair_name(a, b)] = _f(abs(res[a].values[n, i] - res[b].values[n, i]))
     fd = res["finite_differences"]
-    return ParamCheck(
-        param=label,
-        exact=_f(cmp.exact[n, i]) if cmp.refereed[n] else None,
-        values={e: _f(r.values[n, i]) for e, r in res.items()},
-        tolerance={e: _f(cmp.tol[e][n, i]) for e in res},
-        fd_error=_f(fd.error[n, i]) if fd.error is not None else None,
-        discrepancy=disc,
-        verdict=CLASSES[int(cmp.verdict[n, i])],
-        at_fault=faults,
-        kink_interval=[float(fd.lower[n, i]), float(fd.upper[n, i])] if kink and fd.lower is not None else None,
-        engine_verdicts={e: CLASSES[int(cmp.state[e][n, i])] for e in res},
-        own_rounding={e: _f(cmp.own[e][n, i]) for e in res if np.isfinite(cmp.own[e][n, i])},
-    )
+    vals = {e: _floats(r.values[n]) for e, r in res.items()}
+    tols = {e: _floats(cmp.tol[e][n]) for e in names}
+    with np.errstate(invalid="ignore"):
+        discs = {pair_name(a, b): _floats(np.abs(res[a].values[n] - res[b].values[n]))
+                 for k, a in enumerate(names) for b in names[k + 1 :]}
+    states = {e: cmp.state[e][n].tolist() for e in names}
+    owns = {e: _floats(cmp.own[e][n]) for e in names}
+    exact = _floats(cmp.exact[n]) if cmp.refereed[n] else [None] * len(labels)
+    fd_err = _floats(fd.error[n]) if fd.error is not None else [None] * len(labels)
+    kinks = cmp.kink[n].tolist()
+    verdicts = cmp.verdict[n].tolist()
+    out = []
+    for i, label in enumerate(labels):
+        out.append(ParamCheck(
+            param=label,
+            exact=exact[i],
+            values={e: vals[e][i] for e in names},
+            tolerance={e: tols[e][i] for e in names},
+            fd_error=fd_err[i],
+            discrepancy={k: v[i] for k, v in discs.items()},
+            verdict=CLASSES[verdicts[i]],
+            at_fault=[e for e in names if states[e][i] == MISMATCH],
+            kink_interval=[float(fd.lower[n, i]), float(fd.upper[n, i])] if kinks[i] and fd.lower is not None else None,
+            engine_verdicts={e: CLASSES[states[e][i]] for e in names},
+            own_rounding={e: owns[e][i] for e in names if owns[e][i] is not None},
+        ))
+    return out
 
 
 def point_check(cmp, n: int, source: str, index: int) -> PointCheck:
     """Point ``n`` of a comparison in full, labelled as point ``index`` of ``source``."""
     from .compare import CLASSES, PRIORITY
 
-    labels = cmp.model.param_labels
-    checks = [_param_check(cmp, n, i, labels) for i in range(cmp.batch.theta.shape[1])]
+    checks = _param_checks(cmp, n, cmp.model.param_labels)
     row = set(int(c) for c in cmp.verdict[n])
     verdict = next((CLASSES[c] for c in PRIORITY if c in row), "agree")
     return PointCheck(index=index, source=source, point=cmp.model.describe_point(cmp.batch, n), checks=checks, verdict=verdict)
