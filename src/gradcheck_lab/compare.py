@@ -517,6 +517,16 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
                 # Where float32 autograd of the model itself overflows too, the point is beyond
                 # what float32 arithmetic computes: a float32 candidate's overflow is not judged.
                 beyond = nonfinite & f32 & ~np.isfinite(results["autograd"].values[rows])
+                # ... and where the candidate's own float32 arithmetic overflows on the way to a
+                # representable result (Monte Carlo run tainted by overflow: an unbounded estimate).
+                rest = nonfinite & f32 & ~beyond
+                if rest.any():
+                    pts = np.flatnonzero(rest.any(axis=1))
+                    est = _own_rounding(name, model, batch.take(rows[pts]), res, g[pts], dtype=res.dtype,
+                                        device=device, candidate_rounding=candidate_rounding)
+                    over = np.zeros_like(rest)
+                    over[pts] = rest[pts] & np.isinf(est)
+                    beyond = beyond | over
                 if beyond.any():
                     mark = np.zeros(state[name].shape, dtype=bool)
                     mark[rows] = beyond
