@@ -448,7 +448,10 @@ def evaluate(fn, model: Model, batch: Batch, dtype: str = "float64") -> np.ndarr
     n = len(batch)
     with np.errstate(all="ignore"):
         out = fn(*cols)
-    return np.stack([np.broadcast_to(np.asarray(o, dtype=float), (n,)) for o in out], axis=1)
+    result = np.empty((n, len(out)))
+    for k, o in enumerate(out):
+        result[:, k] = o  # a constant derivative broadcasts; the assignment casts to float64
+    return result
 
 
 def gradients(model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu") -> Gradients:
