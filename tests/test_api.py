@@ -141,6 +141,9 @@ def test_float32_candidate_judged_at_float32():
         ({"points": [{"x": float("nan"), "y": 2}]}, "finite"),
         ({"params": {"w9": 1}}, "Did you mean"),
         ({"candidate": 42}, "candidate"),
+        ({"referee_points": -1}, "referee_points"),
+        ({"referee_seconds": float("nan")}, "referee_seconds"),
+        ({"order": 3}, "order 1"),
     ],
 )
 def test_bad_arguments(kwargs, fragment):

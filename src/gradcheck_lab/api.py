@@ -159,6 +159,10 @@ def verify(
         raise UsageError(f"Expected random to be a non-negative integer but got random={random!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UsageError(f"Expected seed to be a non-negative integer but got seed={seed!r}.")
+    if isinstance(referee_points, bool) or not isinstance(referee_points, (int, np.integer)) or referee_points < 0:
+        raise UsageError(f"Expected referee_points to be a non-negative integer but got referee_points={referee_points!r}.")
+    if not isinstance(referee_seconds, (int, float)) or not referee_seconds >= 0:
+        raise UsageError(f"Expected referee_seconds to be a number >= 0 but got referee_seconds={referee_seconds!r}.")
     cand = as_candidate(candidate) if candidate is not None else None
 
     acc = Accumulator(model)

@@ -335,28 +335,10 @@ def gradients(
 
     out = {k: np.empty((n, p)) for k in ("values", "error", "lower", "upper")}
     kink = np.zeros((n, p), dtype=bool)
-    if n * p * p * (2 * K + 1) <= FUSED_MAX:
-        # Note [Fused stencils]: every parameter's stencil in one loss evaluation.
-        idx = np.repeat(np.arange(p), n)
-        tiled = [np.tile(c, p) for c in theta_cols]
-        dtiled = [np.tile(c, p) for c in data_cols]
-        f0t, fst = np.tile(f0, p), np.tile(fscale, p)
-        value, error, jump, lower, upper, beside = _one_parameter(model, tiled, dtiled, idx, ladder, f0t, fst, perturb)
-        rows = np.flatnonzero(beside)
-        if len(rows):
-            sub = _one_parameter(
-                model, [c[rows] for c in tiled], [c[rows] for c in dtiled], idx[rows],
-                ladder * RETRY_SHRINK, f0t[rows], fst[rows], perturb,
-            )
-            for arr, new in zip((value, error, jump, lower, upper), sub[:5]):
-                arr[rows] = new
-        for key, arr in (("values", value), ("error", error), ("lower", lower), ("upper", upper)):
-            out[key][:] = arr.reshape(p, n).T
-        kink[:] = jump.reshape(p, n).T
-        return Gradients("finite_differences", dtype="float64", kink=kink, **out)
     block = max(1, FUSED_MAX // max(1, n * p * (2 * K + 1)))
     if block > 1:
-        # Note [Fused stencils], in blocks of parameters: one evaluation per block.
+        # Note [Fused stencils]: one evaluation per block of parameters (all of them at once
+        # for small batches).
         for start in range(0, p, block):
             idx_block = np.arange(start, min(start + block, p))
             b = len(idx_block)
