@@ -179,11 +179,16 @@ def _within(values, lo, hi, tol):
     return (values >= lo - tol) & (values <= hi + tol)
 
 
-def _eps_of(res: Gradients, shape) -> np.ndarray | float:
+def _eps_of(res: Gradients) -> np.ndarray | float:
     """Unit roundoff of every component of an engine's values (a candidate may mix dtypes)."""
     if res.f32 is not None:
         return np.where(res.f32, EPS["float32"], EPS["float64"])
     return EPS[res.dtype]
+
+
+def _screen_tolerance(res: Gradients, scale: np.ndarray) -> np.ndarray:
+    """The screening tolerance of an engine without an error bar, in the dtype(s) it computed in."""
+    return np.broadcast_to(engine_tolerance("float64", scale) * (_eps_of(res) / EPS["float64"]), scale.shape)
 
 
 def _outside_range(batch: Batch, dtype: str) -> np.ndarray:
@@ -255,9 +260,7 @@ def compare(
         if res.error is not None:
             tol[name] = fd_tolerance(res.error, scale)
         else:
-            tol[name] = np.broadcast_to(
-                engine_tolerance("float64", scale) * (_eps_of(res, (n, p)) / EPS["float64"]), (n, p)
-            ).copy()
+            tol[name] = _screen_tolerance(res, scale).copy()
 
     fd = results["finite_differences"]
     kink = fd.kink.copy() if fd.kink is not None else np.zeros((n, p), dtype=bool)
@@ -309,7 +312,6 @@ def compare(
     exact = np.full((n, p), np.nan)
     refereed = np.zeros(n, dtype=bool)
     own = {name: np.full((n, p), np.nan) for name in results}
-    codes = _referee_codes()
 
     def prove(rows: np.ndarray, deadline: float) -> None:
         if not len(rows):
@@ -326,22 +328,23 @@ def compare(
         for name in results:
             need = np.minimum(need, np.where(judged[name][rows], tol[name][rows], np.inf))
         need = np.where(np.isfinite(need), need * 2.0**-6, 0.0)
-        cert = _certify(model, sub, need, deadline)
+        cert = _referee.certify(model, sub, need=need, deadline=deadline)
         refereed[rows] = True
         st = cert.status
-        ex = np.where(st == codes["CERTIFIED"], cert.value, np.nan)
+        ex = np.where(st == _referee.CERTIFIED, cert.value, np.nan)
         exact[rows] = ex
         for name in results:
             j = judged[name][rows]
             mark = np.zeros((n, p), dtype=bool)
-            for reason, code in (("undefined", "UNDEFINED"), ("beyond", "BEYOND"), ("unresolved", "UNRESOLVED")):
+            for reason, code in (("undefined", _referee.UNDEFINED), ("beyond", _referee.BEYOND),
+                                 ("unresolved", _referee.UNRESOLVED)):
                 mark[:] = False
-                mark[rows] = (st == codes[code]) & j & ~kink[rows]
+                mark[rows] = (st == code) & j & ~kink[rows]
                 not_judged(name, mark, reason)
         # A kink finite differences flagged where the referee certifies a derivative: no kink.
-        kink[rows] &= ~(st == codes["CERTIFIED"])
+        kink[rows] &= ~(st == _referee.CERTIFIED)
         # A kink the referee proves (an argument exactly 0) that finite differences did not flag.
-        ref_kink = st == codes["KINK"]
+        ref_kink = st == _referee.KINK
         if ref_kink.any():
             extra = np.zeros((n, p), dtype=bool)
             extra[rows] = ref_kink & ~kink[rows]
@@ -455,16 +458,13 @@ def _directional_fd(model, batch, results, scale, referee_rows, fd_fn) -> Gradie
         need |= referee_rows
     others = list(results.values())
     for res in others:
-        tol = engine_tolerance("float64", scale) * (_eps_of(res, (n, p)) / EPS["float64"])
         with np.errstate(invalid="ignore", over="ignore"):
             proj = np.einsum("np,nrp->nr", np.nan_to_num(res.values, nan=np.inf), dirs)
-            tolp = np.einsum("np,nrp->nr", np.broadcast_to(tol, (n, p)), absd)
+            tolp = np.einsum("np,nrp->nr", _screen_tolerance(res, scale), absd)
             need |= ~(np.abs(proj - proj_fd) <= tolp + fd_tol).all(axis=1)
     for ra, rb in combinations(others, 2):
-        ta = engine_tolerance("float64", scale) * (_eps_of(ra, (n, p)) / EPS["float64"])
-        tb = engine_tolerance("float64", scale) * (_eps_of(rb, (n, p)) / EPS["float64"])
         with np.errstate(invalid="ignore"):
-            need |= ~(np.abs(ra.values - rb.values) <= ta + tb).all(axis=1)
+            need |= ~(np.abs(ra.values - rb.values) <= _screen_tolerance(ra, scale) + _screen_tolerance(rb, scale)).all(axis=1)
     out = Gradients("finite_differences", np.full((n, p), np.nan), "float64", np.full((n, p), np.inf),
                     np.zeros((n, p), dtype=bool), np.full((n, p), np.nan), np.full((n, p), np.nan))
     rows = np.flatnonzero(need)
@@ -565,7 +565,7 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
                 allowed = np.maximum(allowed, OWN_SAFETY * est)
             d = dev[pts]
             explained = d <= allowed
-            eps = _eps_of(res, d.shape)
+            eps = _eps_of(res)
             eps = eps[rows[pts]] if isinstance(eps, np.ndarray) else eps
             with np.errstate(invalid="ignore", divide="ignore"):
                 lost_half = d > np.sqrt(eps) * np.abs(ex[pts])
@@ -645,27 +645,3 @@ def _own_rounding(
                       * np.abs(values))
         return np.where(moved & np.isfinite(values), 0.0, est)
     return np.zeros_like(values)
-
-
-# ------------------------------------------------------------------ referee adapter
-
-
-def _referee_codes() -> dict[str, int]:
-    return {k: getattr(_referee, k, v) for k, v in
-            (("CERTIFIED", 0), ("UNDEFINED", 1), ("UNRESOLVED", 2), ("BEYOND", 3), ("KINK", 4))}
-
-
-@dataclass
-class _Exact:
-    value: np.ndarray
-    status: np.ndarray
-
-
-def _certify(model: Model, batch: Batch, need: np.ndarray, deadline: float):
-    """The referee's certified enclosure (Note [Certified referee] in engines/referee.py)."""
-    if hasattr(_referee, "certify"):
-        return _referee.certify(model, batch, need=need, deadline=deadline)
-    values = _referee.gradients(model, batch)
-    status = np.where(np.isnan(values), 1, np.where(np.isinf(values), 3, 0)).astype(np.int8)
-    return _Exact(values, status)
-
