@@ -56,10 +56,13 @@ __all__ = [
     "MCAArray",
     "SAMPLES",
     "VIRTUAL",
+    "context",
     "perturbed_numpy",
+    "plain",
     "torch_mca",
     "spread",
     "scale_back",
+    "estimate",
 ]
 
 #: Number of perturbed runs per estimate.
