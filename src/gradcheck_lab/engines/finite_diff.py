@@ -336,7 +336,7 @@ def gradients(
     out = {k: np.empty((n, p)) for k in ("values", "error", "lower", "upper")}
     kink = np.zeros((n, p), dtype=bool)
     block = max(1, FUSED_MAX // max(1, n * p * (2 * K + 1)))
-    if block > 1:
+    if block >= min(p, FUSED_MIN_BLOCK):
         # Note [Fused stencils]: one evaluation per block of parameters (all of them at once
         # for small batches).
         for start in range(0, p, block):
@@ -390,8 +390,12 @@ def gradients(
 #: batch is tiled P times and row block i perturbs parameter i only. It costs
 #: ``N P^2 (2K + 1)`` values, hence the limit; beyond it, parameters go in blocks
 #: of ``FUSED_MAX // (N P (2K + 1))`` (a data point of mlp H=256: 769 calls became 13).
-#: The arithmetic is the same.
+#: The arithmetic is the same. Small blocks are slower than one parameter at a time
+#: (every column of the block is materialised): a 1e6-point mlp H=8 run in blocks of 2
+#: fell from 45,000 to 15,000 points/s, hence ``FUSED_MIN_BLOCK``.
 FUSED_MAX = 2_000_000
+#: Smallest block of parameters worth fusing (or all of them, when fewer).
+FUSED_MIN_BLOCK = 16
 
 #: Random directions per point of the directional check (Note [Directional check]).
 DIRECTIONS = 2
