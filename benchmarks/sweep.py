@@ -23,6 +23,10 @@ judged exactly as random points are, without the referee forced on every point.
     .venv/bin/python benchmarks/sweep.py --points 1000000            # the full sweep (hours)
     .venv/bin/python benchmarks/sweep.py --points 20000 --configs 'mlp-*/domain/*'
 
+To split the sweep over processes, give each its own ``--configs`` and
+``--jsonl FILE`` (one line per finished configuration), then write the docs
+section from all of them with ``--merge FILE...``.
+
 ``--configs`` takes comma-separated glob patterns over configuration names
 ``model/kind/dtype/candidate`` (``candidate`` is ``plain`` or ``fn``). The
 "Sweep" section of docs/reliability.md (between ``<!-- sweep:start -->`` and
@@ -35,11 +39,12 @@ import argparse
 import copy
 import fnmatch
 import importlib.util
+import json
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -404,6 +409,27 @@ def _short(point, limit=240) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def _plain(value):
+    """JSON for what a failure record holds (NumPy scalars and arrays)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return repr(value)
+
+
+def merge(paths: list[Path]) -> list[Result]:
+    """Results from ``--jsonl`` files, in the order of CONFIGS (a later line for a configuration wins)."""
+    found: dict[str, Result] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = Result(**json.loads(line))
+                found[r.config] = r
+    order = {c.name: i for i, c in enumerate(CONFIGS)}
+    return sorted(found.values(), key=lambda r: order.get(r.config, len(order)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=1_000_000, help="points per configuration (default 1,000,000)")
@@ -414,7 +440,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/reliability.md")
     ap.add_argument("--list", action="store_true", help="list the configuration names and exit")
+    ap.add_argument("--jsonl", type=Path, default=None,
+                    help="append each configuration's result to this file as it finishes (runs split over processes)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSONL",
+                    help="write the docs section from the --jsonl files of earlier runs instead of running")
+    ap.add_argument("--command", default=None, help="with --merge: the command line the section names")
     args = ap.parse_args(argv)
+    if args.merge:
+        results = merge(args.merge)
+        if not results:
+            print(f"error: no results in {', '.join(map(str, args.merge))}", file=sys.stderr)
+            return 2
+        command = args.command or "benchmarks/sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        if not args.no_write:
+            write_section("sweep", sweep_markdown(results, command.strip()))
+            print(f"wrote the Sweep section of {DOC.relative_to(ROOT)} from {len(results)} configurations")
+        return 1 if any(r.mismatches for r in results) else 0
     configs = select(args.configs)
     if args.list:
         print("\n".join(c.name for c in configs))
@@ -424,10 +465,15 @@ def main(argv=None) -> int:
         return 2
     results = []
     for k, cfg in enumerate(configs, 1):
+        if k > 1 and cfg.subject != configs[k - 2].subject:
+            _strategy_points.cache_clear()  # the draws are shared by one subject's configurations only
         n = points_for(cfg, args.points, args.strategy_points)
         r = run_config(cfg, n, chunk=args.chunk, seed=args.seed,
                        progress=lambda s, k=k: print(f"[{k}/{len(configs)}] {s}", file=sys.stderr, flush=True))
         results.append(r)
+        if args.jsonl:
+            with args.jsonl.open("a") as fh:
+                fh.write(json.dumps(asdict(r), default=_plain) + "\n")
         print(f"{r.config:45} {r.points:>9,} pts  {r.mismatches:>5} mismatches  "
               f"classes {_fmt_counts(r.counts)}  kinks {r.kinks}  {r.seconds:8.1f} s", flush=True)
         for f in r.failures[:1]:
