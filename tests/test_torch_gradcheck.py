@@ -278,7 +278,7 @@ def test_nondeterministic_backward_is_caught():
         @staticmethod
         def backward(ctx, g):
             Noisy.calls += 1
-            return g * 2 + (4e-15 if Noisy.calls % 2 else 0.0)  # below the tolerance, not reproducible
+            return g * (2 + (4e-15 if Noisy.calls % 2 else 0.0))  # below the tolerance, not reproducible
 
     with pytest.raises(GradientMismatch, match="not reentrant"):
         gradcheck(Noisy.apply, (_t(3),), points=0)
@@ -295,3 +295,152 @@ from gradcheck_lab.strategies import tensors  # noqa: E402
 def test_property_swish_float32_and_relu_with_zeros(x):
     assert gradcheck(cf.Swish.apply, (x,), points=2)
     assert gradcheck(torch.relu, (x,), points=2)
+
+
+# ---------------------------------------------------------------- torch's structural checks
+
+
+class _TwoOutputs(torch.autograd.Function):
+    """x -> (2x, 3x); its backward assumes both output gradients are defined."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.set_materialize_grads(False)
+        return x * 2, x * 3
+
+    @staticmethod
+    def backward(ctx, g1, g2):
+        return g1 * 2 + g2 * 3  # TypeError when an output gradient is undefined (None)
+
+
+class _TwoOutputsHandled(_TwoOutputs):
+    @staticmethod
+    def backward(ctx, g1, g2):
+        out = None
+        if g1 is not None:
+            out = g1 * 2
+        if g2 is not None:
+            out = g2 * 3 if out is None else out + g2 * 3
+        return out
+
+
+def test_undefined_output_gradients_are_checked_as_torch_does():
+    x = _t(3)
+    with pytest.raises(GradientMismatch, match="check_undefined_grad"):
+        gradcheck(_TwoOutputs.apply, (x,))
+    assert gradcheck(_TwoOutputs.apply, (x,), check_undefined_grad=False) is True
+    assert gradcheck(_TwoOutputs.apply, (x,), raise_exception=False) is False
+    assert gradcheck(_TwoOutputsHandled.apply, (x,)) is True
+    with pytest.raises(Exception):  # torch agrees on both
+        torch.autograd.gradcheck(_TwoOutputs.apply, (x,))
+    assert torch.autograd.gradcheck(_TwoOutputsHandled.apply, (x,))
+
+
+class _NotMultipliedByGradOutput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2 + 1e-300  # below any tolerance, but not zero for a zero cotangent
+
+
+def test_a_backward_not_linear_in_its_cotangent_fails_the_zero_cotangent_check():
+    with pytest.raises(GradientMismatch, match="structural check check_backward_ad.*grad_output"):
+        gradcheck(_NotMultipliedByGradOutput.apply, (_t(3),))
+
+
+class _NumpyBackward(torch.autograd.Function):
+    """A backward computed in NumPy: right values, but it cannot run under vmap."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy(2 * x.detach().numpy() * g.detach().numpy())
+
+
+def test_batched_gradients_are_checked_only_when_asked():
+    x = _t(2, 3)
+    assert gradcheck(_NumpyBackward.apply, (x,)) is True
+    with pytest.raises(GradientMismatch, match="check_batched_grad"):
+        gradcheck(_NumpyBackward.apply, (x,), check_batched_grad=True)
+    assert gradcheck(cf.Swish.apply, (x,), check_batched_grad=True, check_grad_dtypes=True) is True
+    assert gradcheck(torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Tanh()).double(), (x,),
+                     check_batched_grad=True, check_grad_dtypes=True) is True
+
+
+def test_structural_keywords_need_their_mode_as_in_torch():
+    with pytest.raises(UsageError, match="check_backward_ad=True with check_batched_grad=True"):
+        gradcheck(cf.Exp.apply, (_t(3),), check_batched_grad=True, check_backward_ad=False)
+    with pytest.raises(UsageError, match="check_forward_ad=True with check_batched_forward_grad=True"):
+        gradcheck(cf.Exp.apply, (_t(3),), check_batched_forward_grad=True)
+
+
+def test_gradgradcheck_forward_over_reverse_and_structural_checks():
+    x = _t(4)
+    assert gradgradcheck(lambda t: t.exp() * t, (x,), check_fwd_over_rev=True) is True
+    assert gradgradcheck(lambda t: torch.tanh(t) * t, (x,), check_fwd_over_rev=True, check_rev_over_rev=False) is True
+    assert gradgradcheck(cf.Swish.apply, (x,), check_batched_grad=True, check_grad_dtypes=True) is True
+    with pytest.raises(NotImplementedError, match="jvp"):  # as torch: forward AD needs the Function's jvp
+        gradgradcheck(cf.Swish.apply, (x,), check_fwd_over_rev=True)
+
+
+def test_gradgradcheck_checks_undefined_gradients_of_the_first_derivative():
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t * t
+
+        @staticmethod
+        def backward(ctx, g):
+            (t,) = ctx.saved_tensors
+            return _Twice.apply(t, g)
+
+    class _Twice(torch.autograd.Function):
+        """2 t g, whose own backward assumes its output gradient is defined."""
+
+        @staticmethod
+        def forward(ctx, t, g):
+            ctx.set_materialize_grads(False)
+            ctx.save_for_backward(t, g)
+            return 2 * t * g
+
+        @staticmethod
+        def backward(ctx, h):
+            t, g = ctx.saved_tensors
+            return 2 * g * h, 2 * t * h  # TypeError for an undefined h
+
+    x = _t(3)
+    with pytest.raises(GradientMismatch, match="check_undefined_grad"):
+        gradgradcheck(Square.apply, (x,))
+    assert gradgradcheck(Square.apply, (x,), check_undefined_grad=False) is True
+
+
+def test_gen_non_contig_grad_outputs_reaches_the_backward():
+    seen = []
+
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            ctx.save_for_backward(t)
+            return t**3
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(g.is_contiguous())
+            (t,) = ctx.saved_tensors
+            return 3 * t**2 * g
+
+    x = _t(2, 3)
+    assert gradgradcheck(Cube.apply, (x,), gen_non_contig_grad_outputs=True, points=0) is True
+    assert False in seen
+    seen.clear()
+    assert gradgradcheck(Cube.apply, (x,), points=0) is True
+    assert seen and all(seen)

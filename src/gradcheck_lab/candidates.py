@@ -26,6 +26,12 @@ Three kinds are accepted by ``verify(..., candidate=...)``:
   ``torch.func.functional_call`` with each point's values in place of its
   parameters (and its floating buffers in the check's dtype): the module
   itself keeps its values, dtype and device.
+
+Internally, ``Candidate("torch_batch", fn)`` wraps torch code that computes
+a whole batch at once, ``fn(model, batch, dtype, device) -> (values, None)``
+(the drop-in :func:`~gradcheck_lab.gradcheck` uses it: one forward per
+point, one backward per cotangent). Like the other torch kinds, its own
+rounding is measured in Monte Carlo arithmetic on every aten operation.
 """
 
 from __future__ import annotations
@@ -50,12 +56,15 @@ __all__ = ["torch_loss", "as_candidate", "Candidate"]
 class Candidate:
     """A user gradient and how to compute it for a batch."""
 
-    kind: str  # "function", "torch_loss" or "torch_module"
+    kind: str  # "function", "torch_loss", "torch_module" or "torch_batch"
     target: Any
 
     def gradients(self, model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu") -> Gradients:
-        fn = {"function": _from_function, "torch_loss": _from_torch_loss, "torch_module": _from_module}[self.kind]
-        values, f32 = fn(self.target, model, batch, dtype, device)
+        if self.kind == "torch_batch":  # torch code computing a whole batch itself (the drop-in gradcheck)
+            values, f32 = self.target(model, batch, dtype, device)
+        else:
+            fn = {"function": _from_function, "torch_loss": _from_torch_loss, "torch_module": _from_module}[self.kind]
+            values, f32 = fn(self.target, model, batch, dtype, device)
         if f32 is None:
             return Gradients("candidate", values, dtype=dtype if self.kind != "function" else "float64")
         nominal = "float32" if f32.all() else "float64"

@@ -174,6 +174,23 @@ class Comparison:
     def any_fault(self) -> np.ndarray:
         return self.verdict == MISMATCH
 
+    def split(self, k: int) -> tuple[Comparison, Comparison]:
+        """Points ``:k`` and ``k:`` as two comparisons (one run over given and random points together).
+
+        The not-judged counts and notes go with the first part, so that adding both counts each once.
+        """
+        def part(rows, first):
+            return Comparison(
+                model=self.model, batch=self.batch.take(rows),
+                results={e: r.take(rows) for e, r in self.results.items()},
+                tol={e: t[rows] for e, t in self.tol.items()}, scale=self.scale[rows], exact=self.exact[rows],
+                refereed=self.refereed[rows], kink=self.kink[rows], state={e: s[rows] for e, s in self.state.items()},
+                verdict=self.verdict[rows], disagree=self.disagree[rows], own={e: o[rows] for e, o in self.own.items()},
+                reasons=dict(self.reasons) if first else {}, notes=list(self.notes) if first else [],
+            )
+
+        return part(slice(None, k), True), part(slice(k, None), False)
+
 
 def _within(values, lo, hi, tol):
     return (values >= lo - tol) & (values <= hi + tol)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -153,55 +154,77 @@ RATIO_EDGES = [x / 2 for x in range(-16, 9)]  # 1e-8 .. 1e4
 MAGNITUDE_EDGES = [float(x) for x in range(-20, 11)]
 
 
-def _floats(row) -> list[float | None]:
-    """A row of numbers as JSON-ready floats (None for NaN and inf)."""
-    return [x if math.isfinite(x) else None for x in np.asarray(row, dtype=float).tolist()]
+def _floats(a) -> list:
+    """Numbers (a row, or rows) as JSON-ready floats: None for NaN and inf."""
+    arr = np.asarray(a, dtype=float)
+    out = arr.tolist()
+    if np.isfinite(arr).all():
+        return out
+    if arr.ndim == 1:
+        return [x if math.isfinite(x) else None for x in out]
+    return [[x if math.isfinite(x) else None for x in row] for row in out]
 
 
-def _param_checks(cmp, n: int, labels: list[str]) -> list[ParamCheck]:
-    """Every component of point ``n``, read row-wise (one conversion per engine, not per value)."""
+def _param_checks(cmp, rows: list[int], labels: list[str]) -> list[list[ParamCheck]]:
+    """Every component of each point in ``rows``, read as whole arrays (one conversion per engine)."""
     from .compare import CLASSES, MISMATCH
 
     res = cmp.results
     names = list(res)
     fd = res["finite_differences"]
-    vals = {e: _floats(r.values[n]) for e, r in res.items()}
-    tols = {e: _floats(cmp.tol[e][n]) for e in names}
+    idx = np.asarray(rows, dtype=np.intp)
+    none = [[None] * len(labels) for _ in rows]
+    vals = {e: _floats(r.values[idx]) for e, r in res.items()}
+    tols = {e: _floats(cmp.tol[e][idx]) for e in names}
     with np.errstate(invalid="ignore"):
-        discs = {pair_name(a, b): _floats(np.abs(res[a].values[n] - res[b].values[n]))
+        discs = {pair_name(a, b): _floats(np.abs(res[a].values[idx] - res[b].values[idx]))
                  for k, a in enumerate(names) for b in names[k + 1 :]}
-    states = {e: cmp.state[e][n].tolist() for e in names}
-    owns = {e: _floats(cmp.own[e][n]) for e in names}
-    exact = _floats(cmp.exact[n]) if cmp.refereed[n] else [None] * len(labels)
-    fd_err = _floats(fd.error[n]) if fd.error is not None else [None] * len(labels)
-    kinks = cmp.kink[n].tolist()
-    verdicts = cmp.verdict[n].tolist()
+    states = {e: cmp.state[e][idx].tolist() for e in names}
+    owns = {e: _floats(cmp.own[e][idx]) for e in names}
+    exact = _floats(np.where(cmp.refereed[idx][:, None], cmp.exact[idx], np.nan))
+    fd_err = _floats(fd.error[idx]) if fd.error is not None else none
+    kinks = cmp.kink[idx].tolist()
+    verdicts = cmp.verdict[idx].tolist()
+    lower = fd.lower[idx].tolist() if fd.lower is not None else None
+    upper = fd.upper[idx].tolist() if fd.upper is not None else None
     out = []
-    for i, label in enumerate(labels):
-        out.append(ParamCheck(
-            param=label,
-            exact=exact[i],
-            values={e: vals[e][i] for e in names},
-            tolerance={e: tols[e][i] for e in names},
-            fd_error=fd_err[i],
-            discrepancy={k: v[i] for k, v in discs.items()},
-            verdict=CLASSES[verdicts[i]],
-            at_fault=[e for e in names if states[e][i] == MISMATCH],
-            kink_interval=[float(fd.lower[n, i]), float(fd.upper[n, i])] if kinks[i] and fd.lower is not None else None,
-            engine_verdicts={e: CLASSES[states[e][i]] for e in names},
-            own_rounding={e: owns[e][i] for e in names if owns[e][i] is not None},
-        ))
+    for r in range(len(rows)):
+        checks = []
+        for i, label in enumerate(labels):
+            st = {e: states[e][r][i] for e in names}
+            checks.append(ParamCheck(
+                param=label,
+                exact=exact[r][i],
+                values={e: vals[e][r][i] for e in names},
+                tolerance={e: tols[e][r][i] for e in names},
+                fd_error=fd_err[r][i],
+                discrepancy={k: v[r][i] for k, v in discs.items()},
+                verdict=CLASSES[verdicts[r][i]],
+                at_fault=[e for e in names if st[e] == MISMATCH],
+                kink_interval=[lower[r][i], upper[r][i]] if kinks[r][i] and lower is not None and upper is not None else None,
+                engine_verdicts={e: CLASSES[st[e]] for e in names},
+                own_rounding={e: owns[e][r][i] for e in names if owns[e][r][i] is not None},
+            ))
+        out.append(checks)
+    return out
+
+
+def point_checks(cmp, rows: list[int], source: str, offset: int = 0) -> list[PointCheck]:
+    """Points ``rows`` of a comparison in full, point ``n`` labelled as point ``offset + n`` of ``source``."""
+    from .compare import CLASSES, PRIORITY
+
+    out = []
+    for n, checks in zip(rows, _param_checks(cmp, rows, cmp.model.param_labels)):
+        row = set(int(c) for c in cmp.verdict[n])
+        verdict = next((CLASSES[c] for c in PRIORITY if c in row), "agree")
+        out.append(PointCheck(index=offset + n, source=source, point=cmp.model.describe_point(cmp.batch, n),
+                              checks=checks, verdict=verdict))
     return out
 
 
 def point_check(cmp, n: int, source: str, index: int) -> PointCheck:
     """Point ``n`` of a comparison in full, labelled as point ``index`` of ``source``."""
-    from .compare import CLASSES, PRIORITY
-
-    checks = _param_checks(cmp, n, cmp.model.param_labels)
-    row = set(int(c) for c in cmp.verdict[n])
-    verdict = next((CLASSES[c] for c in PRIORITY if c in row), "agree")
-    return PointCheck(index=index, source=source, point=cmp.model.describe_point(cmp.batch, n), checks=checks, verdict=verdict)
+    return point_checks(cmp, [n], source, index - n)[0]
 
 
 def _fmt(x: float) -> str:
@@ -255,12 +278,6 @@ def _bins(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return np.clip(np.nan_to_num(idx, nan=0.0), 0, len(edges) - 2).astype(np.int64)
 
 
-def _hist(values: np.ndarray, edges: list[float]) -> np.ndarray:
-    """Counts of log10(values) in bins of ``edges``, out-of-range values clamped to the end bins."""
-    v = values[np.isfinite(values)]
-    return np.bincount(_bins(v, edges), minlength=len(edges) - 1)
-
-
 class Accumulator:
     """Running summaries of a check, fed one :class:`~gradcheck_lab.compare.Comparison` at a time.
 
@@ -270,9 +287,12 @@ class Accumulator:
     ``max_failures`` failing points, histograms, and the notes' counts.
     """
 
-    def __init__(self, model, max_failures: int = 5):
+    def __init__(self, model, max_failures: int = 5, detail: bool = True):
         self.model = model
         self.max_failures = max_failures
+        self.detail = detail  # False: the given points are listed in full only if the check fails
+        self.pending: list[tuple[Any, str, int]] = []
+        self.n_data = 0
         self.engines: list[str] = []
         self.data_points: list[PointCheck] = []
         self.failures: list[PointCheck] = []
@@ -320,7 +340,11 @@ class Accumulator:
         self._pairs(source, cmp, offset)
         self._histograms(cmp)
         if source == "data":
-            self.data_points.extend(point_check(cmp, n, source, offset + n) for n in range(n_pts))
+            self.n_data += n_pts
+            if self.detail:
+                self.data_points.extend(point_checks(cmp, list(range(n_pts)), source, offset))
+            else:
+                self.pending.append((cmp, source, offset))
         else:
             self.random_n += n_pts
         self._faults(source, cmp, offset)
@@ -352,31 +376,34 @@ class Accumulator:
         return np.where(np.isfinite(cmp.exact), cmp.exact, cmp.results[other].values)
 
     def _histograms(self, cmp) -> None:
+        """Fold the chunk into the histograms: every engine (and pair) in one pass of NumPy calls."""
         tiny = np.finfo(float).tiny
-        judged_any = ~cmp.kink
-        for e in self.engines:
-            ref = self._reference(cmp, e)
-            with np.errstate(all="ignore"):
-                ratio = np.abs(cmp.results[e].values - ref) / np.maximum(cmp.tol[e], tiny)
-            keep = judged_any & np.isfinite(ratio) & np.isfinite(cmp.tol[e])
-            # error against magnitude: 2-D counts [magnitude bin][ratio bin]
-            ri = _bins(ratio[keep], RATIO_EDGES)
-            h = np.bincount(ri, minlength=len(RATIO_EDGES) - 1)
-            self.hist_engines[e] = self.hist_engines.get(e, 0) + h
-            # error against magnitude: 2-D counts [magnitude bin][ratio bin]
-            mi = _bins(np.abs(ref[keep]), MAGNITUDE_EDGES)
-            nr = len(RATIO_EDGES) - 1
-            grid = np.bincount(mi * nr + ri, minlength=(len(MAGNITUDE_EDGES) - 1) * nr).reshape(-1, nr)
-            self.hist_mag[e] = self.hist_mag.get(e, 0) + grid
-        for k, a in enumerate(self.engines):
-            for b in self.engines[k + 1 :]:
-                with np.errstate(all="ignore"):
-                    ratio = np.abs(cmp.results[a].values - cmp.results[b].values) / np.maximum(
-                        cmp.tol[a] + cmp.tol[b], tiny
-                    )
-                keep = judged_any & np.isfinite(ratio)
-                key = pair_name(a, b)
-                self.hist_pairs[key] = self.hist_pairs.get(key, 0) + _hist(ratio[keep], RATIO_EDGES)
+        engines = self.engines
+        nr, nm = len(RATIO_EDGES) - 1, len(MAGNITUDE_EDGES) - 1
+        vals = np.stack([cmp.results[e].values for e in engines])
+        tols = np.stack([cmp.tol[e] for e in engines])
+        refs = np.stack([self._reference(cmp, e) for e in engines])
+        with np.errstate(all="ignore"):
+            ratio = np.abs(vals - refs) / np.maximum(tols, tiny)
+        keep = ~cmp.kink & np.isfinite(ratio) & np.isfinite(tols)
+        which = np.arange(len(engines)).reshape(-1, 1, 1)
+        # error against magnitude: 2-D counts [magnitude bin][ratio bin] per engine
+        code = (which * nm + _bins(np.abs(refs), MAGNITUDE_EDGES)) * nr + _bins(ratio, RATIO_EDGES)
+        grid = np.bincount(code[keep], minlength=len(engines) * nm * nr).reshape(len(engines), nm, nr)
+        for k, e in enumerate(engines):
+            self.hist_engines[e] = self.hist_engines.get(e, 0) + grid[k].sum(axis=0)
+            self.hist_mag[e] = self.hist_mag.get(e, 0) + grid[k]
+        pairs = [(a, b) for k, a in enumerate(engines) for b in engines[k + 1 :]]
+        ia = [engines.index(a) for a, _ in pairs]
+        ib = [engines.index(b) for _, b in pairs]
+        with np.errstate(all="ignore"):
+            ratio = np.abs(vals[ia] - vals[ib]) / np.maximum(tols[ia] + tols[ib], tiny)
+        keep = ~cmp.kink & np.isfinite(ratio)
+        code = np.arange(len(pairs)).reshape(-1, 1, 1) * nr + _bins(ratio, RATIO_EDGES)
+        counts = np.bincount(code[keep], minlength=len(pairs) * nr).reshape(len(pairs), nr)
+        for k, (a, b) in enumerate(pairs):
+            key = pair_name(a, b)
+            self.hist_pairs[key] = self.hist_pairs.get(key, 0) + counts[k]
 
     def _faults(self, source, cmp, offset) -> None:
         from .compare import MISMATCH
@@ -409,7 +436,8 @@ class Accumulator:
                 line += f"\n  at that point: {pc.inputs}"
                 self.worst_fault[e] = (float(score[n, i]), line, pc)
 
-    def report(self, *, dtype: str, device: str, seed: int | None, derivatives: dict[str, str],
+    def report(self, *, dtype: str, device: str, seed: int | None,
+               derivatives: dict[str, str] | Callable[[], dict[str, str]],
                seconds: float = 0.0, strict: bool = False) -> Report:
         from .compare import REASONS
 
@@ -432,6 +460,10 @@ class Accumulator:
                     + "."
                 )
         unstable_any = any(self.unstable.values())
+        if at_fault and self.pending:  # detail=False: the given points in full, now that they are needed
+            for cmp, source, offset in self.pending:
+                self.data_points.extend(point_checks(cmp, list(range(len(cmp.batch))), source, offset))
+            self.pending = []
         if at_fault:
             message = "\n".join(self.worst_fault[e][1] for e in at_fault if e in self.worst_fault)
             verdict = "mismatch"
@@ -440,7 +472,7 @@ class Accumulator:
             message = (
                 f"all {len(self.engines)} engines agree on {total} point{'s' if total != 1 else ''} x "
                 f"{model.n_params} parameter{'s' if model.n_params != 1 else ''}"
-                + (", the exact referee confirming the data points" if self.data_points else "")
+                + (", the exact referee confirming the data points" if self.n_data else "")
                 + (f" ({self.kinks} kink{'s' if self.kinks != 1 else ''}: derivative undefined, subgradients accepted)" if self.kinks else "")
                 + (f"; {self.counts.get('unstable', 0)} component(s) numerically unstable (see notes)" if unstable_any else "")
                 + ("; some components were not judged (see notes)" if self.reasons else "")
@@ -461,7 +493,9 @@ class Accumulator:
             formula=model.formula,
             loss=model.loss_name,
             params=model.param_labels,
-            derivatives=derivatives,
+            # Printed derivatives cost seconds on a traced graph: with detail=False only when failing.
+            derivatives=(derivatives if isinstance(derivatives, dict)
+                         else derivatives() if self.detail or at_fault else {}),
             dtype=dtype,
             device=device,
             seed=seed,

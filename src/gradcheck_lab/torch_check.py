@@ -27,6 +27,15 @@ Note [Drop-in design]
   backwards pass and 1e-8 relative errors in float64 are caught. ``atol``
   and ``rtol``, when given, replace the derived tolerance for the
   candidate: it fails where ``|g - exact| > atol + rtol |exact|``.
+* **Structural checks**: after the values, torch's own tests of the
+  backward's plumbing run on the user's function, by torch's own code
+  (``torch.autograd.gradcheck``'s helpers, so their meaning is exactly
+  torch's): a zero cotangent gives zero gradients of the inputs' dtype,
+  device and size; ``check_undefined_grad`` (undefined output gradients
+  are handled); ``check_batched_grad`` / ``check_batched_forward_grad``
+  (``vmap`` over the backward / forward AD matches a loop). Ours:
+  ``check_grad_dtypes`` (each gradient has its input's dtype). A failure
+  raises :class:`GradientMismatch` naming the keyword that skips it.
 * **Ops outside the table** (:data:`gradcheck_lab.torch_graph.OPS`): no
   symbolic or referee leg; the backward is checked against finite
   differences of the user's forward with their error bars, and the message
@@ -204,32 +213,80 @@ def _gradient(grads, leaves) -> np.ndarray:
 
 
 def _backward_candidate(target: _Target):
-    """The user's backward as a gradient function: ``J^T c`` by ``torch.autograd.grad`` of ``c . f(x)``."""
+    """The user's backward as a candidate: the vector-Jacobian products ``J^T c`` of each point.
+
+    Points that share their inputs (the rows of the Jacobian at the given
+    inputs) share one forward; each cotangent is one ``torch.autograd.grad``
+    with ``retain_graph``, as torch's gradcheck computes its rows. A torch
+    candidate, so its own rounding is measured on every aten operation of
+    the forward and the user's backward (Note [Own rounding]).
+    """
     import torch
+
+    from .candidates import Candidate
+
+    def gradients(model, batch, dtype, device):
+        dt = getattr(torch, target.dtype)
+        off = 0
+        for var in model.data_vars:
+            if var.name == "cotangent":
+                break
+            off += var.size
+        n_out = model.data_vars[[v.name for v in model.data_vars].index("cotangent")].size
+        out = np.empty(batch.theta.shape)
+        start, n = 0, len(batch)
+        while start < n:
+            end = start + 1
+            while end < n and np.array_equal(batch.theta[end], batch.theta[start]):
+                end += 1
+            leaves, k = [], 0
+            for leaf in target.leaves:
+                size = max(math.prod(leaf.shape), 1)
+                leaves.append(torch.tensor(batch.theta[start, k : k + size], dtype=dt).reshape(leaf.shape).requires_grad_())
+                k += size
+            flat = target.flat_output(target.call(*leaves))
+            for r in range(start, end):
+                if not flat.requires_grad:  # no output depends on a checked input: a zero Jacobian
+                    out[r] = 0.0
+                    continue
+                cot = torch.as_tensor(batch.data[r, off : off + n_out], dtype=flat.dtype)
+                grads = torch.autograd.grad(flat, leaves, cot, retain_graph=r < end - 1, allow_unused=True)
+                out[r] = _gradient(grads, leaves)
+            start = end
+        return out, None
+
+    return Candidate("torch_batch", gradients)
+
+
+def _double_backward_candidate(target: _Target, direction: str, noncontiguous: bool = False):
+    """``u . d(c . f)/dx`` with ``create_graph=True``, differentiated again: the user's double backward.
+
+    ``noncontiguous``: each output's cotangent reaches the backward as a
+    non-contiguous tensor (``gen_non_contig_grad_outputs``).
+    """
+    import torch
+
+    from .torch_graph import _flat_outputs
 
     dt = getattr(torch, target.dtype)
 
     def grad(params, point):
         leaves = _leaf_values(target, params, dt)
-        flat = target.flat_output(target.call(*leaves))
-        cot = torch.as_tensor(np.asarray(point["cotangent"], dtype=float), dtype=flat.dtype)
-        return _gradient(torch.autograd.grad((flat * cot).sum(), leaves, allow_unused=True), leaves)
-
-    return grad
-
-
-def _double_backward_candidate(target: _Target, direction: str):
-    """``u . d(c . f)/dx`` with ``create_graph=True``, differentiated again: the user's double backward."""
-    import torch
-
-    dt = getattr(torch, target.dtype)
-
-    def grad(params, point):
-        leaves = _leaf_values(target, params, dt)
-        flat = target.flat_output(target.call(*leaves))
-        cot = torch.as_tensor(np.asarray(point["cotangent"], dtype=float), dtype=flat.dtype)
-        first = torch.autograd.grad((flat * cot).sum(), leaves, create_graph=True, allow_unused=True)
-        u = torch.as_tensor(np.asarray(point[direction], dtype=float), dtype=flat.dtype)
+        outs = [o for o in _flat_outputs(target.call(*leaves)) if o.is_floating_point()]
+        cot = torch.as_tensor(np.asarray(point["cotangent"], dtype=float), dtype=dt)
+        cots, off = [], 0
+        for o in outs:
+            c = cot[off : off + o.numel()].reshape(o.shape)
+            off += o.numel()
+            if noncontiguous:  # every other element of a buffer twice the size
+                c = torch.zeros((*o.shape, 2), dtype=dt).select(-1, 0).copy_(c)
+            cots.append(c)
+        used = [(o, c) for o, c in zip(outs, cots) if o.requires_grad]
+        first = (
+            torch.autograd.grad([o for o, _ in used], leaves, [c for _, c in used], create_graph=True, allow_unused=True)
+            if used else [None] * len(leaves)
+        )
+        u = torch.as_tensor(np.asarray(point[direction], dtype=float), dtype=dt)
         terms, off = [], 0
         for leaf, g in zip(target.leaves, first):
             n = max(math.prod(leaf.shape), 1)
@@ -238,8 +295,34 @@ def _double_backward_candidate(target: _Target, direction: str):
             off += n
         if not terms:
             # A backward that is not differentiable at all: its second derivatives read as 0.
-            return np.zeros(sum(max(math.prod(lf.shape), 1) for lf in target.leaves), dtype=flat.detach().numpy().dtype)
+            return np.zeros(sum(max(math.prod(lf.shape), 1) for lf in target.leaves), dtype=np.float32 if
+                            target.dtype == "float32" else np.float64)
         return _gradient(torch.autograd.grad(sum(terms), leaves, allow_unused=True), leaves)
+
+    return grad
+
+
+def _fwd_over_rev_candidate(target: _Target, direction: str):
+    """``H u`` as forward-mode AD over the user's backward: the tangent of ``d(c . f)/dx`` along ``u``."""
+    import torch
+    import torch.autograd.forward_ad as fwAD
+
+    dt = getattr(torch, target.dtype)
+
+    def grad(params, point):
+        leaves = _leaf_values(target, params, dt)
+        u = torch.as_tensor(np.asarray(point[direction], dtype=float), dtype=dt)
+        cot = torch.as_tensor(np.asarray(point["cotangent"], dtype=float), dtype=dt)
+        with fwAD.dual_level():
+            duals, off = [], 0
+            for leaf, t in zip(target.leaves, leaves):
+                n = max(math.prod(leaf.shape), 1)
+                duals.append(fwAD.make_dual(t, u[off : off + n].reshape(t.shape)))
+                off += n
+            flat = target.flat_output(target.call(*duals))
+            first = torch.autograd.grad(flat, leaves, cot, create_graph=True, allow_unused=True)
+            tangents = [None if g is None else fwAD.unpack_dual(g).tangent for g in first]
+        return _gradient(tangents, leaves)
 
     return grad
 
@@ -412,11 +495,13 @@ def gradcheck(
     difference of two backward passes (reentrancy); ``check_forward_ad``
     checks forward-mode JVPs; ``check_backward_ad=False`` skips the
     backward; ``fast_mode`` checks random cotangents instead of the full
-    Jacobian. ``check_undefined_grad``, ``check_grad_dtypes``,
-    ``check_batched_grad``, ``check_batched_forward_grad`` and ``masked``
-    are accepted and not performed (structural checks of torch's own
-    operators; run torch's gradcheck for them). ``points`` random points
-    around the inputs (seeded by ``seed``) are checked too.
+    Jacobian. Once the values pass, torch's structural tests run, by
+    torch's own code: a zero cotangent gives zero gradients (of the inputs'
+    dtype, device and size; ``masked`` compares with ``allclose``),
+    ``check_undefined_grad``, ``check_batched_grad`` and
+    ``check_batched_forward_grad``; ``check_grad_dtypes`` checks each
+    gradient's dtype. ``points`` random points around the inputs (seeded by
+    ``seed``) are checked too.
 
     >>> import torch
     >>> from gradcheck_lab import gradcheck
@@ -425,21 +510,28 @@ def gradcheck(
     True
     """
     _validate(points, seed)
+    _requires("check_batched_grad", check_batched_grad, "check_backward_ad", check_backward_ad)
+    _requires("check_batched_forward_grad", check_batched_forward_grad, "check_forward_ad", check_forward_ad)
     target = _Target(func, inputs)
     traced = trace(target.call, target.values, target.leaves, key=target.key())
     if traced.n_out == 0:
         raise UsageError("Expected func to return at least one floating-point tensor element but got none.")
+    structural = dict(
+        backward=check_backward_ad, forward=check_forward_ad, undefined=check_undefined_grad,
+        dtypes=check_grad_dtypes, batched=check_batched_grad, batched_forward=check_batched_forward_grad,
+        masked=bool(masked), raise_exception=raise_exception,
+    )
     if isinstance(traced, Unsupported):
-        return _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad)
+        if not _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad):
+            return False
+        return _structural("gradcheck", target.call, target.values, func, **structural)
     model = model_of(traced, [v.detach().double().numpy() for v in target.values])
     labels = leaf_labels(traced)
     cots = _cotangents(traced.n_out, fast_mode, seed)
     pts = [{"cotangent": c} for c in cots]
-    from .api import verify
-
     if check_backward_ad:
         cand = _backward_candidate(target)
-        report = verify(model, points=pts, random=points, seed=seed, candidate=cand, dtype=target.dtype)
+        report = _check(model, pts, points, seed, cand, target.dtype, atol, rtol)
         faults = _faults(report, atol, rtol)
         if faults:
             msg = _mismatch_message("gradcheck", traced, labels, report, faults, "backward", func)
@@ -451,12 +543,88 @@ def gradcheck(
             return False
     if check_forward_ad:
         cand = _forward_candidate(target, model)
-        report = verify(model, points=pts, random=points, seed=seed, candidate=cand, dtype=target.dtype)
+        report = _check(model, pts, points, seed, cand, target.dtype, atol, rtol)
         faults = _faults(report, atol, rtol)
         if faults:
             msg = _mismatch_message("gradcheck", traced, labels, report, faults, "forward-mode AD (JVP)", func)
             return _fail(msg, report, raise_exception)
+    return _structural("gradcheck", target.call, target.values, func, **structural)
+
+
+def _requires(name: str, value: bool, needs: str, given: bool) -> None:
+    if value and not given:
+        raise UsageError(f"Expected {needs}=True with {name}=True (as torch.autograd.gradcheck) but got {needs}=False.")
+
+
+def _structural(what, fn, values, func, *, backward, forward, undefined, dtypes, batched, batched_forward, masked,
+                raise_exception) -> bool:
+    """torch's structural tests of the backward's plumbing, by torch's own helpers (Note [Drop-in design])."""
+    import importlib
+
+    import torch
+
+    tg = importlib.import_module("torch.autograd.gradcheck")  # the module (torch.autograd.gradcheck is its function)
+    leaves = tuple(v.detach().clone().requires_grad_(True) for v in values)
+    out = fn(*leaves)
+    outputs = tuple(o for o in (out if isinstance(out, (tuple, list)) else (out,))
+                    if isinstance(o, torch.Tensor) and o.requires_grad)
+    tests: list[tuple[str, str, Callable]] = []
+    if batched_forward:
+        tests.append(("check_batched_forward_grad", "_test_batched_grad_forward_ad", lambda h: h(fn, leaves)))
+    if backward and outputs:
+        for i, o in enumerate(outputs):
+            if batched:
+                tests.append(("check_batched_grad", "_test_batched_grad", lambda h, i=i, o=o: h(leaves, o, i)))
+        tests.append(("check_backward_ad", "_test_backward_mul_by_grad_output",
+                      lambda h: h(outputs, leaves, masked)))
+        if undefined:
+            tests.append(("check_undefined_grad", "_test_undefined_backward_mode", lambda h: h(fn, outputs, leaves)))
+    if forward and undefined and outputs:
+        tests.append(("check_undefined_grad", "_test_undefined_forward_mode", lambda h: h(fn, outputs, leaves)))
+    name = getattr(func, "__qualname__", None) or type(func).__name__
+    if dtypes and backward and outputs:
+        grads = torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs],
+                                    retain_graph=True, allow_unused=True)
+        for leaf, g in zip(leaves, grads):
+            if g is not None and g.dtype != leaf.dtype:
+                return _fail(
+                    f"gradcheck_lab.{what}: the backward of {name} returns a {g.dtype} gradient for a {leaf.dtype} "
+                    f"input of shape {tuple(leaf.shape)} (check_grad_dtypes); return the input's dtype, or pass "
+                    "check_grad_dtypes=False.",
+                    None, raise_exception,
+                )
+    for keyword, helper_name, run in tests:
+        helper = getattr(tg, helper_name, None)
+        if helper is None:  # another torch version: the helper moved
+            warnings.warn(f"gradcheck_lab: {keyword}: torch {torch.__version__} has no {helper_name}; not performed.",
+                          RuntimeWarning, stacklevel=3)
+            continue
+        try:
+            run(helper)
+        except Exception as exc:  # torch's GradcheckError, or what the user's backward raised under the test
+            return _fail(
+                f"gradcheck_lab.{what}: the backward of {name} fails torch's structural check {keyword}: {exc}\n"
+                f"  Its values were right; this is about how it handles its arguments. "
+                f"Pass {keyword}=False to skip the check (as with torch.autograd.{what}).",
+                None, raise_exception,
+            )
     return True
+
+
+def _check(model, pts, points, seed, cand, dtype, atol, rtol):
+    """``verify`` of the candidate at the given points and ``points`` random ones.
+
+    The given points are listed in full only where needed: when the check
+    fails, or when ``atol``/``rtol`` replace the verdict's tolerance (every
+    component is then read again).
+    """
+    from .api import REFEREE_POINTS, REFEREE_SECONDS, _verify
+
+    return _verify(
+        model, points=pts, params=None, random=points, seed=seed, dtype=dtype, device="cpu", candidate=cand,
+        engines=None, progress=None, strict=False, referee_points=REFEREE_POINTS, referee_seconds=REFEREE_SECONDS,
+        order=1, detail=atol is not None or rtol is not None,
+    )
 
 
 def _validate(points, seed) -> None:
@@ -544,7 +712,10 @@ def gradgradcheck(
     (seeded random if None); at the given inputs ``u`` runs over every
     input component (up to :data:`MAX_JACOBIAN`), so a backward that is
     right to first order but not differentiable (a detached factor) fails.
-    The other keywords are as in :func:`gradcheck`.
+    ``gen_non_contig_grad_outputs`` hands the cotangents to the backward as
+    non-contiguous tensors; ``check_fwd_over_rev`` checks forward-mode AD
+    over the backward against the same values; ``check_rev_over_rev=False``
+    skips the double backward. The other keywords are as in :func:`gradcheck`.
 
     >>> import torch
     >>> from gradcheck_lab import gradgradcheck
@@ -554,7 +725,6 @@ def gradgradcheck(
     """
     import torch
 
-    from .api import verify
     from .hessian import hvp_model
 
     _validate(points, seed)
@@ -565,8 +735,6 @@ def gradgradcheck(
             f"Expected the forward to use supported ops for gradgradcheck but it uses {', '.join(traced.ops) or '?'} "
             f"({traced.reason}); second derivatives need the symbolic leg (docs/torch.md lists the ops)."
         )
-    if not check_rev_over_rev:
-        return True
     base = model_of(traced, [v.detach().double().numpy() for v in target.values])
     derived = hvp_model(base)
     direction = derived.inputs[-1].name
@@ -582,16 +750,34 @@ def gradgradcheck(
         else [list(np.random.default_rng(seed + 1).uniform(-1, 1, p)) for _ in range(RANDOM_COTANGENTS)]
     )
     pts = [{"cotangent": cot, direction: u} for u in dirs]
-    cand = _double_backward_candidate(target, direction)
-    report = verify(derived, points=pts, random=points, seed=seed, candidate=cand, dtype=target.dtype)
-    faults = _faults(report, atol, rtol)
-    if faults:
-        labels = leaf_labels(traced)
-        msg = _mismatch_message("gradgradcheck", traced, labels, report, faults, "double backward", func)
-        return _fail(msg.replace("d[the outputs projected on a random cotangent]", "d[u . d(c . f)/dx]"), report,
-                     raise_exception)
-    _own_engines(report)
-    return True
+    modes = []
+    if check_rev_over_rev:
+        modes.append(("double backward", _double_backward_candidate(target, direction, gen_non_contig_grad_outputs)))
+    if check_fwd_over_rev:
+        modes.append(("forward-over-reverse AD", _fwd_over_rev_candidate(target, direction)))
+    for label, cand in modes:
+        report = _check(derived, pts, points, seed, cand, target.dtype, atol, rtol)
+        faults = _faults(report, atol, rtol)
+        if faults:
+            labels = leaf_labels(traced)
+            msg = _mismatch_message("gradgradcheck", traced, labels, report, faults, label, func)
+            return _fail(msg.replace("d[the outputs projected on a random cotangent]", "d[u . d(c . f)/dx]"), report,
+                         raise_exception)
+        _own_engines(report)
+    cot_t = torch.tensor(cot, dtype=getattr(torch, target.dtype))
+
+    def first(*leaves):
+        """The first derivative ``d(c . f)/dx`` with its graph: torch's gradgradcheck checks it like a function."""
+        leaves = tuple(t if t.requires_grad else t.requires_grad_() for t in leaves)  # its tests detach some
+        flat = target.flat_output(target.call(*leaves))
+        grads = torch.autograd.grad(flat, leaves, cot_t, create_graph=True, allow_unused=True)
+        return tuple(g for g in grads if g is not None)
+
+    return _structural(
+        "gradgradcheck", first, target.values, func, backward=check_rev_over_rev, forward=check_fwd_over_rev,
+        undefined=check_undefined_grad, dtypes=check_grad_dtypes, batched=check_batched_grad, batched_forward=False,
+        masked=bool(masked), raise_exception=raise_exception,
+    )
 
 
 # ---------------------------------------------------------------- ops outside the table

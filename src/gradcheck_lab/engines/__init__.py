@@ -40,6 +40,14 @@ class Gradients:
     upper: np.ndarray | None = None
     f32: np.ndarray | None = None
 
+    def take(self, rows: slice | np.ndarray) -> Gradients:
+        """The gradients at some points (rows) only."""
+        def part(a):
+            return None if a is None else a[rows]
+
+        return Gradients(self.engine, self.values[rows], self.dtype, part(self.error), part(self.kink),
+                         part(self.lower), part(self.upper), part(self.f32))
+
 
 #: name -> module implementing ``gradients``; imported on first use.
 ENGINES: dict[str, str] = {
