@@ -444,3 +444,26 @@ def test_gen_non_contig_grad_outputs_reaches_the_backward():
     seen.clear()
     assert gradgradcheck(Cube.apply, (x,), points=0) is True
     assert seen and all(seen)
+
+
+def test_a_backward_wrong_only_beyond_softplus_threshold_is_caught_and_torch_softplus_passes():
+    x = _t(3, 4, scale=10.0, seed=4)  # some elements beyond 20
+    assert (x > 20).any()
+    with pytest.raises(GradientMismatch, match="backward"):
+        gradcheck(cf.ThresholdSoftplus.apply, (x,))
+    assert torch.autograd.gradcheck(cf.ThresholdSoftplus.apply, (x,))  # torch's tolerance misses it
+    assert gradcheck(torch.nn.functional.softplus, (x,)) is True  # torch's own softplus is consistent
+    assert gradcheck(cf.Softplus.apply, (x,)) is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("scale", [10.0, 100.0])
+def test_fused_torch_functions_at_large_inputs_pass(dtype, scale):
+    """log_softmax/softmax backwards round inside fused kernels (exp(out) -> 1); exp overflows in float32."""
+    F = torch.nn.functional
+    for seed in range(3):
+        x = _t(3, 4, dtype=dtype, scale=scale, seed=seed)
+        for f in (lambda t: torch.log_softmax(t, -1), lambda t: torch.softmax(t, -1), F.softplus, torch.exp):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert gradcheck(f, (x,), seed=seed) is True

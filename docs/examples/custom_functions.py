@@ -83,12 +83,28 @@ class Softplus(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return torch.nn.functional.softplus(x)
+        # The exact softplus, stable for any x. (torch.nn.functional.softplus returns x itself above
+        # its threshold of 20, whose gradient is exactly 1, not sigmoid(x): see ThresholdSoftplus.)
+        return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         return g * torch.sigmoid(x)
+
+
+class ThresholdSoftplus(Function):
+    """Bug: the forward is torch's softplus (x itself above 20), the backward the smooth sigmoid(x)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.nn.functional.softplus(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.sigmoid(x)  # off by exp(-x) ~ 2e-9 where x > 20, where the forward is x
 
 
 class LayerNorm(Function):

@@ -99,6 +99,7 @@ REASONS = {
     "budget": "the referee's budget for this run was spent (disagreement not proven)",
     "range": "the point lies outside float32's range (an input overflows to inf there)",
     "range32": "the exact gradient (or the model's own float32 computation of it) lies beyond float32's range",
+    "underflow32": "the exact gradient lies below float32's normal range and the float32 value within it of 0",
     "kink_rounding": "rounding the inputs to float32 moves them onto or across a relu/abs kink",
 }
 
@@ -518,7 +519,16 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
             mark[rows] = beyond32
             not_judged(name, mark & (state[name] == AGREE), "range32")
             judged[name][mark] = False
+        # ... nor one below float32's normal range: within that of it, a float32 value is as close as float32 gets.
         g = res.values[rows]
+        tiny32 = float(np.finfo(np.float32).tiny)
+        with np.errstate(invalid="ignore"):
+            below32 = f32 & have & (np.abs(ex) < tiny32) & (np.abs(g) <= tiny32)
+        if below32.any():
+            mark = np.zeros(state[name].shape, dtype=bool)
+            mark[rows] = below32
+            not_judged(name, mark & (state[name] == AGREE), "underflow32")
+            judged[name][mark] = False
         j = judged[name][rows] & have & (state[name][rows] == AGREE)
         with np.errstate(invalid="ignore"):
             dev = np.abs(g - ex)

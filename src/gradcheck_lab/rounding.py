@@ -230,17 +230,35 @@ def torch_mca(dtype: str, seed: int, n: int | None = None):
     delta = 2.0 ** -VIRTUAL[dtype]
     exact_ops = _exact_ops()
 
+    fused = _fused_decompositions()
+
     class _MCA(TorchDispatchMode):
         tainted = np.zeros(n or 1, dtype=bool)
+        depth = 0  # > 0 inside a fused operation's decomposition
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
             name = func.overloadpacket.__name__
+            decomposed = func in fused
+            if decomposed:
+                # A fused kernel rounds its intermediates too (1 - y in sigmoid's backward, exp(out) in
+                # log_softmax's): run its decomposition, so every operation of it is perturbed.
+                self.depth += 1
+                try:
+                    with self:
+                        out = fused[func](*args, **(kwargs or {}))
+                finally:
+                    self.depth -= 1
+                if out is NotImplemented:
+                    decomposed, out = False, func(*args, **(kwargs or {}))
+            else:
+                out = func(*args, **(kwargs or {}))
             if name in exact_ops or name.endswith("_") or func._schema.is_mutable:
                 return out
-            if name not in ("add", "sub", "rsub") and isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
+            # Underflow is judged on whole operations: inside a fused one, exp(-800) = 0 in a softmax is harmless.
+            if (self.depth == 0 and name not in ("add", "sub", "rsub") and isinstance(out, torch.Tensor)
+                    and out.is_floating_point() and out.numel()):
                 self._underflow(out, args, torch.Tag.pointwise in func.tags)
-            return _perturb_tree(out, gen, delta, torch)
+            return out if decomposed else _perturb_tree(out, gen, delta, torch)
 
         def _underflow(self, out, args, pointwise):
             mag = out.abs()
@@ -287,6 +305,33 @@ def _perturb_tree(out, gen, delta, torch):
         return out
     if isinstance(out, (tuple, list)):
         return type(out)(_perturb_tree(o, gen, delta, torch) for o in out)
+    return out
+
+
+#: Fused aten operations whose intermediates round where their output's relative perturbation cannot
+#: show it (cancellation inside the kernel); Monte Carlo arithmetic runs their decompositions instead.
+FUSED = """sigmoid_backward tanh_backward _softmax _log_softmax _softmax_backward_data _log_softmax_backward_data
+    logsumexp native_layer_norm native_layer_norm_backward native_batch_norm softplus softplus_backward
+    binary_cross_entropy binary_cross_entropy_backward binary_cross_entropy_with_logits mse_loss mse_loss_backward
+    huber_loss huber_loss_backward smooth_l1_loss smooth_l1_loss_backward silu silu_backward gelu gelu_backward
+    elu elu_backward mish mish_backward log_sigmoid_forward log_sigmoid_backward logit_backward logaddexp xlogy
+    special_xlog1py addcmul addcdiv lerp var std var_mean linalg_vector_norm sinc""".split()
+
+
+def _fused_decompositions() -> dict:
+    """OpOverload -> decomposition (``torch._decomp``, torch's own tables) for the :data:`FUSED` operations."""
+    import torch
+    from torch._decomp import decomposition_table
+
+    out = {}
+    for name in FUSED:
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is None:
+            continue
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            if op in decomposition_table and not op._schema.is_mutable:
+                out[op] = decomposition_table[op]
     return out
 
 
