@@ -212,10 +212,10 @@ def test_user_tolerances_replace_the_derived_ones():
 
 
 def test_ops_outside_the_table_fall_back_to_finite_differences():
-    class WrongCumsum(torch.autograd.Function):
+    class WrongLgamma(torch.autograd.Function):
         @staticmethod
         def forward(ctx, t):
-            return torch.cumsum(t, 0)
+            return torch.lgamma(t)
 
         @staticmethod
         def backward(ctx, g):
@@ -223,9 +223,30 @@ def test_ops_outside_the_table_fall_back_to_finite_differences():
 
     x = _t(4)
     with pytest.warns(RuntimeWarning, match="symbolic and referee legs missing"):
-        assert gradcheck(lambda t: torch.cumsum(t, 0) ** 2, (x,)) is True
-    with pytest.raises(GradientMismatch, match="legs missing: cumsum"):
-        gradcheck(WrongCumsum.apply, (x,))
+        assert gradcheck(lambda t: torch.lgamma(t) ** 2, (x,)) is True
+    with pytest.raises(GradientMismatch, match="legs missing: lgamma"):
+        gradcheck(WrongLgamma.apply, (x,))
+
+
+def test_ops_torch_can_decompose_keep_the_symbolic_leg():
+    x = _t(3, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "legs missing" warning
+        assert gradcheck(lambda t: torch.cumsum(t, 1) ** 2, (x,)) is True
+        assert gradcheck(torch.nn.BatchNorm1d(4).double(), (x,)) is True  # training mode: batch statistics
+        assert gradcheck(lambda t: t.var(1, unbiased=False) + t.std(), (x,)) is True
+
+    class WrongCumsum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return torch.cumsum(t, 0)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g  # the gradient of cumsum is the reversed cumsum
+
+    with pytest.raises(GradientMismatch, match="backward of"):
+        gradcheck(WrongCumsum.apply, (_t(4),))
 
 
 def test_usage_errors():

@@ -119,9 +119,9 @@ def test_custom_function_forward_is_traced_through_and_backward_ignored():
 
 
 def test_ops_outside_the_table_are_named():
-    traced, _ = _trace(lambda a: torch.cumsum(a, 0) + torch.special.i0(a), (3,))
+    traced, _ = _trace(lambda a: torch.lgamma(a) + torch.special.i0(a), (3,))
     assert isinstance(traced, Unsupported)
-    assert any("cumsum" in o for o in traced.ops) and any("i0" in o for o in traced.ops)
+    assert any("lgamma" in o for o in traced.ops) and any("i0" in o for o in traced.ops)
 
 
 def test_derivations_are_shared_by_graph_structure_and_points_change():

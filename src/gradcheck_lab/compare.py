@@ -100,6 +100,7 @@ REASONS = {
     "range": "the point lies outside float32's range (an input overflows to inf there)",
     "range32": "the exact gradient (or the model's own float32 computation of it) lies beyond float32's range",
     "underflow32": "the exact gradient lies below float32's normal range and the float32 value within it of 0",
+    "model_lost": "autograd of the model itself, in the candidate's precision, gives no finite value there",
     "kink_rounding": "rounding the inputs to float32 moves them onto or across a relu/abs kink",
 }
 
@@ -529,6 +530,17 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
             mark[rows] = below32
             not_judged(name, mark & (state[name] == AGREE), "underflow32")
             judged[name][mark] = False
+        if name not in PROJECT_ENGINES:
+            # Where autograd of the model itself, in the candidate's precision, gives no finite value
+            # (BCE of a sigmoid that rounded to 1: log(1 - p) = -inf), that arithmetic cannot compute
+            # the gradient there: the candidate's value is no evidence either way.
+            same = f32 == (results["autograd"].dtype == "float32")
+            lost = same & have & ~np.isfinite(results["autograd"].values[rows]) & judged[name][rows]
+            if lost.any():
+                mark = np.zeros(state[name].shape, dtype=bool)
+                mark[rows] = lost
+                not_judged(name, mark & (state[name] == AGREE), "model_lost")
+                judged[name][mark] = False
         j = judged[name][rows] & have & (state[name][rows] == AGREE)
         with np.errstate(invalid="ignore"):
             dev = np.abs(g - ex)

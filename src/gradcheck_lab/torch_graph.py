@@ -35,6 +35,17 @@ are, and the symbolic form is a ``Piecewise``. ``where`` of a comparison
 finite-difference backend the difference ``a - b`` is also passed through
 ``ops.abs`` (times 0) so that a branch switch inside the stencil is seen.
 
+Note [Decomposing unsupported ops]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+An aten op outside :data:`OPS` (``native_batch_norm``, ``cumsum``,
+``convolution``...) is first looked up in torch's own decomposition table
+(``torch._decomp``, what ``torch.compile`` lowers with): the forward is traced
+again with the decompositions of exactly the missing ops, for up to
+:data:`DECOMPOSE_ROUNDS` rounds, until every op is in the table. A few
+``prims`` those decompositions produce (``broadcast_in_dim``, ``div``,
+``var``) are in the table for that reason. Only when no decomposition
+covers an op does the check go without its symbolic leg.
+
 Note [Softplus threshold]
 ~~~~~~~~~~~~~~~~~~~~~~~~~
 ``torch.nn.functional.softplus`` returns ``x`` itself where ``beta * x``
@@ -278,6 +289,15 @@ def _var(ops, a, dim=None, *, correction=None, keepdim=False, unbiased=None):
     return _reduce(a, dim, keepdim, var)
 
 
+def _var_default(ops, a, *args, **kwargs):
+    """``var.default``: aten's ``var(a, unbiased)`` or, from torch's decompositions, prims' ``var(a, dims, correction)``."""
+    if args and isinstance(args[0], bool):
+        return _var(ops, a, unbiased=args[0])
+    if args:
+        return _var(ops, a, args[0], correction=args[1] if len(args) > 1 else kwargs.get("correction"))
+    return _var(ops, a, **{k: v for k, v in kwargs.items() if k in ("correction", "keepdim", "unbiased")})
+
+
 def _std(ops, a, dim=None, *, correction=None, keepdim=False, unbiased=None):
     v = _var(ops, a, dim, correction=correction, keepdim=keepdim, unbiased=unbiased)
     return _unary("sqrt")(ops, v)
@@ -342,6 +362,14 @@ def _logical_not(ops, a):
 
 def _where(ops, c, a, b):
     return _map(lambda ci, ai, bi: _where1(ops, ci, ai, bi), c, a, b)
+
+
+def _broadcast_in_dim(a, shape, dims):
+    a = _obj(a)
+    full = [1] * len(shape)
+    for d, n in zip(dims, a.shape):
+        full[d] = n
+    return np.broadcast_to(a.reshape(full), tuple(shape)).copy()
 
 
 def _softplus(ops, a, beta, threshold):
@@ -500,6 +528,8 @@ OPS: dict[str, tuple[Callable, str]] = {
     "sum": (_sum, "sum over all or some dims"),
     "mean": (_mean, "mean over all or some dims"),
     "var": (_var, "variance with correction (unbiased by default)"),
+    "var.default": (lambda ops, a, *args, **kw: _var_default(ops, a, *args, **kw),
+                    "aten var(a, unbiased) or prims var(a, dims, correction)"),
     "std": (_std, "sqrt(var)"),
     "amax": (_amax, "max over dims; kinks at ties"),
     "amin": (_amin, "min over dims; kinks at ties"),
@@ -519,6 +549,9 @@ OPS: dict[str, tuple[Callable, str]] = {
     "transpose": (lambda ops, a, d0, d1: np.swapaxes(_obj(a), d0, d1), "swap two dims"),
     "t": (lambda ops, a: _obj(a).T, "transpose of a matrix"),
     "expand": (_expand, "broadcast to a size"),
+    "broadcast_in_dim": (lambda ops, a, shape, dims: _broadcast_in_dim(a, shape, dims),
+                         "prims: broadcast to a size, a's dims placed at dims (from torch's decompositions)"),
+    "div.default": (_arith(operator.truediv), "prims: a / b (from torch's decompositions)"),
     "unsqueeze": (lambda ops, a, dim: np.expand_dims(_obj(a), dim if dim >= 0 else dim + _obj(a).ndim + 1), "new dim of size 1"),
     "squeeze": (_squeeze, "drop dims of size 1"),
     "slice": (_slice, "a[start:end:step] along dim"),
@@ -651,6 +684,7 @@ class Unsupported:
     leaves: list[Leaf]
     out_shapes: list[tuple[int, ...]]
     reason: str = ""
+    targets: list = field(default_factory=list)  # the unsupported aten operations themselves
 
     @property
     def n_out(self) -> int:
@@ -715,6 +749,10 @@ def _remember(cache: OrderedDict, key, value):
     return value
 
 
+#: Rounds of re-tracing through torch's decompositions of unsupported ops (Note [Decomposing unsupported ops]).
+DECOMPOSE_ROUNDS = 4
+
+
 def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = None) -> Traced | Unsupported:
     """Trace ``call(*args)`` (args: the checked leaves' tensors first, in ``leaves`` order).
 
@@ -738,6 +776,23 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
         return _remember(_TRACES, key, Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")) if key else \
             Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")
     result = _analyse(gm, real, leaves, out_shapes)
+    # Note [Decomposing unsupported ops]: an op outside the table (batch_norm, conv, ...) is traced
+    # again through torch's own decomposition of it (torch._decomp), until the graph is all supported.
+    from torch._decomp import get_decompositions
+
+    table: dict = {}
+    for _ in range(DECOMPOSE_ROUNDS):
+        if not isinstance(result, Unsupported) or not result.targets:
+            break
+        more = {op: fn for op, fn in get_decompositions(result.targets).items() if op not in table}
+        if not more:
+            break
+        table.update(more)
+        try:
+            gm = make_fx(call, decomposition_table=table)(*real)
+        except Exception:  # noqa: BLE001 - the decomposition does not trace: keep the first verdict
+            break
+        result = _analyse(gm, real, leaves, out_shapes)
     return _remember(_TRACES, key, result) if key is not None else result
 
 
@@ -762,6 +817,7 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
     env: dict = {n.name: r for n, r in zip(placeholders, real)}
     consts: dict = {}
     missing: list[str] = []
+    targets: list = []
 
     def val(a):
         return torch.fx.node.map_arg(a, lambda n: env[n.name])
@@ -782,10 +838,12 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
             live.add(node.name)
             if node.target is not operator.getitem and _handler(node.target) is None:
                 missing.append(getattr(node.target, "__name__", str(node.target)))
+                targets.append(node.target)
         else:
             consts[node.name] = _constant(env[node.name])
     if missing:
-        return Unsupported(sorted(set(missing)), leaves, out_shapes, "op outside the supported table")
+        return Unsupported(sorted(set(missing)), leaves, out_shapes, "op outside the supported table",
+                           list(dict.fromkeys(targets)))
     key_consts = "".join(f"{k}={_fingerprint(env[k])}" for k in sorted(consts))
     key = hashlib.sha1((gm.code + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
     return Traced(gm, leaves, live, consts, out_shapes, key)
