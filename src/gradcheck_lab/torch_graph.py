@@ -179,9 +179,19 @@ def _fn(ops, name: str) -> Callable:
     return f
 
 
+#: SymPy functions built unevaluated on a traced graph: ``tanh(a sum of 30 products)`` otherwise asks
+#: SymPy's assumptions about its argument's sign (seconds on a 12x12 matmul, minutes on 30x30).
+_SYMPY_UNEVALUATED = ("exp", "log", "sin", "cos", "tan", "tanh", "sinh", "cosh", "asinh", "atan", "erf")
+
+
 def _unary(name: str):
     def apply(ops, x, *_, **__):
         f: Callable = _fn(ops, name)
+        if getattr(ops, "name", "") == "sympy" and name in _SYMPY_UNEVALUATED:
+            import sympy as sp
+
+            cls = getattr(sp, name)
+            f = lambda e: cls(e, evaluate=False)  # noqa: E731
         g: Callable = _FLOAT[name]
         return _map(lambda e: g(e) if _is_number(e) else f(e), x)
 

@@ -170,6 +170,9 @@ def _subs(e, mapping: dict):
         return e
     if e.is_Mul and len(args) == 2 and args[0].is_Number and args[1].is_Add:
         return sp.Mul(*args, evaluate=False)
+    if isinstance(e, sp.Function) and not isinstance(e, sp.Piecewise):
+        # tanh(a long sum) would ask SymPy's assumptions about its argument's sign: seconds on big graphs.
+        return e.func(*args, evaluate=False)
     return e.func(*args)
 
 
