@@ -23,6 +23,7 @@ rewritten unless ``--no-write``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import sys
 import time
@@ -158,11 +159,13 @@ def _lab_verdict(report) -> str:
     return f"caught, blames {who}" if report.at_fault == ["candidate"] else f"**blames {who}**"
 
 
-def run_mutants(pattern: str | None, cap: int | None, progress=print):
+def run_mutants(pattern: str | None, cap: int | None, progress=print, seed: int = 0):
     rows = []
     for m in mc.MUTANTS:
         if pattern and not any(fnmatch.fnmatchcase(m.name, p) for p in pattern.split(",")):
             continue
+        if seed:  # other random points for every mutant (--seed): the verdicts must not depend on them
+            m = dataclasses.replace(m, seed=m.seed + seed)
         t0 = time.perf_counter()
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -294,9 +297,10 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-gradcheck-points", type=int, default=50)
     ap.add_argument("--skip-limits", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/reliability.md")
+    ap.add_argument("--seed", type=int, default=0, help="added to every mutant's seed (other random points)")
     args = ap.parse_args(argv)
     started = time.perf_counter()
-    rows = run_mutants(args.only, args.gradcheck_points)
+    rows = run_mutants(args.only, args.gradcheck_points, seed=args.seed)
     body = [mutants_markdown(rows)]
     if not args.skip_limits:
         columns, table = detection_limits(args.limit_points, args.limit_gradcheck_points)
