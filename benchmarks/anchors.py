@@ -64,11 +64,11 @@ def main():
         m = get_model(name)
         b = m.sample(n, seed=0)
         ours = n - verify(m, points=[], random=n, dtype="float32").mismatches["autograd"]
-        theirs = sum(
-            torch_verdicts(lambda th, d=torch.tensor(b.data[i], dtype=torch.float32): m.loss(ops, th.__getitem__, d.__getitem__),
-                           [b.theta[i]], torch.float32)
-            for i in range(n)
-        )
+        def loss_at(i, m=m, b=b):
+            d = torch.tensor(b.data[i], dtype=torch.float32)
+            return lambda th: m.loss(ops, th.__getitem__, d.__getitem__)
+
+        theirs = sum(torch_verdicts(loss_at(i), [b.theta[i]], torch.float32) for i in range(n))
         rows.append((f"{name}: correct float32 autograd", "pass", ours, theirs))
 
     relu = Model.from_function(lambda o, p, v: o.relu(p.w * v.x + p.b), params={"w": 0.0, "b": 0.0}, name="relu")

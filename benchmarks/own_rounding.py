@@ -17,8 +17,7 @@ import numpy as np
 
 from gradcheck_lab import Model, get_model
 from gradcheck_lab.compare import _own_rounding
-from gradcheck_lab.engines import engine
-from gradcheck_lab.engines import referee
+from gradcheck_lab.engines import engine, referee
 from gradcheck_lab.tolerance import OWN_SAFETY, engine_tolerance, rounding_scale
 
 CONFIGS = [

@@ -73,7 +73,7 @@ def main():
             a32 = engine("autograd")(m, b, dtype="float32").values
             fd = engine("finite_differences")(m, b)
             ok = np.isfinite(exact) & np.isfinite(M) & (M > 0)
-            def r(g, eps):
+            def r(g, eps, exact=exact, ok=ok, M=M):
                 return float(np.max(np.abs(g - exact)[ok] / (eps * M[ok]), initial=0))
             row = {
                 "sym64": r(sym, EPS["float64"]), "auto64": r(a64, EPS["float64"]),

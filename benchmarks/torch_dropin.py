@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs" / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import custom_functions as cf  # noqa: E402
-from sweep import write_section  # noqa: E402
 
 from gradcheck_lab import gradcheck  # noqa: E402
+from sweep import write_section  # noqa: E402
 
 REPEAT = 15
 DOC = ROOT / "docs" / "torch.md"
