@@ -100,6 +100,7 @@ REASONS = {
     "range": "the point lies outside float32's range (an input overflows to inf there)",
     "range32": "the exact gradient (or the model's own float32 computation of it) lies beyond float32's range",
     "underflow32": "the exact gradient lies below float32's normal range and the float32 value within it of 0",
+    "overflow": "the candidate's own float64 arithmetic (or the model's) overflows on the way to a representable gradient",
     "model_lost": "autograd of the model itself, in the candidate's precision, gives no finite value there",
     "kink_rounding": "rounding the inputs to float32 moves them onto or across a relu/abs kink",
 }
@@ -552,13 +553,16 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
         st = state[name][rows]  # a copy (fancy indexing): written back below
         if nonfinite.any():
             project = name in PROJECT_ENGINES
-            if not project and results["autograd"].dtype != "float64":
-                # Where float32 autograd of the model itself overflows too, the point is beyond
-                # what float32 arithmetic computes: a float32 candidate's overflow is not judged.
-                beyond = nonfinite & f32 & ~np.isfinite(results["autograd"].values[rows])
-                # ... and where the candidate's own float32 arithmetic overflows on the way to a
-                # representable result (Monte Carlo run tainted by overflow: an unbounded estimate).
-                rest = nonfinite & f32 & ~beyond
+            if not project:
+                # Where autograd of the model itself, in the candidate's precision, overflows too, the
+                # point is beyond what that arithmetic computes: the candidate's overflow is not judged.
+                same = f32 == (results["autograd"].dtype == "float32")
+                beyond = nonfinite & same & ~np.isfinite(results["autograd"].values[rows])
+                # ... and where the candidate's own arithmetic overflows on the way to a representable
+                # result (its Monte Carlo run tainted by overflow: an unbounded estimate), in float32
+                # as in float64 (2 (e - y) e x with e = 1e154, for an exact -1.6e308).
+                # Only an infinite value can be such an overflow: a NaN stays a mismatch.
+                rest = nonfinite & ~beyond & np.isinf(g)
                 if rest.any():
                     pts = np.flatnonzero(rest.any(axis=1))
                     est = _own_rounding(name, model, batch.take(rows[pts]), res, g[pts], dtype=res.dtype,
@@ -566,10 +570,12 @@ def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch,
                     over = np.zeros_like(rest)
                     over[pts] = rest[pts] & np.isinf(est)
                     beyond = beyond | over
+                for reason, part in (("range32", beyond & f32), ("overflow", beyond & ~f32)):
+                    if part.any():
+                        mark = np.zeros(state[name].shape, dtype=bool)
+                        mark[rows] = part
+                        not_judged(name, mark, reason)
                 if beyond.any():
-                    mark = np.zeros(state[name].shape, dtype=bool)
-                    mark[rows] = beyond
-                    not_judged(name, mark, "range32")
                     st = state[name][rows]
                     nonfinite = nonfinite & ~beyond
             st[nonfinite] = MISMATCH if (strict or not project) else UNSTABLE

@@ -8,8 +8,12 @@ while torch's autograd computes ``s * (1 - s)`` and loses ``log10(1/(1-s))``
 digits when ``s`` saturates. So every engine (and a candidate written in
 NumPy or torch) is re-run with **Monte Carlo arithmetic** (Parker 1997;
 the "random rounding" mode of verificarlo): the result of every floating
-point operation it performs is multiplied by ``1 + d`` with ``d`` uniform
-in ``[-2**-VIRTUAL, 2**-VIRTUAL]`` relative to its dtype's unit roundoff,
+point operation it performs is multiplied by ``1 + d`` with ``|d|`` uniform
+in ``[2**-VIRTUAL / 2, 2**-VIRTUAL]`` and a random sign. (Not uniform down
+to 0: with three runs, a perturbation that happens to be tiny in all of them
+hides a cancellation, as ``log(1 + exp(-35))`` rounding to ``1 + 2 ulp`` did
+in about one point in 400 of the million-point sweep's cancellation points;
+bounded away from 0, every operation moves every run.)
 and the spread of ``SAMPLES`` perturbed runs around the plain run
 estimates how far the plain run's own rounding can have moved the result.
 
@@ -187,8 +191,7 @@ def _wrap(result: Any, ctx: _Context | None, perturb: bool) -> Any:
     if ctx is None or arr.dtype.kind != "f":
         return result
     if perturb:
-        noise = ctx.rng.uniform(-ctx.delta, ctx.delta, size=arr.shape).astype(arr.dtype)
-        arr = np.asarray(arr * (1 + noise))
+        arr = np.asarray(arr * (1 + _noise(ctx.rng, ctx.delta, arr.shape).astype(arr.dtype)))
     out = arr.view(MCAArray)
     out._ctx = ctx
     return out
@@ -297,10 +300,17 @@ def torch_mca(dtype: str, seed: int, n: int | None = None):
     return _MCA()
 
 
+def _noise(rng: np.random.Generator, delta: float, shape) -> np.ndarray:
+    """Relative perturbations of magnitude between ``delta / 2`` and ``delta``, random sign (Note [Own rounding])."""
+    return rng.choice(np.array([-1.0, 1.0]), size=shape) * rng.uniform(delta / 2, delta, size=shape)
+
+
 def _perturb_tree(out, gen, delta, torch):
     if isinstance(out, torch.Tensor):
         if out.is_floating_point() and out.numel():
-            noise = (torch.rand(out.shape, generator=gen, dtype=out.dtype, device="cpu") * 2 - 1) * delta
+            u = torch.rand(out.shape, generator=gen, dtype=torch.float64, device="cpu")
+            sign = torch.where(torch.rand(out.shape, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0)
+            noise = (sign * (0.5 + 0.5 * u) * delta).to(out.dtype)  # |noise| in [delta/2, delta]
             return out * (1 + noise.to(out.device))
         return out
     if isinstance(out, (tuple, list)):
