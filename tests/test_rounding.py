@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from gradcheck_lab.rounding import MCAArray, context, estimate, perturbed_numpy, plain, spread, torch_mca
+from gradcheck_lab.rounding import SAMPLES, MCAArray, context, estimate, perturbed_numpy, plain, spread, torch_mca
 
 
 def _runs(fn, n=3):
@@ -62,5 +62,5 @@ def test_spread_and_estimate():
     assert spread([np.array([1.0]), np.array([1.5]), np.array([0.5])]).tolist() == [1.0]
     assert spread([np.array([1.0]), np.array([np.nan])]).tolist() == [np.inf]
     # base: runs that all move the same way still count
-    runs = iter([np.array([2.0]), np.array([2.0]), np.array([2.0])])
+    runs = iter([np.array([2.0])] * SAMPLES)
     assert estimate(lambda seed: next(runs), base=np.array([1.0])).tolist() == [1.0 / 8]

@@ -79,7 +79,7 @@ class Candidate:
         forward and backward perturbed); a gradient function, which we cannot
         instrument, is called at inputs moved by the same relative amount.
         """
-        from .rounding import VIRTUAL, torch_mca
+        from .rounding import VIRTUAL, noise, torch_mca
 
         if seed is None:  # a plain second call: does the candidate give the same values again?
             return self.gradients(model, batch, dtype=dtype, device=device).values
@@ -87,8 +87,8 @@ class Candidate:
             rng = np.random.default_rng(seed)
             delta = 2.0 ** -VIRTUAL["float32" if dtype == "float32" else "float64"]
             moved = Batch(
-                batch.theta * (1 + rng.uniform(-delta, delta, batch.theta.shape)),
-                batch.data * (1 + rng.uniform(-delta, delta, batch.data.shape) * _real_mask(model)),
+                batch.theta * (1 + noise(rng, delta, batch.theta.shape)),
+                batch.data * (1 + noise(rng, delta, batch.data.shape) * _real_mask(model)),
             )
             values, _ = _from_function(self.target, model, moved, dtype, device, mca_seed=seed)
             return values
