@@ -205,10 +205,12 @@ def _verify(
     if points:
         batch = model.batch(list(points), params)
         forced = np.ones(len(batch), dtype=bool)
-        if random and len(batch) + random <= size:
-            # One run over the given and the random points together: a small check (the drop-in
-            # gradcheck's) pays for the engines' set-up once. The random points keep their own
-            # referee budget (not forced) and are the same points as in a separate run.
+        if random and len(batch) + random <= size and not detail:
+            # The drop-in gradcheck's small checks: one run over the given and the random points
+            # together pays for the engines' set-up once. The random points keep their own referee
+            # budget (not forced) and are the same points as in a separate run. (verify itself keeps
+            # two runs: the screening probes' noise, and so the given points' tolerances, would
+            # otherwise depend on how many random points share their batch.)
             first = int(random)
             forced = np.concatenate([forced, np.zeros(first, dtype=bool)])
             batch = Batch.concat([batch, model.sample(first, seed=int(seed), start=0)])
