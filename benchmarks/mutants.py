@@ -299,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/reliability.md")
     ap.add_argument("--seed", type=int, default=0, help="added to every mutant's seed (other random points)")
     args = ap.parse_args(argv)
+    if args.seed < 0:
+        ap.error(f"expected --seed to be a non-negative integer but got {args.seed}")
     started = time.perf_counter()
     rows = run_mutants(args.only, args.gradcheck_points, seed=args.seed)
     body = [mutants_markdown(rows)]

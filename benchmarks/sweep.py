@@ -447,7 +447,12 @@ def main(argv=None) -> int:
     ap.add_argument("--command", default=None, help="with --merge: the command line the section names")
     args = ap.parse_args(argv)
     if args.merge:
-        results = merge(args.merge)
+        try:
+            results = merge(args.merge)
+        except (OSError, ValueError, TypeError) as exc:  # a missing file, a line that is not a result
+            print(f"error: expected --jsonl files of earlier runs for --merge but could not read them: {exc}",
+                  file=sys.stderr)
+            return 2
         if not results:
             print(f"error: no results in {', '.join(map(str, args.merge))}", file=sys.stderr)
             return 2

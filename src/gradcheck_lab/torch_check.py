@@ -796,6 +796,17 @@ def gradgradcheck(
 FALLBACK_LOOKS = (2.0**-4, 2.0**4)
 
 
+def _fd_tol(fd, dtype, atol, rtol) -> np.ndarray:
+    """The fallback's tolerance around finite differences: their error bar plus the dtype's rounding
+    (or ``atol + rtol |fd|`` when given) at the scale of each point's largest component."""
+    from .tolerance import engine_tolerance, fd_tolerance
+
+    scale = np.maximum(np.abs(fd.values), np.max(np.abs(np.nan_to_num(fd.values)), axis=1, keepdims=True))
+    if atol is not None or rtol is not None:
+        return (atol or 0.0) + (rtol or 0.0) * np.abs(fd.values) + fd_tolerance(fd.error, scale)
+    return fd_tolerance(fd.error, scale) + engine_tolerance(dtype, scale)
+
+
 def _fd_confirms(model, batch, bad, got, atol, rtol, dtype) -> np.ndarray:
     """``bad`` where finite differences at 16x smaller and 16x larger steps confirm it.
 
@@ -805,7 +816,6 @@ def _fd_confirms(model, batch, bad, got, atol, rtol, dtype) -> np.ndarray:
     the step; rounding staircases (``1 - sigmoid(x)`` near 1) grow as it shrinks.
     """
     from .engines import finite_diff
-    from .tolerance import engine_tolerance, fd_tolerance
 
     rows = np.flatnonzero(bad.any(axis=1))
     sub = batch.take(rows)
@@ -813,10 +823,7 @@ def _fd_confirms(model, batch, bad, got, atol, rtol, dtype) -> np.ndarray:
     for shrink in FALLBACK_LOOKS:
         fd = finite_diff.gradients(model, sub, shrink=shrink)
         assert fd.error is not None
-        scale = np.maximum(np.abs(fd.values), np.max(np.abs(np.nan_to_num(fd.values)), axis=1, keepdims=True))
-        tol = fd_tolerance(fd.error, scale) + engine_tolerance(dtype, scale)
-        if atol is not None or rtol is not None:
-            tol = (atol or 0.0) + (rtol or 0.0) * np.abs(fd.values) + fd_tolerance(fd.error, scale)
+        tol = _fd_tol(fd, dtype, atol, rtol)
         with np.errstate(invalid="ignore"):
             clear = (np.abs(got[rows] - fd.values) <= tol) & np.isfinite(tol) & np.isfinite(fd.values)
         keep &= ~clear  # only a finite estimate that agrees clears it
@@ -831,7 +838,6 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
 
     from .engines import finite_diff
     from .model import Model, Var
-    from .tolerance import engine_tolerance, fd_tolerance
 
     name_leaves(traced.leaves)
     shapes = [lf.shape for lf in traced.leaves]
@@ -889,10 +895,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
 
     cand = _forward_candidate(target, model) if forward_ad else _backward_candidate(target)
     got = as_candidate(cand).gradients(model, batch, dtype=target.dtype)
-    scale = np.maximum(np.abs(fd.values), np.max(np.abs(np.nan_to_num(fd.values)), axis=1, keepdims=True))
-    tol = fd_tolerance(fd.error, scale) + engine_tolerance(target.dtype, scale)
-    if atol is not None or rtol is not None:
-        tol = (atol or 0.0) + (rtol or 0.0) * np.abs(fd.values) + fd_tolerance(fd.error, scale)
+    tol = _fd_tol(fd, target.dtype, atol, rtol)
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(got.values - fd.values) <= tol) & np.isfinite(tol)
     kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
