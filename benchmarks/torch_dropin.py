@@ -50,13 +50,14 @@ def warm_rows():
     rows = []
     for name, fn in (("Exp", cf.Exp.apply), ("Swish", cf.Swish.apply), ("LayerNorm", cf.LayerNorm.apply)):
         gradcheck(fn, (rand(3, 4),))
-        ours, theirs = [], []
-        for s in range(REPEAT):  # alternate, so that load on the machine hits both alike
+        ours, theirs, fast = [], [], []
+        for s in range(REPEAT):  # alternate, so that load on the machine hits all alike
             ours.append(timed(lambda s=s, fn=fn: gradcheck(fn, (rand(3, 4, seed=s),))))
             theirs.append(timed(lambda s=s, fn=fn: torch.autograd.gradcheck(fn, (rand(3, 4, seed=s),))))
-        a, b = statistics.median(ours), statistics.median(theirs)
-        rows.append((name, a, b))
-        print(f"  {name:10} {a * 1e3:6.1f} ms {b * 1e3:6.1f} ms  {a / b:.1f}x", flush=True)
+            fast.append(timed(lambda s=s, fn=fn: torch.autograd.gradcheck(fn, (rand(3, 4, seed=s),), fast_mode=True)))
+        a, b, f = statistics.median(ours), statistics.median(theirs), statistics.median(fast)
+        rows.append((name, a, b, f))
+        print(f"  {name:10} {a * 1e3:6.1f} ms {b * 1e3:6.1f} ms ({a / b:.1f}x) {f * 1e3:6.1f} ms ({a / f:.1f}x)", flush=True)
     return rows
 
 
@@ -91,11 +92,13 @@ def markdown(warm, first, seconds) -> str:
         "what to read, each pair timed alternately in one loop).",
         "",
         f"Warm repeated call: the same function on new 3x4 float64 inputs, median of {REPEAT}; "
-        "`torch.autograd.gradcheck` on the same function and inputs. Target: at most 3x.",
+        "`torch.autograd.gradcheck` on the same function and inputs, with its defaults and with "
+        "`fast_mode=True`. Target (issue 9): at most 3x torch's defaults.",
         "",
-        "| function | gradcheck_lab | torch.autograd.gradcheck | ratio |",
-        "|---|---:|---:|---:|",
-        *[f"| {n} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {a / b:.1f}x |" for n, a, b in warm],
+        "| function | gradcheck_lab | torch gradcheck | ratio | torch gradcheck, fast_mode | ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| {n} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {a / b:.1f}x | {f * 1e3:.1f} ms | {a / f:.1f}x |"
+          for n, a, b, f in warm],
         "",
         "First call on a function never seen in this process (imports done; tracing, SymPy's derivation "
         "and compilation included). Target: at most 1 s up to 100 elements.",
@@ -106,7 +109,10 @@ def markdown(warm, first, seconds) -> str:
         "",
         "The warm call does more than torch's: the full Jacobian at the given inputs through four engines "
         "with the certified referee on every component, 8 random points around the inputs, a second backward "
-        "for reentrancy and torch's structural tests. What keeps it within 3x: your backward runs as one "
+        "for reentrancy and torch's structural tests. Against torch's defaults (the full Jacobian by finite "
+        "differences, the issue's target of 3x) it stays within 3x; torch's `fast_mode` checks one random "
+        "projection only, and against it the warm call costs about 10x. What keeps it near torch's "
+        "defaults: your backward runs as one "
         "forward per point and one `autograd.grad` per cotangent (as torch's rows); the given and random "
         "points go through the engines together; the report lists the given points in full, and prints "
         "the derivatives, only when the check fails. `points=0` and `fast_mode=True` shorten it further.",
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore")
     started = time.perf_counter()
     gradcheck(lambda t: t * 2, (rand(2),))  # imports, make_fx warm-up
-    print("warm repeated call, 3x4 input: ours, torch, ratio")
+    print("warm repeated call, 3x4 input: ours, torch (ratio), torch fast_mode (ratio)")
     warm = warm_rows()
     print("first call (new graph)")
     first = first_rows()
