@@ -32,14 +32,42 @@ from .model import Model, Var
 __all__ = ["values", "points", "params", "tensors"]
 
 
-def _real(var: Var, min_magnitude: float, max_magnitude: float | None, uniform: bool) -> st.SearchStrategy[float]:
+def _real(var: Var, min_magnitude: float, max_magnitude: float | None, uniform: bool):
+    """One Hypothesis float per value and the map to the value (applied once per variable)."""
     if uniform:
         lo, hi = var.domain
-        return st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False)
-    top = min(var.max_abs, max_magnitude) if max_magnitude is not None else var.max_abs
-    lo_exp, hi_exp = math.log10(min_magnitude), math.log10(max(top, min_magnitude))
-    magnitude = st.floats(min_value=lo_exp, max_value=hi_exp).map(lambda e: 10.0**e)
-    return st.builds(lambda m, s: m * s, magnitude, st.sampled_from([1.0, -1.0])) | st.just(0.0)
+        return st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False), float
+    return st.floats(min_value=-1.0, max_value=1.0), _Spread(var, min_magnitude, max_magnitude)
+
+
+class _Spread:
+    """Note [One choice per value]: a signed, log-spread magnitude from one Hypothesis float.
+
+    ``u`` in [-1, 1] decodes to 0 for ``|u| <= ZERO`` and otherwise to
+    ``sign(u) * 10**e`` with ``e`` running linearly from ``log10(min_magnitude)``
+    to ``log10(max_abs)`` as ``|u|`` goes from ``ZERO`` to 1 (clamped, so
+    ``max_abs`` itself is reached and never exceeded). One float choice per
+    value, instead of ``one_of(builds(magnitude, sign), just(0))``'s four,
+    makes a draw 1.5-2x cheaper (measured: 136 -> 91 us a value with
+    Hypothesis 6.170), keeps Hypothesis's boundary values (``u = +-1`` is
+    ``+-max_abs``, ``u = 0`` is an exact zero, the kink of relu and abs) and
+    still shrinks towards 0.
+    """
+
+    ZERO = 1 / 16
+
+    def __init__(self, var: Var, min_magnitude: float, max_magnitude: float | None):
+        top = min(var.max_abs, max_magnitude) if max_magnitude is not None else var.max_abs
+        self.top = max(top, min_magnitude)
+        self.lo = math.log10(min_magnitude)
+        self.span = math.log10(self.top) - self.lo
+
+    def __call__(self, u: float) -> float:
+        a = abs(u)
+        if a <= self.ZERO:
+            return 0.0
+        e = self.lo + self.span * (a - self.ZERO) / (1 - self.ZERO)
+        return math.copysign(min(10.0**e, self.top), u)
 
 
 def values(
@@ -50,11 +78,11 @@ def values(
         return st.sampled_from([0, 1])
     if var.kind == "class":
         return st.integers(min_value=0, max_value=var.shape[0] - 1)
-    scalar = _real(var, min_magnitude, max_magnitude, uniform)
+    raw, value = _real(var, min_magnitude, max_magnitude, uniform)
     if not var.shape:
-        return scalar
-    flat = st.lists(scalar, min_size=var.size, max_size=var.size)
-    return flat.map(lambda xs: var.decode(np.asarray(xs, dtype=float)))
+        return raw.map(value)
+    flat = st.lists(raw, min_size=var.size, max_size=var.size)
+    return flat.map(lambda us: var.decode(np.asarray([value(u) for u in us], dtype=float)))
 
 
 def params(model: Model, **kwargs: Any) -> st.SearchStrategy[dict[str, Any]]:
