@@ -1,3 +1,5 @@
+import math
+
 from hypothesis import given, settings
 
 from gradcheck_lab import get_model
@@ -31,3 +33,24 @@ def test_cancellation_points(point):
 @given(points(QUAD, max_magnitude=10))
 def test_magnitude_cap(point):
     assert all(abs(v) <= 10 for v in point["params"].values())
+
+
+@settings(max_examples=200)
+@given(points(get_model("mlp"), cancellation=False))
+def test_spread_values_never_exceed_max_abs(point):
+    # 10 ** log10(5) is 5.000000000000001: the magnitude is clamped at max_abs itself
+    flat = [*point["params"]["W1"], *point["params"]["b1"], *point["params"]["W2"], point["params"]["b2"]]
+    assert all(abs(v) <= 5.0 for v in flat)
+
+
+def test_one_float_decodes_to_zero_boundaries_and_the_log_spread():
+    from gradcheck_lab.model import Var
+    from gradcheck_lab.strategies import _Spread
+
+    spread = _Spread(Var("w", max_abs=5.0), 1e-3, None)
+    assert spread(0.0) == 0.0 and spread(-0.0) == 0.0 and spread(spread.ZERO) == 0.0
+    assert spread(1.0) == 5.0 and spread(-1.0) == -5.0
+    assert abs(spread(math.nextafter(spread.ZERO, 1)) - 1e-3) < 1e-15
+    mid = (1 + spread.ZERO) / 2  # halfway in the exponent: sqrt(1e-3 * 5)
+    assert math.isclose(spread(-mid), -math.sqrt(5e-3))
+    assert _Spread(Var("w", max_abs=5.0), 1e-3, 0.1)(1.0) == 0.1  # max_magnitude caps
