@@ -40,9 +40,13 @@ from __future__ import annotations
 import argparse
 import copy
 import fnmatch
+import hashlib
 import importlib.util
 import json
+import os
+import pickle
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -223,7 +227,7 @@ def _strategy_points(subject: Subject, n: int, seed: int):
 
     model = model_of(subject)
     try:
-        out = _draw_direct(points(model), n, seed)
+        out = _draw_direct(points(model), n, seed, _structure(model) if CHOICES is not None else None)
     except (ImportError, TypeError, AttributeError):  # Hypothesis moved its internals: use the engine
         out = _draw_engine(points(model), n, seed)
     if subject.positive:
@@ -231,7 +235,24 @@ def _strategy_points(subject: Subject, n: int, seed: int):
     return model.batch(out)
 
 
-def _draw_direct(strategy, n: int, seed: int) -> list:
+#: Where choice sequences of earlier draws are kept, shared between subjects (and processes) whose
+#: strategies match; ``main`` sets it (``--choices-dir``), library use and tests leave it off.
+CHOICES: Path | None = None
+
+
+def _structure(model: Model) -> str:
+    """What ``strategies.points(model)`` depends on besides the prediction its cancel map computes."""
+    import hypothesis
+
+    import gradcheck_lab.strategies as strategies
+
+    vars_ = [(v.name, v.kind, v.shape, v.max_abs, v.domain) for v in (*model.data_vars, *model.params)]
+    code = hashlib.sha256(Path(strategies.__file__).read_bytes()).hexdigest()  # the strategy's own code
+    text = repr((vars_, model.target.name, model.target.kind, model.target.shape, hypothesis.__version__, code))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _draw_direct(strategy, n: int, seed: int, structure: str | None = None) -> list:
     """Note [Strategy draws without the engine]: Hypothesis's own generation, one draw per point.
 
     Each point is ``strategy`` drawn on a fresh ``ConjectureData`` with
@@ -241,19 +262,40 @@ def _draw_direct(strategy, n: int, seed: int) -> list:
     1.6 ms for an mlp point with Hypothesis 6.170), and its mutations repeat
     earlier draws (126 of 2,000 mlp points were duplicates), neither of
     which a sweep wants. Hypothesis's internals move between versions; if
-    these two names do, the engine path is used instead.
+    these names do, the engine path is used instead.
+
+    The choices behind each point are kept (under ``CHOICES``, keyed by
+    ``structure``, ``n`` and ``seed``). The strategies of models with the
+    same variables, such as the five mlp activations, differ only in the
+    target their cancel map computes from the prediction, which draws
+    nothing, so replaying the choices (``ConjectureData.for_choices``) gives
+    exactly the points a seeded draw would give
+    (tests/test_sweep.py checks it), in 0.6 of the time.
     """
     import random
 
     from hypothesis.control import BuildContext
     from hypothesis.internal.conjecture.data import ConjectureData
 
-    rnd = random.Random(seed)
+    path = CHOICES / f"{structure}-{n}-{seed}.pkl" if structure and CHOICES is not None else None
+    if path is not None and path.exists():
+        recorded = pickle.loads(path.read_bytes())
+        datas = (ConjectureData.for_choices(ch) for ch in recorded)
+    else:
+        rnd = random.Random(seed)
+        recorded = []
+        datas = (ConjectureData(random=rnd) for _ in range(n))
     out = []
-    for _ in range(n):
-        data = ConjectureData(random=rnd)
+    for data in datas:
         with BuildContext(data, wrapped_test=None):
             out.append(data.draw(strategy))
+        if path is not None and len(recorded) < n:
+            recorded.append(tuple(data.choices))
+    if path is not None and not path.exists():
+        CHOICES.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(pickle.dumps(recorded))
+        tmp.replace(path)  # atomic: another process may be replaying the same chunk
     return out
 
 
@@ -481,7 +523,12 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSONL",
                     help="write the docs section from the --jsonl files of earlier runs instead of running")
     ap.add_argument("--command", default=None, help="with --merge: the command line the section names")
+    ap.add_argument("--choices-dir", type=Path, default=Path(tempfile.gettempdir()) / "gradcheck_lab-sweep-choices",
+                    help="where strategy draws' choices are kept for subjects with the same variables (see "
+                         "Note [Strategy draws without the engine]; default: %(default)s)")
     args = ap.parse_args(argv)
+    global CHOICES
+    CHOICES = args.choices_dir
     if args.merge:
         try:
             results = merge(args.merge)

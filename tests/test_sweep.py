@@ -65,6 +65,23 @@ def test_strategy_draws_are_hypothesis_draws_of_the_public_strategy():
     assert (values <= 1e3).all() and (values == 0).any() and (values == 1e3).any()  # zero and max_abs (1e3) are drawn
 
 
+def test_replayed_choices_give_the_points_a_seeded_draw_gives(tmp_path, monkeypatch):
+    from gradcheck_lab.strategies import points
+
+    monkeypatch.setattr(sweep, "CHOICES", tmp_path)
+    tanh, sigmoid = (sweep.model_of(s) for s in sweep.SUBJECTS if s.name in ("mlp-tanh", "mlp-sigmoid"))
+    key = sweep._structure(tanh)
+    assert key == sweep._structure(sigmoid)  # same variables: the strategies differ only in the cancel map
+    assert key != sweep._structure(sweep.model_of(sweep.SUBJECTS[0]))
+    drawn = sweep._draw_direct(points(tanh), 120, 3, key)  # records the choices
+    assert len(list(tmp_path.iterdir())) == 1
+    replayed = sweep._draw_direct(points(sigmoid), 120, 3, key)
+    direct = sweep._draw_direct(points(sigmoid), 120, 3)  # no record: a seeded draw
+    assert replayed == direct
+    cancelled = [i for i, (a, b) in enumerate(zip(drawn, replayed)) if a["y"] != b["y"]]
+    assert cancelled and all(drawn[i]["params"] == replayed[i]["params"] for i in range(120))
+
+
 def test_configuration_names_and_filter():
     names = [c.name for c in sweep.CONFIGS]
     assert len(names) == len(set(names)) == len(sweep.SUBJECTS) * 3 * 2 * 2
