@@ -44,13 +44,13 @@ def test_spread_values_never_exceed_max_abs(point):
 
 
 def test_one_float_decodes_to_zero_boundaries_and_the_log_spread():
-    from gradcheck_lab.model import Var
     from gradcheck_lab.strategies import _Spread
 
-    spread = _Spread(Var("w", max_abs=5.0), 1e-3, None)
+    spread = _Spread(1e-3, 5.0)
     assert spread(0.0) == 0.0 and spread(-0.0) == 0.0 and spread(spread.ZERO) == 0.0
     assert spread(1.0) == 5.0 and spread(-1.0) == -5.0
     assert abs(spread(math.nextafter(spread.ZERO, 1)) - 1e-3) < 1e-15
     mid = (1 + spread.ZERO) / 2  # halfway in the exponent: sqrt(1e-3 * 5)
     assert math.isclose(spread(-mid), -math.sqrt(5e-3))
-    assert _Spread(Var("w", max_abs=5.0), 1e-3, 0.1)(1.0) == 0.1  # max_magnitude caps
+    nozero = _Spread(1e-3, 5.0, zeros=False)
+    assert nozero(0.0) == 1e-3 and nozero(-1e-300) == -1e-3 and nozero(1.0) == 5.0

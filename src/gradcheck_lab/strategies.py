@@ -37,7 +37,8 @@ def _real(var: Var, min_magnitude: float, max_magnitude: float | None, uniform: 
     if uniform:
         lo, hi = var.domain
         return st.floats(min_value=lo, max_value=hi, allow_nan=False, allow_infinity=False), float
-    return st.floats(min_value=-1.0, max_value=1.0), _Spread(var, min_magnitude, max_magnitude)
+    top = min(var.max_abs, max_magnitude) if max_magnitude is not None else var.max_abs
+    return st.floats(min_value=-1.0, max_value=1.0), _Spread(min_magnitude, top)
 
 
 class _Spread:
@@ -57,19 +58,19 @@ class _Spread:
 
     ZERO = 1 / 16
 
-    def __init__(self, var: Var, min_magnitude: float, max_magnitude: float | None):
-        top = min(var.max_abs, max_magnitude) if max_magnitude is not None else var.max_abs
+    def __init__(self, min_magnitude: float, top: float, zeros: bool = True):
         self.top = max(top, min_magnitude)
         self.lo = math.log10(min_magnitude)
         self.span = math.log10(self.top) - self.lo
+        self.zero = self.ZERO if zeros else 0.0  # without zeros, u = 0 is +min_magnitude
 
     def __call__(self, u: float) -> float:
         a = abs(u)
-        if a <= self.ZERO:
+        if a <= self.zero and self.zero:
             return 0.0
         if a >= 1.0:  # 10 ** log10(5) is 4.999999999999999: the boundary is max_abs itself
             return math.copysign(self.top, u)
-        e = self.lo + self.span * (a - self.ZERO) / (1 - self.ZERO)
+        e = self.lo + self.span * (a - self.zero) / (1 - self.zero)
         return math.copysign(min(10.0**e, self.top), u)
 
 
@@ -165,14 +166,10 @@ def tensors(
 
         raise UsageError(f"Expected dtype float64 or float32 but got {dtype!r}.")
     size = math.prod(shape)
-    lo, hi = math.log10(min_magnitude), math.log10(max_magnitude)
-    magnitude = st.floats(min_value=lo, max_value=hi).map(lambda e: 10.0**e)
-    scalar = st.builds(lambda m, s: m * s, magnitude, st.sampled_from([1.0, -1.0]))
-    if zeros:
-        scalar = scalar | st.just(0.0)
+    value = _Spread(min_magnitude, max_magnitude, zeros=zeros)  # Note [One choice per value]
 
-    def build(xs):
-        t = torch.tensor(xs, dtype=getattr(torch, dtype)).reshape(shape)
+    def build(us):
+        t = torch.tensor([value(u) for u in us], dtype=getattr(torch, dtype)).reshape(shape)
         return t.requires_grad_(requires_grad)
 
-    return st.lists(scalar, min_size=size, max_size=size).map(build)
+    return st.lists(st.floats(min_value=-1.0, max_value=1.0), min_size=size, max_size=size).map(build)
