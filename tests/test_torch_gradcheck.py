@@ -306,6 +306,54 @@ def test_nondeterministic_backward_is_caught():
     assert gradcheck(Noisy.apply, (_t(3),), points=0, nondet_tol=1e-12)
 
 
+class _SeededBadDropout(torch.autograd.Function):
+    """Dropout with its own seeded mask (deterministic) whose backward forgets the 1 / (1 - p) scale."""
+
+    @staticmethod
+    def forward(ctx, x):
+        g = torch.Generator().manual_seed(0)
+        mask = (torch.rand(x.shape, generator=g, dtype=x.dtype) > 0.5).to(x.dtype)
+        ctx.save_for_backward(mask)
+        return x * mask * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        (mask,) = ctx.saved_tensors
+        return g * mask
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        lambda a: a * torch.rand(4, dtype=torch.float64),  # was a false alarm: the trace held other random values
+        lambda a: torch.nn.functional.dropout(a, 0.5),  # was a vacuous pass: finite differences of noise
+        torch.nn.Sequential(torch.nn.Linear(4, 3).double(), torch.nn.Dropout(0.3)),  # a module in training mode
+    ],
+    ids=["rand-factor", "dropout", "module-dropout"],
+)
+def test_a_random_forward_is_refused_with_what_to_do(func):
+    x = _t(4)
+    with pytest.raises(UsageError, match=r"same outputs at the same inputs.*manual_seed.*eval\(\)"):
+        gradcheck(func, (x,))
+
+
+def test_gradgradcheck_refuses_a_random_forward_too():
+    with pytest.raises(UsageError, match="same outputs at the same inputs"):
+        gradgradcheck(lambda a: a.sin() * torch.rand(4, dtype=torch.float64), (_t(4),))
+
+
+def test_seeded_randomness_is_checked_and_its_bugs_caught():
+    def seeded_dropout(a):
+        torch.manual_seed(0)
+        return torch.nn.functional.dropout(a, 0.5)
+
+    x = _t(4)
+    with pytest.warns(RuntimeWarning, match="finite differences"):  # bernoulli_ has no symbolic leg
+        assert gradcheck(seeded_dropout, (x,))
+    with pytest.raises(GradientMismatch, match="backward of Function.apply is wrong"):
+        gradcheck(_SeededBadDropout.apply, (x,))
+
+
 from hypothesis import given, settings  # noqa: E402
 
 from gradcheck_lab.strategies import tensors  # noqa: E402

@@ -515,6 +515,7 @@ def gradcheck(
     _requires("check_batched_grad", check_batched_grad, "check_backward_ad", check_backward_ad)
     _requires("check_batched_forward_grad", check_batched_forward_grad, "check_forward_ad", check_forward_ad)
     target = _Target(func, inputs)
+    _deterministic(target, nondet_tol)
     traced = trace(target.call, target.values, target.leaves, key=target.key())
     if traced.n_out == 0:
         raise UsageError("Expected func to return at least one floating-point tensor element but got none.")
@@ -642,6 +643,36 @@ def _validate(points, seed) -> None:
             raise UsageError(f"Expected {name} to be a non-negative integer but got {name}={value!r}.")
 
 
+def _deterministic(target: _Target, nondet_tol: float) -> None:
+    """Note [Random forwards]: a function that draws random numbers has no gradient to check.
+
+    Two calls at the given inputs must give the same outputs (within
+    ``nondet_tol``). Otherwise every leg compares different functions: the
+    traced graph holds the random values of the trace (``a * torch.rand(4)``
+    had its correct backward blamed), and finite differences of a fresh draw
+    per call are noise, so a wrong backward of dropout would pass. torch's
+    gradcheck reports a Jacobian mismatch there; we say what is wrong.
+    """
+    import torch
+
+    with torch.no_grad():
+        a, b = (target.flat_output(target.call(*target.values)).double() for _ in range(2))
+    same = (a == b) | (a.isnan() & b.isnan())
+    if bool(same.all()):
+        return
+    diff = torch.where(same, torch.zeros_like(a), (a - b).abs().nan_to_num(float("inf")))
+    worst, k = float(diff.max()), int(diff.argmax())
+    if worst <= nondet_tol:
+        return
+    raise UsageError(
+        f"Expected {getattr(target.func, '__qualname__', type(target.func).__name__)} to give the same outputs "
+        f"at the same inputs but two calls at the given inputs differ by {worst:.3g} (output element {k}): it draws "
+        "random numbers, and a random function has no gradient to check. Seed it inside the function "
+        "(torch.manual_seed), call module.eval() for dropout, or pass nondet_tol= if the difference is "
+        "harmless nondeterministic rounding."
+    )
+
+
 def _reentrant(target, model, cots, nondet_tol, raise_exception) -> bool:
     """Two backward passes at the given inputs agree within ``nondet_tol`` (torch's reentrancy check)."""
     from .candidates import as_candidate
@@ -738,6 +769,7 @@ def gradgradcheck(
 
     _validate(points, seed)
     target = _Target(func, inputs)
+    _deterministic(target, nondet_tol)
     traced = trace(target.call, target.values, target.leaves, key=target.key())
     if isinstance(traced, Unsupported):
         raise UsageError(
