@@ -228,6 +228,39 @@ def test_ops_outside_the_table_fall_back_to_finite_differences():
         gradcheck(WrongLgamma.apply, (x,))
 
 
+def test_fallback_blames_only_what_every_look_estimates():
+    # steps of |a| / 8 cross many jumps of trunc(3a) and see the smooth 3 a^2 (twice the slope); smaller
+    # steps cross one jump and give no estimate: the correct backward (trunc(3a)) was blamed
+    x = _t(3, 3, scale=10.0)
+    with pytest.warns(RuntimeWarning, match="legs missing"):
+        assert gradcheck(lambda a: torch.trunc(a * 3) * a, (x,)) is True
+
+
+def test_fallback_does_not_judge_where_the_forward_overflows_in_its_dtype():
+    # float32 tanh(a) rounds to 1 for a > 9, atanh(1) is inf: torch's backward gives NaN there (0 * inf)
+    x = _t(3, 3, dtype=torch.float32, seed=1, scale=10.0)
+    assert not torch.isfinite(torch.atanh(torch.tanh(x))).all()
+    with pytest.warns(RuntimeWarning, match="legs missing"):
+        assert gradcheck(lambda a: torch.atanh(torch.tanh(a)), (x,)) is True
+
+
+def test_celu_backward_rounds_alpha_to_float32():
+    # torch's derivatives.yaml: celu's backward is elu_backward(..., 1.0 / alpha.toFloat(), ...), so for an
+    # alpha float32 cannot hold, its float64 gradient is off by ~2e-8 relative: a real error torch's own
+    # gradcheck (rtol 1e-3) cannot see. alpha = 0.5 is exact.
+    import mpmath
+
+    x = _t(3, 3)
+    assert gradcheck(lambda a: torch.nn.functional.celu(a, 0.5), (x,))
+    v = torch.tensor([-0.3], dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.celu(v, 0.7).sum().backward()
+    off = abs(float(v.grad) / float(mpmath.exp(mpmath.mpf(-0.3) / mpmath.mpf(0.7))) - 1)
+    if off > 1e-12:  # torch still rounds alpha
+        with pytest.raises(GradientMismatch, match=r"backward of .*<lambda> is wrong"):
+            gradcheck(lambda a: torch.nn.functional.celu(a, 0.7), (x,))
+    assert gradcheck(lambda a: torch.nn.functional.celu(a, 0.7), (x.detach().float().requires_grad_(),))
+
+
 def test_ops_torch_can_decompose_keep_the_symbolic_leg():
     x = _t(3, 4)
     with warnings.catch_warnings():

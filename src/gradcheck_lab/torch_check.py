@@ -41,7 +41,15 @@ Note [Drop-in design]
   checked against finite differences of the user's forward with their error
   bars, and the message says so. With no proof, a disagreement counts only
   where finite differences at 16x smaller and 16x larger steps
-  (:data:`FALLBACK_LOOKS`) confirm it.
+  (:data:`FALLBACK_LOOKS`) confirm it: the smaller steps give a finite
+  estimate with a finite error bar and the backward lies outside it, and
+  the larger ones do not agree with the backward (they may give no
+  estimate: a pole of ``lgamma`` within ``2 |t|``). Smaller steps with no
+  estimate confirm nothing (``trunc(3 a) * a`` at ``|a| ~ 20``: steps of
+  ``|a| / 8`` cross many jumps and see the smooth ``3 a^2``; smaller ones
+  cross a jump and give none; its correct backward was blamed). Points where
+  the forward itself is not finite in the inputs' dtype (``atanh(tanh(a))``
+  in float32 at ``a ~ 10``) are not judged, as the traced path does.
 """
 
 from __future__ import annotations
@@ -843,9 +851,11 @@ def _fd_confirms(model, batch, bad, got, atol, rtol, dtype) -> np.ndarray:
     """``bad`` where finite differences at 16x smaller and 16x larger steps confirm it.
 
     Without the referee, a disagreement is proven only if finite differences
-    at three step sizes tell the same story: truncation a Richardson estimate
-    underestimates (a kink in a higher derivative, as huber's) shrinks with
-    the step; rounding staircases (``1 - sigmoid(x)`` near 1) grow as it shrinks.
+    at three step sizes tell the same story, each with a finite estimate:
+    truncation a Richardson estimate underestimates (a kink in a higher
+    derivative, as huber's) shrinks with the step; rounding staircases
+    (``1 - sigmoid(x)`` near 1) grow as it shrinks; a jump inside the steps
+    leaves no estimate.
     """
     from .engines import finite_diff
 
@@ -857,10 +867,31 @@ def _fd_confirms(model, batch, bad, got, atol, rtol, dtype) -> np.ndarray:
         assert fd.error is not None
         tol = _fd_tol(fd, dtype, atol, rtol)
         with np.errstate(invalid="ignore"):
-            clear = (np.abs(got[rows] - fd.values) <= tol) & np.isfinite(tol) & np.isfinite(fd.values)
-        keep &= ~clear  # only a finite estimate that agrees clears it
+            estimate = np.isfinite(tol) & np.isfinite(fd.values)
+            agrees = (np.abs(got[rows] - fd.values) <= tol) & estimate
+        if shrink < 1:
+            keep &= estimate & ~agrees  # smaller steps must confirm: with no estimate (a jump inside) nothing is proven
+        else:
+            keep &= ~agrees  # larger steps may reach a pole (lgamma at 0) and give none: only agreement clears
     out = np.zeros_like(bad)
     out[rows] = keep
+    return out
+
+
+def _forward_finite(target, shapes, theta: np.ndarray) -> np.ndarray:
+    """Per row of ``theta``: every output of the user's forward is finite in the inputs' own dtype."""
+    import torch
+
+    dt = getattr(torch, target.dtype)
+    out = np.ones(len(theta), dtype=bool)
+    with torch.no_grad():
+        for r, x in enumerate(theta):
+            tensors, off = [], 0
+            for s in shapes:
+                n = max(math.prod(s), 1)
+                tensors.append(torch.as_tensor(x[off : off + n], dtype=dt).reshape(s))
+                off += n
+            out[r] = bool(torch.isfinite(target.flat_output(target.call(*tensors))).all())
     return out
 
 
@@ -930,6 +961,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     tol = _fd_tol(fd, target.dtype, atol, rtol)
     with np.errstate(invalid="ignore"):
         bad = ~(np.abs(got.values - fd.values) <= tol) & np.isfinite(tol)
+    bad &= _forward_finite(target, shapes, batch.theta)[:, None]  # not judged where the forward overflows
     kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
     inside = (got.values >= fd.lower - tol) & (got.values <= fd.upper + tol)
     bad = np.where(kink, ~inside & np.isfinite(tol), bad)
