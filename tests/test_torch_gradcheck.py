@@ -261,6 +261,27 @@ def test_celu_backward_rounds_alpha_to_float32():
     assert gradcheck(lambda a: torch.nn.functional.celu(a, 0.7), (x.detach().float().requires_grad_(),))
 
 
+@pytest.mark.parametrize(
+    "module, shape",
+    [
+        (lambda: torch.nn.RNN(2, 2, batch_first=True), (1, 3, 2)),  # transpose_ (in place, a new shape) crashed
+        (lambda: torch.nn.GRU(2, 3, batch_first=True), (1, 3, 2)),
+        (lambda: torch.nn.LSTM(2, 2, batch_first=True), (1, 2, 2)),  # (out, (h, c)): torch's gradcheck crashes
+    ],
+    ids=["rnn", "gru", "lstm"],
+)
+def test_recurrent_modules_with_nested_outputs_and_in_place_views(module, shape):
+    torch.manual_seed(0)
+    assert gradcheck(module().double(), (_t(*shape),))
+
+
+def test_safe_softmax_of_attention_compares_with_infinity_as_a_constant():
+    # torch's attention softmax: where(all(x == -inf), 0, softmax(x)); summing the mask crashed SymPy
+    x = _t(2, 3)
+    assert gradcheck(lambda a: torch.ops.aten._safe_softmax(a, -1), (x,))
+    assert gradcheck(lambda a: torch.where(a == float("-inf"), torch.zeros_like(a), a.exp()), (x,))
+
+
 def test_ops_torch_can_decompose_keep_the_symbolic_leg():
     x = _t(3, 4)
     with warnings.catch_warnings():

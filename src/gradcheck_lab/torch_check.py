@@ -574,7 +574,15 @@ def _structural(what, fn, values, func, *, backward, forward, undefined, dtypes,
 
     import torch
 
+    from .torch_graph import _flat_outputs
+
     tg = importlib.import_module("torch.autograd.gradcheck")  # the module (torch.autograd.gradcheck is its function)
+    user_fn = fn
+
+    def fn(*args):  # nested outputs (LSTM's (out, (h, c))) as one flat tuple, as torch's helpers expect
+        out = user_fn(*args)
+        return out if isinstance(out, torch.Tensor) else tuple(_flat_outputs(out))
+
     leaves = tuple(v.detach().clone().requires_grad_(True) for v in values)
     out = fn(*leaves)
     outputs = tuple(o for o in (out if isinstance(out, (tuple, list)) else (out,))

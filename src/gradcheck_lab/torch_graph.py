@@ -201,6 +201,7 @@ def _unary(name: str):
 def _add_all(ops, items: list) -> Any:
     if not items:
         return 0.0
+    items = [int(i) if isinstance(i, (bool, np.bool_)) else i for i in items]  # a sum of a boolean mask
     if getattr(ops, "name", "") == "sympy":
         import sympy as sp
 
@@ -360,8 +361,19 @@ def _norm(ops, a, ord=2, dim=None, keepdim=False, *, dtype=None):
 
 
 def _cmp(op):
+    def one(x, y):
+        if _is_number(x) and _is_number(y):
+            return _PY_CMP[op](x, y)
+        # Against an infinity a finite value compares the same everywhere (_safe_softmax's x == -inf,
+        # in attention): a constant, where x - inf would be a _Cmp no reduction can sum.
+        if _is_number(y) and math.isinf(y):
+            return _PY_CMP[op](0.0, y)
+        if _is_number(x) and math.isinf(x):
+            return _PY_CMP[op](x, 0.0)
+        return _Cmp(op, x - y)
+
     def apply(ops, a, b):
-        return _map(lambda x, y: _PY_CMP[op](x, y) if _is_number(x) and _is_number(y) else _Cmp(op, x - y), a, b)
+        return _map(one, a, b)
 
     return apply
 
@@ -628,11 +640,19 @@ def _inplace(base: str, name: str) -> tuple[Callable, str] | None:
     if base == "zero":
         return (lambda ops, dst: _write(dst, 0.0)), "zero"
     overload = name.split(".", 1)[1] if "." in name else ""
-    found = OPS.get(f"{base}.{overload}") or OPS.get(base)
+    found = OPS.get(f"{base}.{overload}") or OPS.get(base) or OPS.get(f"{base}.int")
     if found is None:
         return None
     fn = found[0]
+    if base in _VIEW_INPLACE:
+        # transpose_ (RNN with batch_first), t_, squeeze_, unsqueeze_: a new shape, the same values;
+        # the graph uses the op's result from here on, so it is the out-of-place view.
+        return (lambda ops, dst, *args, **kwargs: fn(ops, dst, *args, **kwargs)), f"in place: {found[1]}"
     return (lambda ops, dst, *args, **kwargs: _write(dst, fn(ops, dst, *args, **kwargs))), f"in place: {found[1]}"
+
+
+#: In-place ops that change a tensor's shape or strides, not its values.
+_VIEW_INPLACE = frozenset({"transpose", "t", "squeeze", "unsqueeze", "swapdims", "swapaxes"})
 
 
 def op_table() -> list[tuple[str, str]]:
