@@ -567,7 +567,7 @@ def _requires(name: str, value: bool, needs: str, given: bool) -> None:
         raise UsageError(f"Expected {needs}=True with {name}=True (as torch.autograd.gradcheck) but got {needs}=False.")
 
 
-def _structural(what, fn, values, func, *, backward, forward, undefined, dtypes, batched, batched_forward, masked,
+def _structural(what, user_fn, values, func, *, backward, forward, undefined, dtypes, batched, batched_forward, masked,
                 raise_exception) -> bool:
     """torch's structural tests of the backward's plumbing, by torch's own helpers (Note [Drop-in design])."""
     import importlib
@@ -577,7 +577,6 @@ def _structural(what, fn, values, func, *, backward, forward, undefined, dtypes,
     from .torch_graph import _flat_outputs
 
     tg = importlib.import_module("torch.autograd.gradcheck")  # the module (torch.autograd.gradcheck is its function)
-    user_fn = fn
 
     def fn(*args):  # nested outputs (LSTM's (out, (h, c))) as one flat tuple, as torch's helpers expect
         out = user_fn(*args)
