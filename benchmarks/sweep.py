@@ -527,6 +527,13 @@ def main(argv=None) -> int:
                     help="where strategy draws' choices are kept for subjects with the same variables (see "
                          "Note [Strategy draws without the engine]; default: %(default)s)")
     args = ap.parse_args(argv)
+    for flag, value in (("--points", args.points), ("--strategy-points", args.strategy_points), ("--chunk", args.chunk)):
+        if value is not None and value < 1:
+            ap.error(f"expected {flag} to be a positive integer but got {value}")
+    try:
+        args.choices_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        ap.error(f"expected --choices-dir to be a folder that can be created or written but got {exc}")
     global CHOICES
     CHOICES = args.choices_dir
     if args.merge:
