@@ -391,6 +391,11 @@ def test_a_random_forward_is_refused_with_what_to_do(func):
         gradcheck(func, (x,))
 
 
+def test_a_forward_with_no_finite_output_is_refused():
+    with pytest.raises(UsageError, match="finite output at the given inputs"):
+        gradcheck(lambda a: a / 0.0, (_t(2),))
+
+
 def test_gradgradcheck_refuses_a_random_forward_too():
     with pytest.raises(UsageError, match="same outputs at the same inputs"):
         gradgradcheck(lambda a: a.sin() * torch.rand(4, dtype=torch.float64), (_t(4),))

@@ -672,6 +672,11 @@ def _deterministic(target: _Target, nondet_tol: float) -> None:
 
     with torch.no_grad():
         a, b = (target.flat_output(target.call(*target.values)).double() for _ in range(2))
+    if a.numel() and not bool(torch.isfinite(a).any()):  # a / 0: SymPy's derivative is zoo, nothing to judge
+        raise UsageError(
+            f"Expected {getattr(target.func, '__qualname__', type(target.func).__name__)} to give a finite output "
+            f"at the given inputs but every output is inf or NaN ({a[0].item()}); check at inputs where it is defined."
+        )
     same = (a == b) | (a.isnan() & b.isnan())
     if bool(same.all()):
         return
