@@ -898,13 +898,19 @@ def _forward_finite(target, shapes, theta: np.ndarray) -> np.ndarray:
     out = np.ones(len(theta), dtype=bool)
     with torch.no_grad():
         for r, x in enumerate(theta):
-            tensors, off = [], 0
-            for s in shapes:
-                n = max(math.prod(s), 1)
-                tensors.append(torch.as_tensor(x[off : off + n], dtype=dt).reshape(s))
-                off += n
+            tensors = _split(torch.as_tensor(x, dtype=dt), shapes)
             out[r] = bool(torch.isfinite(target.flat_output(target.call(*tensors))).all())
     return out
+
+
+def _split(x, shapes) -> list:
+    """A flat vector of leaf values as one tensor per leaf shape."""
+    tensors, off = [], 0
+    for s in shapes:
+        n = max(math.prod(s), 1)
+        tensors.append(x[off : off + n].reshape(s))
+        off += n
+    return tensors
 
 
 def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, seed, fast_mode, forward_ad) -> bool:
@@ -924,12 +930,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     def outputs(rows: np.ndarray) -> np.ndarray:
         """The user's flat outputs at each row of inputs: ``torch.func.vmap`` over it, else one call per row."""
         def one(x):
-            tensors, off = [], 0
-            for s in shapes:
-                n = max(math.prod(s), 1)
-                tensors.append(x[off : off + n].reshape(s))
-                off += n
-            return target.flat_output(target.call(*tensors)).double()
+            return target.flat_output(target.call(*_split(x, shapes))).double()
 
         xs = torch.as_tensor(rows, dtype=torch.float64)
         with torch.no_grad():
