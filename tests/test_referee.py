@@ -300,8 +300,8 @@ def _sympy_model(fn):
 
 @pytest.mark.parametrize(
     "fn",
-    [sp.atan, sp.asinh, sp.cosh, sp.sinh, sp.erf, sp.tan,
-     log1p, expm1, lambda z: sp.sqrt(z**2 + 1)],
+    [sp.atan, sp.asinh, sp.cosh, sp.sinh, sp.erf, sp.tan, sp.erfc, sp.asin, sp.acos, sp.atanh, sp.acosh,
+     log1p, expm1, lambda z: sp.sqrt(z**2 + 1), lambda z: sp.atan2(z, z**2 - 0.5)],
 )
 def test_more_functions_enclose(fn):
     m = _sympy_model(fn)
@@ -315,6 +315,21 @@ def test_more_functions_enclose(fn):
                 continue
             assert ex.status[r, i] == CERTIFIED
             assert_encloses(ex, t, r, i)
+
+
+def test_domains_of_the_inverse_functions_and_atan2():
+    import flint
+
+    arb, f = flint.arb, referee.FUNCTIONS
+    with flint.ctx.workprec(128):
+        assert f["asin"](arb(1)).overlaps(arb.pi() / 2) and f["acos"](arb(-1)).overlaps(arb.pi())
+        assert f["asin"](arb(1.5)) is referee._UNDEFINED and f["atanh"](arb(1)) is referee._UNDEFINED
+        assert f["atanh"](arb("0.5 +/- 0.6")) is referee._DOMAIN  # straddles the edge: more bits may decide
+        assert f["atan2"](arb(0), arb(0)) is referee._UNDEFINED  # the origin
+        assert f["atan2"](arb(0), arb(-1)) is referee._UNDEFINED  # on the cut: the sign of a zero decides
+        assert f["atan2"](arb("0 +/- 1e-30"), arb(-1)) is referee._COND  # beside the cut: retried
+        assert f["atan2"](arb(1), arb(-1)).overlaps(3 * arb.pi() / 4)
+        assert f["atan2"](arb(0), arb(2)).is_zero()
 
 
 def test_a_function_missing_from_the_table_is_unresolved(monkeypatch):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gradcheck_lab import GradientMismatch, UsageError, gradcheck, gradgradcheck
 
@@ -237,11 +238,109 @@ def test_fallback_blames_only_what_every_look_estimates():
 
 
 def test_fallback_does_not_judge_where_the_forward_overflows_in_its_dtype():
-    # float32 tanh(a) rounds to 1 for a > 9, atanh(1) is inf: torch's backward gives NaN there (0 * inf)
+    # float32 tanh(a) rounds to 1 for a > 9, erfinv(1) is inf: torch's backward gives NaN there (0 * inf)
+    x = _t(3, 3, dtype=torch.float32, seed=1, scale=10.0)
+    assert not torch.isfinite(torch.erfinv(torch.tanh(x))).all()
+    with pytest.warns(RuntimeWarning, match="legs missing"):
+        assert gradcheck(lambda a: torch.erfinv(torch.tanh(a)), (x,)) is True
+
+
+def test_the_symbolic_legs_do_not_judge_where_the_forward_overflows_in_its_dtype():
+    # the same with atanh, which the table has: exactly atanh(tanh(a)) = a, but float32 computes inf
     x = _t(3, 3, dtype=torch.float32, seed=1, scale=10.0)
     assert not torch.isfinite(torch.atanh(torch.tanh(x))).all()
-    with pytest.warns(RuntimeWarning, match="legs missing"):
+    with pytest.warns(RuntimeWarning, match="outputs are not finite"):
         assert gradcheck(lambda a: torch.atanh(torch.tanh(a)), (x,)) is True
+
+
+def _wrong(f, factor):
+    """A Function with forward ``f`` and autograd's gradient of ``f`` times ``factor`` as its backward."""
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            ctx.save_for_backward(*xs)
+            return f(*xs)
+
+        @staticmethod
+        def backward(ctx, grad):
+            xs = [x.detach().requires_grad_() for x in ctx.saved_tensors]
+            with torch.enable_grad():
+                gs = torch.autograd.grad(f(*xs), xs, grad)
+            return tuple(g * factor for g in gs)
+
+    return Wrong.apply
+
+
+_UNIT = {"uniform": True}
+_TABLE_OPS = {
+    "asin": (lambda a: torch.asin(a) * a, 1, _UNIT),
+    "acos": (lambda a: torch.acos(a), 1, _UNIT),
+    "atanh": (lambda a: torch.atanh(a), 1, _UNIT),
+    "acosh": (lambda a: torch.acosh(a.abs() + 1), 1, {}),
+    "erfc": (lambda a: torch.log(torch.erfc(3 * a)), 1, {}),
+    "atan2": (lambda a, b: torch.atan2(a, b), 2, {}),
+    "hypot": (lambda a, b: torch.hypot(a, b), 2, {}),
+    "logaddexp": (lambda a, b: torch.logaddexp(10 * a, b), 2, {}),
+    "prod": (lambda a: a.prod(dim=-1), 1, {}),
+    "cross_entropy": (lambda a: F.cross_entropy(a, torch.tensor([0, 2, 1])), 1, {}),
+    "gather": (lambda a: torch.gather(a, 1, torch.tensor([[0, 0], [1, 2], [2, 1]])).exp().sum(), 1, {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TABLE_OPS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_table_ops_pass_correct_and_catch_wrong_backwards(name, dtype):
+    f, n_in, how = _TABLE_OPS[name]
+    g = torch.Generator().manual_seed(0)
+    base = [torch.rand(3, 3, generator=g, dtype=torch.float64) * 1.8 - 0.9 if how else
+            torch.randn(3, 3, generator=g, dtype=torch.float64) for _ in range(n_in)]
+
+    def inputs():
+        return tuple(b.to(dtype).requires_grad_() for b in base)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in the table: no fallback warning
+        assert gradcheck(f, inputs()) is True
+    small = 1e-7 if dtype == torch.float64 else 1e-3
+    for factor in (-1.0, 1.0 + small):
+        with pytest.raises(GradientMismatch, match="At fault: backward"):
+            gradcheck(_wrong(f, factor), inputs())
+
+
+@pytest.mark.parametrize("f, xs", [
+    (torch.sqrt, ([0.0, 1.0],)),  # the exact derivative at 0 is infinite
+    (torch.asin, ([1.0, -1.0, 0.3],)),
+    (torch.hypot, ([0.0, 3.0], [0.0, 4.0])),  # a cone at the origin: 0/0 in the closed form
+    (lambda a, b: torch.sqrt(a * a + b * b), ([0.0, 3.0], [0.0, 4.0])),
+    (lambda a: a.norm(), ([0.0, 0.0, 0.0],)),
+])
+def test_torch_own_backwards_pass_where_the_derivative_does_not_exist(f, xs):
+    # torch's own backward gives inf or NaN there (torch.autograd.gradcheck fails them all): no bug
+    inputs = tuple(torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in xs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the zero-cotangent test has no evidence there
+        assert gradcheck(f, inputs) is True
+
+
+def test_a_finite_value_outside_the_cone_subgradients_is_still_wrong():
+    # at the origin of sqrt(a^2 + b^2), each partial's subgradients are [-1, 1]: 5 is a bug
+    class Cone(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            ctx.save_for_backward(a, b)
+            return torch.sqrt(a * a + b * b)
+
+        @staticmethod
+        def backward(ctx, grad):
+            a, b = ctx.saved_tensors
+            r = torch.sqrt(a * a + b * b)
+            safe = torch.where(r > 0, r, torch.ones_like(r))
+            return grad * torch.where(r > 0, a / safe, 5.0), grad * torch.where(r > 0, b / safe, 0.0)
+
+    xs = tuple(torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in ([0.0, 3.0], [0.0, 4.0]))
+    with pytest.raises(GradientMismatch, match="At fault: backward"):
+        gradcheck(Cone.apply, xs)
 
 
 def test_celu_backward_rounds_alpha_to_float32():

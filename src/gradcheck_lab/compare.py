@@ -361,6 +361,12 @@ def compare(
                 mark[:] = False
                 mark[rows] = (st == code) & j & ~kink[rows]
                 not_judged(name, mark, reason)
+            # At a kink whose closed form is undefined (d|x| written as x/sqrt(x**2): 0/0 at the
+            # origin), a non-finite value is what that formula gives: no evidence either way.
+            # A finite value is still held to the kink's subgradient interval.
+            mark[:] = False
+            mark[rows] = (st == _referee.UNDEFINED) & j & kink[rows] & ~np.isfinite(results[name].values[rows])
+            not_judged(name, mark, "undefined")
         # A kink finite differences flagged where the referee certifies a derivative: no kink.
         kink[rows] &= ~(st == _referee.CERTIFIED)
         # A kink the referee proves (an argument exactly 0) that finite differences did not flag.

@@ -107,21 +107,34 @@ def huber_float(z: float, delta: float = HUBER_DELTA) -> float:
     return m * (a - 0.5 * m)
 
 
+def _elementwise(f: Callable[[float], float], z: Any) -> Any:
+    x = np.asarray(z)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(float)
+    flat = x.astype(float).ravel().tolist()
+    out = np.fromiter(map(f, flat), dtype=float, count=len(flat)).reshape(x.shape).astype(dtype, copy=False)
+    return out if out.shape else out[()]
+
+
 def numpy_erf(z: Any) -> Any:
     """``erf`` elementwise on an array or number, by ``math.erf`` (Note [erf in NumPy]).
 
     >>> numpy_erf(np.array([0.0, 1.0]))
     array([0.        , 0.84270079])
     """
-    x = np.asarray(z)
-    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(float)
-    flat = x.astype(float).ravel().tolist()
-    out = np.fromiter(map(math.erf, flat), dtype=float, count=len(flat)).reshape(x.shape).astype(dtype, copy=False)
-    return out if out.shape else out[()]
+    return _elementwise(math.erf, z)
+
+
+def numpy_erfc(z: Any) -> Any:
+    """``erfc = 1 - erf`` elementwise, by ``math.erfc`` (accurate where ``1 - erf`` cancels).
+
+    >>> numpy_erfc(np.array([0.0, 10.0]))
+    array([1.00000000e+00, 2.08848758e-45])
+    """
+    return _elementwise(math.erfc, z)
 
 
 #: Functions SymPy's NumPy printer lacks, for ``lambdify(..., modules=[LAMBDIFY_NUMPY, "numpy"])``.
-LAMBDIFY_NUMPY: dict[str, Callable[..., Any]] = {"erf": numpy_erf}
+LAMBDIFY_NUMPY: dict[str, Callable[..., Any]] = {"erf": numpy_erf, "erfc": numpy_erfc}
 
 
 def _sympy_ops() -> Ops:

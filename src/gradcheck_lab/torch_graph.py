@@ -120,15 +120,17 @@ def _map(f: Callable, *arrays: np.ndarray) -> np.ndarray:
     objs = [_obj(a) for a in arrays]
     if all(a.ndim == 0 for a in objs):
         return _scalar(f(*(a[()] for a in objs)))
-    return np.frompyfunc(f, len(objs), 1)(*objs)
+    with np.errstate(all="ignore"):  # a backend's own NaN (acosh below 1) sets the FPU flag numpy would report
+        return np.frompyfunc(f, len(objs), 1)(*objs)
 
 
 # ---------------------------------------------------------------- backend functions
 
-_FLOAT: dict[str, Callable[[float], float]] = {
+_FLOAT: dict[str, Callable[..., float]] = {
     "exp": math.exp, "log": math.log, "sqrt": math.sqrt, "sin": math.sin, "cos": math.cos, "tan": math.tan,
     "tanh": math.tanh, "sinh": math.sinh, "cosh": math.cosh, "asinh": math.asinh, "atan": math.atan,
-    "log1p": math.log1p, "expm1": math.expm1, "erf": math.erf, "abs": abs,
+    "asin": math.asin, "acos": math.acos, "atanh": math.atanh, "acosh": math.acosh, "atan2": math.atan2,
+    "log1p": math.log1p, "expm1": math.expm1, "erf": math.erf, "erfc": math.erfc, "abs": abs,
     "relu": lambda z: max(z, 0.0),
     "sigmoid": lambda z: 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z)),
     "softplus": lambda z: max(z, 0.0) + math.log1p(math.exp(-abs(z))),
@@ -140,19 +142,25 @@ def _sympy_extra(name: str):
     from sympy.codegen.cfunctions import expm1, log1p
 
     return {"tan": sp.tan, "sinh": sp.sinh, "cosh": sp.cosh, "asinh": sp.asinh, "atan": sp.atan,
-            "log1p": log1p, "expm1": expm1}.get(name)
+            "asin": sp.asin, "acos": sp.acos, "atanh": sp.atanh, "acosh": sp.acosh, "atan2": sp.atan2,
+            "erfc": sp.erfc, "log1p": log1p, "expm1": expm1}.get(name)
 
 
 def _torch_extra(name: str):
     import torch
 
     return {"tan": torch.tan, "sinh": torch.sinh, "cosh": torch.cosh, "asinh": torch.asinh, "atan": torch.atan,
-            "log1p": torch.log1p, "expm1": torch.expm1, "erf": torch.erf}.get(name)
+            "asin": torch.asin, "acos": torch.acos, "atanh": torch.atanh, "acosh": torch.acosh,
+            "atan2": torch.atan2, "log1p": torch.log1p, "expm1": torch.expm1, "erf": torch.erf,
+            "erfc": torch.erfc}.get(name)
 
 
 def _numpy_extra(name: str):
+    from .ops import numpy_erfc
+
     return {"tan": np.tan, "sinh": np.sinh, "cosh": np.cosh, "asinh": np.arcsinh, "atan": np.arctan,
-            "log1p": np.log1p, "expm1": np.expm1}.get(name)
+            "asin": np.arcsin, "acos": np.arccos, "atanh": np.arctanh, "acosh": np.arccosh, "atan2": np.arctan2,
+            "erfc": numpy_erfc, "log1p": np.log1p, "expm1": np.expm1}.get(name)
 
 
 #: Functions the ``ops`` namespace may lack, per backend name (``erf`` only where
@@ -181,21 +189,36 @@ def _fn(ops, name: str) -> Callable:
 
 #: SymPy functions built unevaluated on a traced graph: ``tanh(a sum of 30 products)`` otherwise asks
 #: SymPy's assumptions about its argument's sign (seconds on a 12x12 matmul, minutes on 30x30).
-_SYMPY_UNEVALUATED = ("exp", "log", "sin", "cos", "tan", "tanh", "sinh", "cosh", "asinh", "atan", "erf")
+_SYMPY_UNEVALUATED = ("exp", "log", "sin", "cos", "tan", "tanh", "sinh", "cosh", "asinh", "atan", "erf",
+                      "asin", "acos", "atanh", "acosh", "atan2", "erfc")
+
+
+def _on_numbers(name: str, *xs: float) -> float:
+    """``name`` of plain numbers as torch computes it: NaN outside the domain, inf on overflow."""
+    try:
+        return _FLOAT[name](*xs)
+    except (ValueError, OverflowError):  # math raises where torch returns NaN or +-inf
+        f = _numpy_extra(name) or getattr(np, name)
+        with np.errstate(all="ignore"):
+            return float(f(*map(np.float64, xs)))
 
 
 def _unary(name: str):
-    def apply(ops, x, *_, **__):
+    def apply(ops, *args, **__):
         f: Callable = _fn(ops, name)
         if getattr(ops, "name", "") == "sympy" and name in _SYMPY_UNEVALUATED:
             import sympy as sp
 
             cls = getattr(sp, name)
-            f = lambda e: cls(e, evaluate=False)  # noqa: E731
-        g: Callable = _FLOAT[name]
-        return _map(lambda e: g(e) if _is_number(e) else f(e), x)
+            f = lambda *e: cls(*e, evaluate=False)  # noqa: E731
+        arrays = args[:2] if name in _BINARY_FUNCTIONS else args[:1]
+        return _map(lambda *e: _on_numbers(name, *e) if all(map(_is_number, e)) else f(*e), *arrays)
 
     return apply
+
+
+#: Functions of two tensors (the rest take one).
+_BINARY_FUNCTIONS = frozenset({"atan2"})
 
 
 def _add_all(ops, items: list) -> Any:
@@ -334,6 +357,13 @@ def _log_softmax(ops, a, dim, half_to_float=False):
 
 def _softmax(ops, a, dim, half_to_float=False):
     return _unary("exp")(ops, _log_softmax(ops, a, dim))
+
+
+def _product(xs: list):
+    """The product of a list, as a balanced tree (a chain would nest SymPy's products n deep)."""
+    while len(xs) > 1:
+        xs = [xs[i] * xs[i + 1] if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+    return xs[0] if xs else 1.0
 
 
 def _pairwise_max(ops, xs: list):
@@ -514,7 +544,11 @@ OPS: dict[str, tuple[Callable, str]] = {
     "square": (_arith(lambda x: x * x), "a * a"),
     # elementwise functions
     **{n: (_U(n), f"{n}(a)") for n in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh",
-                                        "asinh", "atan", "sigmoid", "log1p", "expm1", "erf", "abs")},
+                                        "asinh", "atan", "asin", "acos", "atanh", "acosh", "sigmoid", "log1p",
+                                        "expm1", "erf", "erfc", "abs")},
+    "atan2": (_U("atan2"), "atan2(a, b), the angle of (b, a)"),
+    "hypot": (lambda ops, a, b: _U("sqrt")(ops, _map(lambda x, y: x * x + y * y, a, b)), "sqrt(a**2 + b**2)"),
+    "logaddexp": (lambda ops, a, b: _map(lambda x, y: _logsumexp_list(ops, [x, y]), a, b), "log(exp(a) + exp(b))"),
     "rsqrt": (lambda ops, a: _map(lambda x: 1.0 / x, _U("sqrt")(ops, a)), "1 / sqrt(a)"),
     "relu": (_U("relu"), "max(a, 0); kink at 0"),
     "silu": (lambda ops, a: _map(operator.mul, a, _U("sigmoid")(ops, a)), "a * sigmoid(a)"),
@@ -559,6 +593,8 @@ OPS: dict[str, tuple[Callable, str]] = {
     "min.default": (lambda ops, a: _amin(ops, a), "min of all elements; kinks at ties"),
     "max.other": (lambda ops, a, b: _map(lambda x, y: _max2(ops, x, y), a, b), "elementwise max"),
     "min.other": (lambda ops, a, b: _map(lambda x, y: -_max2(ops, -x, -y), a, b), "elementwise min"),
+    "prod": (lambda ops, a, dim=None, keepdim=False, dtype=None: _reduce(a, dim, keepdim, _product),
+             "product over all or one dim"),
     "logsumexp": (_logsumexp, "log(sum(exp(a))) over dims"),
     "_softmax": (_softmax, "exp(a - logsumexp(a)) along dim"),
     "_log_softmax": (_log_softmax, "a - logsumexp(a) along dim"),
@@ -579,6 +615,8 @@ OPS: dict[str, tuple[Callable, str]] = {
     "slice": (_slice, "a[start:end:step] along dim"),
     "select": (_select, "a[index] along dim"),
     "index": (_index, "advanced indexing by integer or boolean tensors"),
+    "gather": (lambda ops, a, dim, index, sparse_grad=False: np.take_along_axis(_obj(a), np.asarray(index), dim),
+               "a[index] along dim, elementwise (nll_loss, cross_entropy with class indices)"),
     "cat": (_cat, "concatenate"),
     "stack": (lambda ops, ts, dim=0: np.stack([_obj(t) for t in ts], axis=dim), "stack"),
     "split": (_split, "split into chunks (with getitem)"),

@@ -269,6 +269,37 @@ def _above(name, bound, closed):
     return f
 
 
+def _within(name, lo, hi, closed):
+    """A function defined for ``lo < x < hi`` (``lo <= x <= hi`` when ``closed``)."""
+
+    def f(x):
+        if x.__class__ is _Bad:
+            return x
+        if (x > lo and x < hi) or (closed and x >= lo and x <= hi):
+            y = getattr(x, name)()
+            return y if y.is_finite() else _COND
+        if (x < lo or x > hi) if closed else (x <= lo or x >= hi):
+            return _UNDEFINED
+        return _DOMAIN
+
+    return f
+
+
+def _atan2(y, x):
+    """The angle of ``(x, y)``: defined except at the origin, continuous off the cut ``y = 0, x < 0``."""
+    for v in (y, x):
+        if v.__class__ is _Bad:
+            return v
+    if y > 0 or y < 0 or x > 0:
+        out = _arb().atan2(y, x)
+        return out if out.is_finite() else _COND
+    if x < 0 and not (y.is_exact() and y.is_zero()):
+        return _COND  # y's ball straddles the cut: more bits may separate it from 0
+    if x.is_exact() and x.is_zero() and y.is_exact() and y.is_zero():
+        return _UNDEFINED
+    return _UNDEFINED if x < 0 else _COND  # exactly on the cut (the sign of a zero decides): not judged
+
+
 def _sign(x, *_, _side=None):
     if x.__class__ is _Bad:
         return x
@@ -334,7 +365,12 @@ FUNCTIONS = {
     "atan": _total("atan"),
     "asinh": _total("asinh"),
     "erf": _total("erf"),
+    "erfc": _total("erfc"),
     "expm1": _total("expm1"),
+    "asin": _within("asin", -1, 1, closed=True),
+    "acos": _within("acos", -1, 1, closed=True),
+    "atanh": _within("atanh", -1, 1, closed=False),
+    "atan2": _atan2,
     "log": _above("log", 0, closed=False),
     "log1p": _above("log1p", -1, closed=False),
     "sqrt": _above("sqrt", 0, closed=True),
