@@ -694,3 +694,59 @@ def test_fused_torch_functions_at_large_inputs_pass(dtype, scale):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 assert gradcheck(f, (x,), seed=seed) is True
+
+
+def test_elu_at_zero_every_engine_gives_the_derivative():
+    # elu with alpha = 1 is differentiable at 0 (derivative 1 on both sides): written as a sum of relus,
+    # SymPy read 2 and torch 0 there, and the call warned that our own engines disagree
+    x = torch.tensor([0.0, -1.0, 2.0, 800.0], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradcheck(F.elu, (x,)) is True
+        assert gradcheck(lambda a: F.elu(a, 0.7), (x,)) is True  # a real kink: alpha on the left
+    with pytest.raises(GradientMismatch):
+        gradcheck(_wrong(F.elu, 1 + 1e-7), (x,))
+
+
+def test_sign_is_in_the_table():
+    x = torch.tensor([0.0, -2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    f = lambda a: torch.sign(a) * a * a  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradcheck(f, (x,)) is True
+    with pytest.raises(GradientMismatch):
+        gradcheck(_wrong(f, 1 + 1e-7), (x,))
+
+
+def test_empty_inputs_have_nothing_to_check():
+    empty = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="nothing to check"):
+        assert gradcheck(lambda a: a.sum(0), (empty,)) is True
+    with pytest.warns(RuntimeWarning, match="nothing to check"):
+        assert gradgradcheck(lambda a: a.sum(0), (empty,)) is True
+    # beside a non-empty input, the empty one is passed through and the other checked
+    x = _t(3)
+    assert gradcheck(lambda a, b: a.sum(0) + b.exp(), (empty, x)) is True
+    with pytest.raises(GradientMismatch):
+        gradcheck(_wrong(lambda a, b: a.sum(0) + b.exp(), 1.001), (empty, x))
+
+
+def test_inputs_near_the_largest_float_give_finite_random_points():
+    # logsumexp's mask value -1e308: random points around it once drew from an infinite range
+    x = torch.tensor([-1.7e308, 0.0, 1.7e308], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradcheck(lambda a: torch.logsumexp(a[:2], 0) + a[2] * 0.5, (x,)) is True
+
+
+def test_a_forward_raising_at_a_random_point_checks_the_given_inputs():
+    # binary_cross_entropy refuses inputs above 1: the random points around 0.95 reach them
+    t = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    x = torch.tensor([0.95, 0.01, 0.5], dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="raised RuntimeError at a random point.*only the given inputs"):
+        assert gradcheck(lambda a: F.binary_cross_entropy(a, t), (x,)) is True
+    with pytest.warns(RuntimeWarning, match="only the given inputs"), pytest.raises(GradientMismatch):
+        gradcheck(_wrong(lambda a: F.binary_cross_entropy(a, t), 1 + 1e-7), (x,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradcheck(lambda a: F.binary_cross_entropy(a, t), (x,), points=0) is True

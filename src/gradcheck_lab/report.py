@@ -364,8 +364,8 @@ class Accumulator:
                 n, i = divmod(j, ratio.shape[1])
                 key = pair_name(a, b)
                 if key not in self.pair_best or ratio[n, i] > self.pair_best[key][0]:
-                    ref = abs(cmp.results["symbolic"].values[n, i])
-                    rel = d[n, i] / ref if ref > 0 else (0.0 if d[n, i] == 0 else math.inf)
+                    ref, dd = abs(float(cmp.results["symbolic"].values[n, i])), float(d[n, i])
+                    rel = dd / ref if 0 < ref < math.inf else (0.0 if dd == 0 else math.inf)
                     self.pair_best[key] = (
                         float(ratio[n, i]),
                         PairWorst(key, _f(d[n, i]), _f(rel), _f(tol[n, i]), self.model.param_labels[i], source, offset + n),

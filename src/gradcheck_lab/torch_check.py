@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GradientMismatch, UsageError
+from .errors import GradcheckError, GradientMismatch, UsageError
 from .torch_graph import Leaf, Traced, Unsupported, leaf_labels, model_of, name_leaves, trace
 
 __all__ = ["gradcheck", "gradgradcheck", "MAX_JACOBIAN", "RANDOM_COTANGENTS", "POINTS"]
@@ -98,6 +98,12 @@ class _Target:
                 if p.requires_grad:
                     _check_dtype(p, f"parameter {pname}")
                     leaves.append(Leaf(pname, "parameter", pname, tuple(p.shape), p.dtype))
+        #: Leaves with no elements: nothing to check (torch's gradcheck passes them); they keep their tensor.
+        self.empty = sum(1 for lf in leaves if math.prod(lf.shape) == 0)
+        leaves = [lf for lf in leaves if math.prod(lf.shape) > 0]
+        if not leaves and self.empty:
+            self.leaves, self.values, self.dtype = [], [], "float64"
+            return
         if not leaves:
             raise UsageError(
                 "Expected at least one input tensor (or module parameter) that requires grad but got none; "
@@ -523,6 +529,8 @@ def gradcheck(
     _requires("check_batched_grad", check_batched_grad, "check_backward_ad", check_backward_ad)
     _requires("check_batched_forward_grad", check_batched_forward_grad, "check_forward_ad", check_forward_ad)
     target = _Target(func, inputs)
+    if not target.leaves:
+        return _nothing_to_check(target)
     _deterministic(target, nondet_tol)
     traced = trace(target.call, target.values, target.leaves, key=target.key())
     if traced.n_out == 0:
@@ -560,6 +568,12 @@ def gradcheck(
             msg = _mismatch_message("gradcheck", traced, labels, report, faults, "forward-mode AD (JVP)", func)
             return _fail(msg, report, raise_exception)
     return _structural("gradcheck", target.call, target.values, func, **structural)
+
+
+def _nothing_to_check(target) -> bool:
+    warnings.warn(f"gradcheck_lab: nothing to check: the {target.empty} tensor(s) that require grad have no "
+                  "elements (torch's gradcheck passes them too).", RuntimeWarning, stacklevel=3)
+    return True
 
 
 def _requires(name: str, value: bool, needs: str, given: bool) -> None:
@@ -648,11 +662,26 @@ def _check(model, pts, points, seed, cand, dtype, atol, rtol):
     """
     from .api import REFEREE_POINTS, REFEREE_SECONDS, _verify
 
-    return _verify(
-        model, points=pts, params=None, random=points, seed=seed, dtype=dtype, device="cpu", candidate=cand,
-        engines=None, progress=None, strict=False, referee_points=REFEREE_POINTS, referee_seconds=REFEREE_SECONDS,
-        order=1, detail=atol is not None or rtol is not None,
-    )
+    def run(random: int):
+        return _verify(
+            model, points=pts, params=None, random=random, seed=seed, dtype=dtype, device="cpu", candidate=cand,
+            engines=None, progress=None, strict=False, referee_points=REFEREE_POINTS, referee_seconds=REFEREE_SECONDS,
+            order=1, detail=atol is not None or rtol is not None,
+        )
+
+    if not points:
+        return run(0)
+    try:
+        return run(points)
+    except GradcheckError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code at a point we chose (BCE's input past 1)
+        warnings.warn(
+            f"gradcheck_lab: your function raised {type(exc).__name__} at a random point around the inputs "
+            f"({str(exc).splitlines()[0] if str(exc) else 'no message'}); only the given inputs were checked. "
+            "Pass points=0 to skip the random points.", RuntimeWarning, stacklevel=3,
+        )
+    return run(0)
 
 
 def _validate(points, seed) -> None:
@@ -795,6 +824,8 @@ def gradgradcheck(
 
     _validate(points, seed)
     target = _Target(func, inputs)
+    if not target.leaves:
+        return _nothing_to_check(target)
     _deterministic(target, nondet_tol)
     traced = trace(target.call, target.values, target.leaves, key=target.key())
     if isinstance(traced, Unsupported):

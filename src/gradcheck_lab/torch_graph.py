@@ -26,7 +26,7 @@ are evaluated once with torch itself at trace time and enter as constants.
 
 Note [Kinks through relu]
 ~~~~~~~~~~~~~~~~~~~~~~~~~
-``clamp``, ``maximum``, ``minimum``, ``amax``, ``leaky_relu``, ``elu`` and
+``clamp``, ``maximum``, ``minimum``, ``amax``, ``leaky_relu`` and
 ``hardtanh`` are rewritten with ``ops.relu`` (``max(a, b) = b + relu(a -
 b)``), so the finite-difference engine, which records every relu/abs
 argument (Note [Kinks] in engines/finite_diff.py), knows where their kinks
@@ -551,6 +551,7 @@ OPS: dict[str, tuple[Callable, str]] = {
     "logaddexp": (lambda ops, a, b: _map(lambda x, y: _logsumexp_list(ops, [x, y]), a, b), "log(exp(a) + exp(b))"),
     "rsqrt": (lambda ops, a: _map(lambda x: 1.0 / x, _U("sqrt")(ops, a)), "1 / sqrt(a)"),
     "relu": (_U("relu"), "max(a, 0); kink at 0"),
+    "sign": (lambda ops, a: _sign(ops, a), "1, 0 or -1: Piecewise, derivative 0 off the jump at 0"),
     "silu": (lambda ops, a: _map(operator.mul, a, _U("sigmoid")(ops, a)), "a * sigmoid(a)"),
     "softplus": (lambda ops, a, beta=1, threshold=20: _softplus(ops, a, beta, threshold),
                  "a if beta a > threshold else log(1 + exp(beta a)) / beta (Note [Softplus threshold])"),
@@ -640,11 +641,28 @@ def _gelu(ops, a, approximate):
     return _map(lambda x, e: 0.5 * x * (1.0 + e), a, _U("erf")(ops, _scale(a, 1 / math.sqrt(2.0))))
 
 
+def _sign(ops, a):
+    a = _obj(a)
+    zero, one = np.full(a.shape, 0.0, dtype=object), np.full(a.shape, 1.0, dtype=object)
+    below = _where(ops, _cmp("lt")(ops, a, zero), _scale(one, -1), zero)
+    return _where(ops, _cmp("gt")(ops, a, zero), one, below)
+
+
 def _elu(ops, a, alpha, scale, input_scale):
-    pos = _U("relu")(ops, a)
-    neg = _scale(_U("relu")(ops, _scale(a, -1)), -1)  # min(a, 0)
+    """``where(a > 0, a, alpha (exp(a) - 1))``, scaled, as torch's backward reads it.
+
+    Two selections, not a sum of relus: with ``alpha = 1`` the derivative is 1 on
+    both sides of 0 (a tie, Note [Ties] in engines/referee.py), and each engine
+    must give it there; ``relu(a) + (exp(-relu(-a)) - 1)`` reads 2 in SymPy and 0
+    in torch at 0. The inner ``where`` keeps ``exp`` of a non-positive number only
+    (no ``0 * inf`` in autograd where the branch is not taken).
+    """
+    a = _obj(a)
+    zero = np.full(a.shape, 0.0, dtype=object)
+    neg = _where(ops, _cmp("le")(ops, a, zero), a, zero)  # min(a, 0), a itself at 0
     e = _U("exp")(ops, _scale(neg, input_scale))
-    return _map(lambda p, q: scale * (p + alpha * (q - 1.0)), pos, e)
+    left = _map(lambda q: scale * alpha * (q - 1.0), e)
+    return _where(ops, _cmp("gt")(ops, a, zero), _scale(a, scale), left)
 
 
 def _handler(target) -> tuple[Callable, str] | None:
@@ -1062,9 +1080,11 @@ def model_of(traced: Traced, values: list[np.ndarray], name: str = "traced") -> 
     base = _model_for(traced)
     flat = np.concatenate([np.asarray(v, dtype=float).ravel() for v in values]) if values else np.zeros(0)
     params = []
-    for var, t in zip(base.params, flat):
+    big = float(np.finfo(float).max)  # a value near it (logsumexp's -1e308 mask) keeps finite bounds
+    for var, t in zip(base.params, flat.tolist()):  # Python floats: overflow is inf, not a warning
         r = SPREAD * abs(t) if t != 0 else SPREAD
-        params.append(Var(var.name, init=float(t), domain=(float(t - r), float(t + r)), max_abs=max(2 * abs(t), 1.0)))
+        lo, hi = max(t - r, -big), min(t + r, big)
+        params.append(Var(var.name, init=float(t), domain=(lo, hi), max_abs=min(max(2 * abs(t), 1.0), big)))
     return replace(base, params=tuple(params), name=name)
 
 
@@ -1074,7 +1094,7 @@ def name_leaves(leaves: list[Leaf]) -> None:
     for leaf in leaves:
         stem = _identifier(leaf.label, set())
         leaf.var_names = []
-        for k in range(max(math.prod(leaf.shape), 1)):
+        for k in range(math.prod(leaf.shape)):  # 1 for a scalar, 0 for an empty tensor
             suffix = "_".join(map(str, np.unravel_index(k, leaf.shape))) if leaf.shape else ""
             leaf.var_names.append(_identifier(f"{stem}_{suffix}" if suffix else stem, taken))
 

@@ -250,8 +250,9 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=
         t = np.stack(theta_cols)[i, np.arange(n)]
     h = ladder[:, None] * np.maximum(np.abs(t), 1.0)[None, :]  # (K, N)
     # Exact steps: (t + h) - t may differ from h by rounding; use the real one.
-    tp, tm = t + h, t - h
-    hp, hm = tp - t, t - tm
+    with np.errstate(over="ignore", invalid="ignore"):  # near float64's largest value a step leaves the range
+        tp, tm = t + h, t - h
+        hp, hm = tp - t, t - tm
     stencil = np.concatenate([tp, tm, t[None, :]])
     cols = list(theta_cols)
     if isinstance(i, (int, np.integer)):
@@ -327,8 +328,8 @@ def gradients(
     data_cols = [batch.data[:, j] for j in range(batch.data.shape[1])]
     f0 = np.broadcast_to(_loss(model, theta_cols, data_cols, perturb=perturb), (n,))
     # Note [FD error estimate]: the loss's rounding scale, from a float32 run.
-    f32 = _loss(model, [c.astype(np.float32) for c in theta_cols], [c.astype(np.float32) for c in data_cols])
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # values beyond float32's range become inf: no scale there
+        f32 = _loss(model, [c.astype(np.float32) for c in theta_cols], [c.astype(np.float32) for c in data_cols])
         fscale = np.abs(f32.astype(float) - f0) / np.finfo(np.float32).eps
     fscale = np.maximum(np.abs(f0), np.where(np.isfinite(fscale), fscale, 0.0))
     ladder = H0 * shrink * 2.0 ** -np.arange(K)  # (K,)
