@@ -750,3 +750,36 @@ def test_a_forward_raising_at_a_random_point_checks_the_given_inputs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert gradcheck(lambda a: F.binary_cross_entropy(a, t), (x,), points=0) is True
+
+
+def _conv_function(bug=None):
+    """A hand-written strided convolution, its backward from torch.nn.grad, with one classic bug."""
+    from torch.nn.grad import conv2d_input, conv2d_weight
+
+    class Conv(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, b):
+            ctx.save_for_backward(x, w)
+            return F.conv2d(x, w, b, stride=2, padding=1)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, w = ctx.saved_tensors
+            gx = conv2d_input(x.shape, w.flip(-1) if bug == "flipped kernel" else w, grad, stride=2, padding=1)
+            gw = conv2d_weight(x, w.shape, grad, stride=2, padding=1)
+            gw = gw.transpose(-1, -2) if bug == "transposed weight grad" else gw
+            gb = grad.sum((0, 2, 3)) / (grad.shape[0] if bug == "bias mean" else 1)
+            return gx, gw, gb
+
+    return Conv.apply
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_hand_written_convolution_is_checked_symbolically(dtype):
+    inputs = (_t(2, 2, 5, 5, dtype=dtype), _t(3, 2, 3, 3, dtype=dtype, seed=1), _t(3, dtype=dtype, seed=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # convolution is in the table: no fallback
+        assert gradcheck(_conv_function(), inputs) is True
+    for bug, culprit in (("flipped kernel", "input0"), ("transposed weight grad", "input1"), ("bias mean", "input2")):
+        with pytest.raises(GradientMismatch, match=rf"/ d\[{culprit}\["):
+            gradcheck(_conv_function(bug), inputs)

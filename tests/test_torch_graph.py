@@ -166,3 +166,42 @@ def test_op_table_lists_every_handler_with_a_meaning():
                "_log_softmax", "logsumexp"):
         assert op in OPS, op
     assert math.isclose(1.0, 1.0)
+
+
+def _float_objects(t):
+    return t.numpy().astype(object)
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+@pytest.mark.parametrize("stride, pad, dil, groups", [(1, 0, 1, 1), (2, 1, 1, 2), (1, 1, 2, 1), (2, 0, 2, 2)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_convolution_handler_computes_what_torch_computes(nd, stride, pad, dil, groups, transposed):
+    from gradcheck_lab.torch_graph import _convolution
+
+    g = torch.Generator().manual_seed(nd * 7 + stride)
+    x = torch.randn(2, 2, *[5] * nd, generator=g, dtype=torch.float64)
+    shape = (2, 4 // groups) if transposed else (4, 2 // groups)
+    w = torch.randn(*shape, *[3] * nd, generator=g, dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    extra = [1 if transposed and stride > 1 else 0] * nd
+    args = ([stride] * nd, [pad] * nd, [dil] * nd, transposed, extra, groups)
+    ref = torch.ops.aten.convolution(x, w, b, *args)
+    got = _convolution(backend("float"), _float_objects(x), _float_objects(w), _float_objects(b), *args)
+    assert got.shape == tuple(ref.shape)
+    np.testing.assert_allclose(got.astype(float), ref.numpy(), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avg_pool_and_padding_handlers_compute_what_torch_computes(nd, count_include_pad):
+    from gradcheck_lab.torch_graph import _avg_pool, _constant_pad_nd
+
+    ops = backend("float")
+    x = torch.randn(1, 2, *[5] * nd, generator=torch.Generator().manual_seed(nd), dtype=torch.float64)
+    pool = {1: torch.ops.aten.avg_pool1d, 2: torch.ops.aten.avg_pool2d, 3: torch.ops.aten.avg_pool3d}[nd]
+    args = ([3] * nd, [2] * nd, [1] * nd, False, count_include_pad)
+    got = _avg_pool(ops, _float_objects(x), *args)
+    np.testing.assert_allclose(got.astype(float), pool(x, *args).numpy(), rtol=1e-13)
+    for pad in ([1, 2], [0, 1, -1, 2][: 2 * min(nd, 2)]):
+        got = _constant_pad_nd(ops, _float_objects(x), pad)
+        np.testing.assert_array_equal(got.astype(float), torch.ops.aten.constant_pad_nd(x, pad).numpy())

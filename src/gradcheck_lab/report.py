@@ -304,7 +304,7 @@ class Accumulator:
         self.unstable: dict[str, int] = {}
         self.kinks = 0
         self.pair_best: dict[str, tuple[float, PairWorst]] = {}
-        self.worst_fault: dict[str, tuple[float, str, PointCheck]] = {}
+        self.worst_fault: dict[str, tuple[tuple[bool, float], str, PointCheck]] = {}
         self.reasons: dict[str, int] = {}
         self.notes: list[str] = []
         self.hist_engines: dict[str, np.ndarray] = {}
@@ -426,15 +426,16 @@ class Accumulator:
             ref = np.where(proven, cmp.exact, cmp.results["symbolic"].values)
             with np.errstate(all="ignore"):
                 rel = np.abs(vals - ref) / np.maximum(np.abs(ref), tiny)
-            # A proven fault ranks above any majority one.
-            score = np.where(f, np.nan_to_num(rel, nan=np.inf, posinf=1e308) + np.where(proven, 1e308, 0.0), -1.0)
-            j = int(np.argmax(score))
-            n, i = divmod(j, score.shape[1])
-            if e not in self.worst_fault or score[n, i] > self.worst_fault[e][0]:
+            # A proven fault ranks above any majority one; within each, the largest relative error.
+            tier = f & proven if (f & proven).any() else f
+            j = int(np.argmax(np.where(tier, np.nan_to_num(rel, nan=np.inf), -1.0)))
+            n, i = divmod(j, rel.shape[1])
+            score = (bool(proven[n, i]), float(np.nan_to_num(rel[n, i], nan=np.inf)))
+            if e not in self.worst_fault or score > self.worst_fault[e][0]:
                 line = _fault_line(cmp, e, n, i, source, offset + n)
                 pc = point_check(cmp, n, source, offset + n)
                 line += f"\n  at that point: {pc.inputs}"
-                self.worst_fault[e] = (float(score[n, i]), line, pc)
+                self.worst_fault[e] = (score, line, pc)
 
     def report(self, *, dtype: str, device: str, seed: int | None,
                derivatives: dict[str, str] | Callable[[], dict[str, str]],

@@ -552,6 +552,13 @@ OPS: dict[str, tuple[Callable, str]] = {
     "rsqrt": (lambda ops, a: _map(lambda x: 1.0 / x, _U("sqrt")(ops, a)), "1 / sqrt(a)"),
     "relu": (_U("relu"), "max(a, 0); kink at 0"),
     "sign": (lambda ops, a: _sign(ops, a), "1, 0 or -1: Piecewise, derivative 0 off the jump at 0"),
+    "convolution": (lambda ops, *a, **k: _convolution(ops, *a, **k),
+                    "N-d convolution, transposed too (nn.Conv*, nn.ConvTranspose*): strided windows"),
+    "avg_pool1d": (lambda ops, *a, **k: _avg_pool(ops, *a, **k), "mean over windows (ceil_mode=False)"),
+    "avg_pool2d": (lambda ops, *a, **k: _avg_pool(ops, *a, **k), "mean over windows (ceil_mode=False)"),
+    "avg_pool3d": (lambda ops, *a, **k: _avg_pool(ops, *a, **k), "mean over windows (ceil_mode=False)"),
+    "constant_pad_nd": (lambda ops, *a, **k: _constant_pad_nd(ops, *a, **k), "zero padding (negative amounts crop)"),
+    "bitwise_not": (lambda ops, *a, **k: _bitwise_not(ops, *a, **k), "not c of a comparison or mask"),
     "silu": (lambda ops, a: _map(operator.mul, a, _U("sigmoid")(ops, a)), "a * sigmoid(a)"),
     "softplus": (lambda ops, a, beta=1, threshold=20: _softplus(ops, a, beta, threshold),
                  "a if beta a > threshold else log(1 + exp(beta a)) / beta (Note [Softplus threshold])"),
@@ -616,7 +623,7 @@ OPS: dict[str, tuple[Callable, str]] = {
     "slice": (_slice, "a[start:end:step] along dim"),
     "select": (_select, "a[index] along dim"),
     "index": (_index, "advanced indexing by integer or boolean tensors"),
-    "gather": (lambda ops, a, dim, index, sparse_grad=False: np.take_along_axis(_obj(a), np.asarray(index), dim),
+    "gather": (lambda ops, a, dim, index, sparse_grad=False: np.take_along_axis(_obj(a), np.asarray(index).astype(np.intp), dim),
                "a[index] along dim, elementwise (nll_loss, cross_entropy with class indices)"),
     "cat": (_cat, "concatenate"),
     "stack": (lambda ops, ts, dim=0: np.stack([_obj(t) for t in ts], axis=dim), "stack"),
@@ -639,6 +646,103 @@ def _gelu(ops, a, approximate):
         inner = _map(lambda x: c * (x + 0.044715 * x * x * x), a)
         return _map(lambda x, t: 0.5 * x * (1.0 + t), a, _U("tanh")(ops, inner))
     return _map(lambda x, e: 0.5 * x * (1.0 + e), a, _U("erf")(ops, _scale(a, 1 / math.sqrt(2.0))))
+
+
+def _pad(a: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Zero padding per dim, ``(before, after)``; a negative amount crops (as torch's ``constant_pad_nd``)."""
+    a = np.pad(a, [(max(b, 0), max(e, 0)) for b, e in pads], constant_values=0.0)
+    return a[tuple(slice(max(-b, 0), a.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(pads))]
+
+
+def _constant_pad_nd(ops, a, pad, value=0.0):
+    a = _obj(a)
+    if value != 0:
+        raise _Missing(f"constant_pad_nd with value {value}")
+    pairs = [(0, 0)] * a.ndim
+    for k in range(len(pad) // 2):  # torch lists the last dim first
+        pairs[a.ndim - 1 - k] = (int(pad[2 * k]), int(pad[2 * k + 1]))
+    return _pad(a, pairs)
+
+
+def _windows(a: np.ndarray, kernel, stride, dilation) -> tuple[np.ndarray, list[int]]:
+    """Every kernel offset's strided view of ``a``'s last dims: shape ``(N, C, *kernel, *out)``."""
+    nd = len(kernel)
+    lead, sizes = a.shape[:-nd], a.shape[-nd:]
+    out = [(n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip(sizes, kernel, stride, dilation)]
+    if min(out, default=1) < 1:
+        raise _Missing("a convolution or pool with an empty output")
+    views = []
+    for offset in np.ndindex(*kernel):
+        idx = tuple(slice(o * d, o * d + s * (m - 1) + 1, s) for o, d, s, m in zip(offset, dilation, stride, out))
+        views.append(a[(Ellipsis,) + idx])
+    stacked = np.stack(views, axis=len(lead))  # (*lead, prod(kernel), *out)
+    return stacked.reshape(*lead, *kernel, *out), out
+
+
+def _convolution(ops, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
+    """N-d convolution (``nn.Conv*``, and ``nn.ConvTranspose*`` as a convolution of the dilated input)."""
+    x, w = _obj(x), _obj(w)
+    nd = w.ndim - 2
+    stride, padding, dilation = (list(v) * (nd if len(v) == 1 else 1) for v in (stride, padding, dilation))
+    kernel = list(w.shape[2:])
+    if transposed:
+        # Note: the transposed convolution is the regular one over the input with (stride - 1) zeros
+        # between its elements, padded by dilation (kernel - 1) - padding, with the kernel flipped and
+        # its in/out channels swapped per group.
+        n, c = x.shape[:2]
+        up = np.full((n, c, *[(m - 1) * s + 1 for m, s in zip(x.shape[2:], stride)]), 0.0, dtype=object)
+        every: tuple = (slice(None), slice(None))
+        up[every + tuple(slice(None, None, s) for s in stride)] = x
+        extra = list(output_padding) * (nd if len(output_padding) == 1 else 1)
+        pads = [(d * (k - 1) - p, d * (k - 1) - p + e) for k, p, d, e in zip(kernel, padding, dilation, extra)]
+        x = _pad(up, [(0, 0), (0, 0), *pads])
+        cin, cog = w.shape[:2]
+        w = w.reshape(groups, cin // groups, cog, *kernel).swapaxes(1, 2).reshape(groups * cog, cin // groups, *kernel)
+        w = w[every + (slice(None, None, -1),) * nd]  # the kernel flipped
+        stride, padding = [1] * nd, [0] * nd
+    x = _pad(x, [(0, 0), (0, 0), *[(p, p) for p in padding]])
+    patches, out_shape = _windows(x, kernel, stride, dilation)  # (N, C, *K, *O)
+    n, c = x.shape[:2]
+    co, cg = w.shape[:2]
+    per = co // groups
+    parts = []
+    for g in range(groups):
+        xg = patches[:, g * cg : (g + 1) * cg]
+        wg = w[g * per : (g + 1) * per]
+        axes = list(range(1, 2 + nd))
+        parts.append(np.moveaxis(np.tensordot(xg, wg, axes=(axes, axes)), -1, 1))  # (N, per, *O)
+    out = np.concatenate(parts, axis=1) if groups > 1 else parts[0]
+    if bias is not None:
+        out = _map(operator.add, out, _obj(bias).reshape(co, *[1] * nd))
+    return out
+
+
+def _avg_pool(ops, a, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    a = _obj(a)
+    nd = len(kernel)
+    stride = list(stride) or list(kernel)
+    stride, padding = (list(v) * (nd if len(v) == 1 else 1) if isinstance(v, (list, tuple)) else [v] * nd
+                       for v in (stride, padding))
+    if ceil_mode:
+        raise _Missing("avg_pool with ceil_mode=True")
+    padded = _pad(a, [(0, 0)] * (a.ndim - nd) + [(p, p) for p in padding])
+    patches, _ = _windows(padded, kernel, stride, [1] * nd)  # (*lead, *kernel, *out)
+    flat = patches.reshape(*patches.shape[: a.ndim - nd], -1, *patches.shape[a.ndim :])
+    sums = _reduce(np.moveaxis(flat, a.ndim - nd, -1), -1, False, lambda xs: _add_all(ops, xs))
+    if divisor_override:
+        counts: Any = float(divisor_override)
+    elif count_include_pad:
+        counts = float(math.prod(kernel))
+    else:
+        ones = _pad(np.ones(a.shape[-nd:]), [(p, p) for p in padding])
+        counts = _windows(ones, kernel, stride, [1] * nd)[0].sum(axis=tuple(range(nd))).astype(object)
+    return _map(operator.truediv, sums, counts)
+
+
+def _bitwise_not(ops, a):
+    """``~mask`` of a boolean (a comparison: its negation); ``~n`` of an integer."""
+    return _map(lambda c: ~c if isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
+                else (_Cmp(_NEG[c.op], c.d) if isinstance(c, _Cmp) else not bool(c)), a)
 
 
 def _sign(ops, a):
