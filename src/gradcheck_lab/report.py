@@ -426,11 +426,14 @@ class Accumulator:
             ref = np.where(proven, cmp.exact, cmp.results["symbolic"].values)
             with np.errstate(all="ignore"):
                 rel = np.abs(vals - ref) / np.maximum(np.abs(ref), tiny)
-            # A proven fault ranks above any majority one; within each, the largest relative error.
-            tier = f & proven if (f & proven).any() else f
-            j = int(np.argmax(np.where(tier, np.nan_to_num(rel, nan=np.inf), -1.0)))
+            # A proven fault ranks above any majority one: the first proven one (the given points come
+            # first), else the majority one with the largest relative error.
+            if (f & proven).any():
+                j = int(np.argmax(f & proven))
+            else:
+                j = int(np.argmax(np.where(f, np.nan_to_num(rel, nan=np.inf), -1.0)))
             n, i = divmod(j, rel.shape[1])
-            score = (bool(proven[n, i]), float(np.nan_to_num(rel[n, i], nan=np.inf)))
+            score = (True, 0.0) if proven[n, i] else (False, float(np.nan_to_num(rel[n, i], nan=np.inf)))
             if e not in self.worst_fault or score > self.worst_fault[e][0]:
                 line = _fault_line(cmp, e, n, i, source, offset + n)
                 pc = point_check(cmp, n, source, offset + n)

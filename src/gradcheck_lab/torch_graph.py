@@ -211,6 +211,8 @@ def _unary(name: str):
 
             cls = getattr(sp, name)
             f = lambda *e: cls(*e, evaluate=False)  # noqa: E731
+        elif getattr(ops, "name", "") == "sympy" and name == "relu":
+            f = lambda e: _piecewise(e, 0, "lt", 0, e)  # noqa: E731 - ops.relu, unevaluated
         arrays = args[:2] if name in _BINARY_FUNCTIONS else args[:1]
         return _map(lambda *e: _on_numbers(name, *e) if all(map(_is_number, e)) else f(*e), *arrays)
 
@@ -241,6 +243,24 @@ def _max2(ops, a, b):
     return b + _relu(ops, a - b)
 
 
+def _piecewise(lhs, rhs, op: str, a, b):
+    """SymPy's ``Piecewise((a, lhs op rhs), (b, True))``, built unevaluated.
+
+    Evaluated, the condition asks SymPy's assumptions about the sign of
+    ``lhs`` and the ``Piecewise`` walks both branches to collapse them:
+    minutes on a transformer layer's graph, for nothing (a traced value is
+    not a number here: numbers are decided before).
+    """
+    import sympy as sp
+
+    from .engines.symbolic import unevaluated_piecewise
+
+    rel = {"gt": sp.StrictGreaterThan, "ge": sp.GreaterThan, "lt": sp.StrictLessThan, "le": sp.LessThan,
+           "eq": sp.Eq, "ne": sp.Ne}[op]
+    a, b = sp.sympify(a, strict=True), sp.sympify(b, strict=True)
+    return unevaluated_piecewise([(a, rel(lhs, rhs, evaluate=False)), (b, sp.true)])
+
+
 def _where1(ops, c, a, b):
     if not isinstance(c, _Cmp):
         return a if bool(c) else b
@@ -249,11 +269,7 @@ def _where1(ops, c, a, b):
         return a if _PY_CMP[c.op](d, 0) else b
     name = getattr(ops, "name", "")
     if name == "sympy":
-        import sympy as sp
-
-        rel = {"gt": sp.StrictGreaterThan, "ge": sp.GreaterThan, "lt": sp.StrictLessThan, "le": sp.LessThan,
-               "eq": sp.Eq, "ne": sp.Ne}[c.op]
-        return sp.Piecewise((a, rel(d, 0)), (b, True))
+        return _piecewise(d, 0, c.op, a, b)
     if name == "torch":
         import torch
 

@@ -148,7 +148,7 @@ from typing import Any
 import numpy as np
 
 from ..model import Batch, Model
-from .symbolic import derivative_program
+from .symbolic import derivative_program, substitute
 
 __all__ = [
     "Exact",
@@ -575,11 +575,17 @@ class _Printer:
         The CSE symbols are replaced by their expressions over the inputs, so that
         one surface written twice (``c0 < 0`` and ``b + w*x < 0``) is one key.
         """
-        d = d.xreplace(self.inline)
+        d = substitute(d, self.inline)
         orient = 1
         if d.could_extract_minus_sign():
             d, orient = -d, -1
-        _, d = d.as_content_primitive()  # 2*z - 2 and z - 1 are one surface
+        # 2*z - 2 and z - 1 are one surface: the rational content of the top level only (recursing into
+        # every power and product, as_content_primitive took a minute on a transformer layer's surfaces).
+        if d.is_Add:
+            _, d = d.primitive()
+        elif d.is_Mul:
+            c, rest = d.as_coeff_Mul()
+            d = rest if c.is_Rational and c > 0 else d
         key = self.surfaces.setdefault(d, len(self.surfaces))
         return f"({key}, {orient})"
 
@@ -692,7 +698,7 @@ class _Compiled:
         lines = [f"def _program({', '.join(names[s] for s in [*th, *da])}, _K):"]
         for sym, expr in assignments:
             lines.append(f"    {names[sym]} = {pr(expr)}")
-            pr.inline[sym] = expr.xreplace(pr.inline)
+            pr.inline[sym] = substitute(expr, pr.inline)
         lines.append("    return (" + "".join(f"{pr(o)}, " for o in outputs) + ")")
         self.source = "\n".join(lines).replace("_K1", "_K[0]")
         namespace: dict[str, Any] = dict(_RUNTIME)  # exec's globals: the program's runtime

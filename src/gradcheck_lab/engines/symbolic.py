@@ -31,6 +31,20 @@ docs/performance.md): mlp H = 256 derives in 0.5 s where ``sympy.diff``
 took 9 s, and no ``sympy.cse`` is needed: the program is already shared.
 Conditions of a ``Piecewise`` (relu) are not differentiated, as in
 ``sympy.diff``: the derivative is taken branch by branch.
+
+Note [Named conditions]
+~~~~~~~~~~~~~~~~~~~~~~~
+A ``Piecewise``'s conditions are not its children in the graph, so they
+were kept as whole subtrees: a ``where(d > 0, a, b)`` on a traced graph, or
+a relu of a relu, printed its condition's entire expansion at every use (a
+transformer layer's 2-head attention printed for 5 minutes in ``lambdify``).
+Each condition now reads the names of the subtrees already assigned
+(``earlier`` in the forward program, every name in the backward one). And
+each ``Piecewise`` built or rebuilt on the way is left unevaluated
+(:func:`unevaluated_piecewise`): SymPy otherwise *folds* a ``Piecewise``
+nested in a condition into every combination of the inner branches, and
+walks both branches to collapse equal conditions, which is exponential in
+the nesting. Only a condition that became a truth value is evaluated.
 """
 
 from __future__ import annotations
@@ -126,14 +140,15 @@ def _locals(n, name, dep):
         (b, e), (fb, fe) = n.args, args
         out = [(b, fe * fb ** (fe - 1))] if dep[b] else []
         return out + ([(e, name[n] * sp.log(fb))] if dep[e] else [])
-    form = n.xreplace({c: name[c] for c in n.args if isinstance(c, sp.Expr) and not c.is_Atom})
     if isinstance(n, sp.Piecewise):
-        conds = [c for _, c in form.args]
+        # Every named subtree of the conditions too (Note [Named conditions]): all are assigned by now.
+        conds = [c.xreplace(name) for _, c in n.args]
         return [
-            (e, sp.Piecewise(*[(sp.S.One if j == k else sp.S.Zero, c) for j, c in enumerate(conds)]))
+            (e, unevaluated_piecewise([(sp.S.One if j == k else sp.S.Zero, c) for j, c in enumerate(conds)]))
             for k, (e, _) in enumerate(n.args)
             if dep[e]
         ]
+    form = n.xreplace({c: name[c] for c in n.args if isinstance(c, sp.Expr) and not c.is_Atom})
     out = []
     for i, c in enumerate(n.args):
         if not (isinstance(c, sp.Expr) and dep[c]):
@@ -160,6 +175,7 @@ def _subs(e, mapping: dict):
     ``2*x*(a + b)``. Kept unevaluated, the product is flattened into its users.
     """
     import sympy as sp
+    from sympy.functions.elementary.piecewise import ExprCondPair
 
     if e in mapping:
         return mapping[e]
@@ -173,7 +189,54 @@ def _subs(e, mapping: dict):
     if isinstance(e, sp.Function) and not isinstance(e, sp.Piecewise):
         # tanh(a long sum) would ask SymPy's assumptions about its argument's sign: seconds on big graphs.
         return e.func(*args, evaluate=False)
+    if isinstance(e, (sp.Piecewise, ExprCondPair, sp.core.relational.Relational)):
+        return _rebuild_branch(e, args)
     return e.func(*args)
+
+
+def _rebuild_branch(e, args):
+    """A ``Piecewise``, one of its pairs or a condition with new arguments, evaluated only when decided.
+
+    Evaluating them walks the whole (by now inlined) subtree: ``Piecewise``
+    collapses equal conditions and ``z < 0`` asks the assumptions about the
+    sign of ``z`` (Note [Named conditions]). Only a condition that became a
+    number (``3 < 0``) or a truth value is worth evaluating: it drops a branch.
+    """
+    import sympy as sp
+    from sympy.functions.elementary.piecewise import ExprCondPair
+    from sympy.logic.boolalg import BooleanAtom
+
+    if isinstance(e, sp.core.relational.Relational):
+        if all(a.is_Number for a in args):
+            return e.func(*args)
+        return e.func(*args, evaluate=False)
+    if isinstance(e, ExprCondPair):
+        return e.func(*args) if isinstance(args[1], BooleanAtom) else sp.Tuple.__new__(ExprCondPair, *args)
+    decided = any(isinstance(new.cond, BooleanAtom) and not isinstance(old.cond, BooleanAtom)
+                  for new, old in zip(args, e.args))
+    return e.func(*args) if decided else unevaluated_piecewise([p.args for p in args])
+
+
+def unevaluated_piecewise(pairs):
+    """``Piecewise(*pairs)`` exactly as given: no folding, no collapsing.
+
+    ``Piecewise(..., evaluate=False)`` still rebuilds every pair, and a pair
+    whose condition holds a ``Piecewise`` (``relu(relu(a) - b) `` in the
+    condition ``relu(a) - b < 0``) is *folded* into every combination of the
+    inner branches: exponential in the nesting. The pairs and the Piecewise
+    are built as SymPy builds them once checked (``Tuple.__new__``,
+    ``Basic.__new__``): the conditions are relations of real expressions and
+    the last one is ``True``.
+    """
+    import sympy as sp
+    from sympy.functions.elementary.piecewise import ExprCondPair
+
+    return sp.Basic.__new__(sp.Piecewise, *(sp.Tuple.__new__(ExprCondPair, e, c) for e, c in pairs))
+
+
+def substitute(e, mapping: dict):
+    """``e.xreplace(mapping)`` without re-evaluating what it rebuilds (Note [Named conditions])."""
+    return _subs(e, mapping)
 
 
 def _uses(exprs) -> dict:
@@ -206,6 +269,7 @@ class _Derivation:
         counter = iter(range(10**12))
         fresh = lambda: sp.Symbol(f"_c{next(counter)}")  # noqa: E731 -- model names never start with _
         name: dict[Any, Any] = {}
+        earlier: dict[Any, Any] = {}  # the non-atom nodes named so far
         size: dict[Any, int] = {}
         forward: list[tuple[Any, Any]] = []
         node_of: dict[Any, Any] = {}
@@ -215,8 +279,11 @@ class _Derivation:
                 name[n] = n
                 continue
             s = fresh()
-            forward.append((s, n.xreplace({c: name[c] for c in children[n] if not c.is_Atom})))
-            name[n], node_of[s] = s, n
+            if isinstance(n, sp.Piecewise):  # Note [Named conditions]: names assigned before this one
+                forward.append((s, n.xreplace(earlier)))
+            else:
+                forward.append((s, n.xreplace({c: name[c] for c in children[n] if not c.is_Atom})))
+            name[n], node_of[s], earlier[n] = s, n, s
         contrib, backward, grads = {loss: [sp.S.One]}, [], {}
         for n in reversed(nodes):
             if not dep[n] or n not in contrib:
