@@ -783,3 +783,16 @@ def test_a_hand_written_convolution_is_checked_symbolically(dtype):
     for bug, culprit in (("flipped kernel", "input0"), ("transposed weight grad", "input1"), ("bias mean", "input2")):
         with pytest.raises(GradientMismatch, match=rf"/ d\[{culprit}\["):
             gradcheck(_conv_function(bug), inputs)
+
+
+def test_a_transformer_layer_is_checked_and_its_wrong_backward_caught():
+    # Note [Named conditions]: its masks and relus are Piecewises nested in conditions; SymPy's folding
+    # of them kept a first call running for over 10 minutes, printing the failing report 140 s more
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True).eval().double()
+    x = _t(1, 3, 4)
+    assert gradcheck(layer, (x,)) is True
+    with pytest.raises(GradientMismatch, match="At fault: backward") as info:
+        gradcheck(_wrong(lambda a: layer(a), 1 + 1e-6), (x,))
+    shown = info.value.report.derivatives
+    assert list(shown) == ["..."] and "too large to print" in shown["..."]

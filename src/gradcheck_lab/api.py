@@ -30,6 +30,9 @@ _CLI_OPTION = {"H": "hidden", "d": "dim", "K": "classes"}
 WIDE = 100
 #: Derivatives shown in a report before "... N more".
 SHOW_DERIVATIVES = 6
+#: Losses whose expression tree is larger than this (nodes, shared subtrees counted at each use) show no
+#: partials in a report: a traced transformer layer's closed forms took 140 s to print (mlp H=16: 151).
+PRINT_SIZE = 2000
 
 
 def resolve_model(model: Model | str, **options: Any) -> Model:
@@ -49,17 +52,20 @@ def _derivative_strings(model: Model) -> dict[str, str]:
     """The first derivatives as text for the report, cached on the model (printing costs ms)."""
     if "derivative_strings" in model._cache:
         return dict(model._cache["derivative_strings"])
-    from .engines.symbolic import simplified
+    from .engines.symbolic import _derivation, simplified
 
-    if model.n_params > WIDE:
-        # Printing a wide model's partials costs seconds (each holds the whole residual);
-        # the report names where to read them instead.
+    size = max(_derivation(model).size.values(), default=0)
+    if model.n_params > WIDE or size > PRINT_SIZE:
+        # Printing a wide or deep model's partials costs seconds to minutes (each holds the whole
+        # residual); the report names where to read them instead.
         from .catalog import list_models
 
         opts = " ".join(f"--{_CLI_OPTION.get(k, k)} {v}" for k, v in model.options.items())
         how = (f"`gradcheck-lab derive {model.name} {opts}`".replace(" `", "`") if model.name in list_models()
                else "`gradcheck_lab.derive(model)`")
-        out = {"...": f"{model.n_params} partials; {how} shows them"}
+        what = f"{model.n_params} partials" if model.n_params > WIDE else \
+            f"{model.n_params} partials of a {size:,}-node loss, too large to print here"
+        out = {"...": f"{what}; {how} shows them"}
         model._cache["derivative_strings"] = dict(out)
         return out
 
