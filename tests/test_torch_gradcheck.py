@@ -796,3 +796,38 @@ def test_a_transformer_layer_is_checked_and_its_wrong_backward_caught():
         gradcheck(_wrong(lambda a: layer(a), 1 + 1e-6), (x,))
     shown = info.value.report.derivatives
     assert list(shown) == ["..."] and "too large to print" in shown["..."]
+
+
+def _max_pool_function(bug=None):
+    """A hand-written 2x2 max pool: the gradient goes to each window's argmax (or, with the bug, its first)."""
+
+    class MaxPool(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            out, idx = F.max_pool2d(x, 2, return_indices=True)
+            ctx.save_for_backward(x, idx)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, idx = ctx.saved_tensors
+            if bug == "first of window":
+                n, c, h, w = x.shape
+                rows = torch.arange(0, h, 2).repeat_interleave(w // 2) * w
+                idx = (rows + torch.arange(0, w, 2).repeat(h // 2)).reshape(1, 1, h // 2, w // 2).expand_as(idx)
+            return F.max_unpool2d(grad, idx, 2, output_size=x.shape[-2:])
+
+    return MaxPool.apply
+
+
+def test_max_pool_is_in_the_table_and_a_misrouted_gradient_is_caught():
+    x = _t(1, 1, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert gradcheck(_max_pool_function(), (x,)) is True
+        assert gradcheck(lambda a: F.max_pool2d(torch.relu(a), 2, stride=1, padding=1), (x,)) is True
+    with pytest.raises(GradientMismatch, match="At fault: backward"):
+        gradcheck(_max_pool_function("first of window"), (x,))
+    # its indices are not computed: a graph that uses them goes without the symbolic leg
+    with pytest.warns(RuntimeWarning, match="its indices used by"):
+        assert gradcheck(lambda a: F.max_unpool2d(*F.max_pool2d(a, 2, return_indices=True), 2), (x,)) is True

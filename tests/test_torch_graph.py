@@ -205,3 +205,18 @@ def test_avg_pool_and_padding_handlers_compute_what_torch_computes(nd, count_inc
     for pad in ([1, 2], [0, 1, -1, 2][: 2 * min(nd, 2)]):
         got = _constant_pad_nd(ops, _float_objects(x), pad)
         np.testing.assert_array_equal(got.astype(float), torch.ops.aten.constant_pad_nd(x, pad).numpy())
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("kernel, stride, pad, dil", [(2, None, 0, 1), (3, 1, 1, 1), (2, 2, 1, 2), (3, 2, 0, 2)])
+def test_max_pool_handler_computes_what_torch_computes(nd, kernel, stride, pad, dil):
+    from gradcheck_lab.torch_graph import _max_pool
+
+    x = torch.randn(1, 2, *[7] * nd, generator=torch.Generator().manual_seed(nd + kernel), dtype=torch.float64)
+    pool = {1: torch.ops.aten.max_pool1d_with_indices, 2: torch.ops.aten.max_pool2d_with_indices,
+            3: torch.ops.aten.max_pool3d_with_indices}[nd]
+    args = ([kernel] * nd, [stride] * nd if stride else [], [pad] * nd, [dil] * nd)
+    got, indices = _max_pool(backend("float"), _float_objects(x), *args)
+    # max(a, b) = b + relu(a - b) (Note [Kinks through relu]): within an ulp of torch's exact max
+    np.testing.assert_allclose(got.astype(float), pool(x, *args)[0].numpy(), rtol=1e-15, atol=1e-15)
+    assert indices.dtype.kind == "i"  # never a checked output

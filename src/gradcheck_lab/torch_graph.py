@@ -211,8 +211,8 @@ def _unary(name: str):
 
             cls = getattr(sp, name)
             f = lambda *e: cls(*e, evaluate=False)  # noqa: E731
-        elif getattr(ops, "name", "") == "sympy" and name == "relu":
-            f = lambda e: _piecewise(e, 0, "lt", 0, e)  # noqa: E731 - ops.relu, unevaluated
+        elif name == "relu":
+            f = functools.partial(_relu, ops)
         arrays = args[:2] if name in _BINARY_FUNCTIONS else args[:1]
         return _map(lambda *e: _on_numbers(name, *e) if all(map(_is_number, e)) else f(*e), *arrays)
 
@@ -235,7 +235,11 @@ def _add_all(ops, items: list) -> Any:
 
 
 def _relu(ops, e):
-    return max(e, 0.0) if _is_number(e) else ops.relu(e)
+    if _is_number(e):
+        return max(e, 0.0)
+    if getattr(ops, "name", "") == "sympy":
+        return _piecewise(e, 0, "lt", 0, e)  # ops.relu, unevaluated (Note [Named conditions])
+    return ops.relu(e)
 
 
 def _max2(ops, a, b):
@@ -574,6 +578,9 @@ OPS: dict[str, tuple[Callable, str]] = {
     "avg_pool2d": (lambda ops, *a, **k: _avg_pool(ops, *a, **k), "mean over windows (ceil_mode=False)"),
     "avg_pool3d": (lambda ops, *a, **k: _avg_pool(ops, *a, **k), "mean over windows (ceil_mode=False)"),
     "constant_pad_nd": (lambda ops, *a, **k: _constant_pad_nd(ops, *a, **k), "zero padding (negative amounts crop)"),
+    **{f"max_pool{n}d_with_indices": (lambda ops, *a, **k: _max_pool(ops, *a, **k),
+                                      "max over windows (ceil_mode=False); kinks at ties; its indices unused")
+       for n in (1, 2, 3)},
     "bitwise_not": (lambda ops, *a, **k: _bitwise_not(ops, *a, **k), "not c of a comparison or mask"),
     "silu": (lambda ops, a: _map(operator.mul, a, _U("sigmoid")(ops, a)), "a * sigmoid(a)"),
     "softplus": (lambda ops, a, beta=1, threshold=20: _softplus(ops, a, beta, threshold),
@@ -664,9 +671,9 @@ def _gelu(ops, a, approximate):
     return _map(lambda x, e: 0.5 * x * (1.0 + e), a, _U("erf")(ops, _scale(a, 1 / math.sqrt(2.0))))
 
 
-def _pad(a: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
-    """Zero padding per dim, ``(before, after)``; a negative amount crops (as torch's ``constant_pad_nd``)."""
-    a = np.pad(a, [(max(b, 0), max(e, 0)) for b, e in pads], constant_values=0.0)
+def _pad(a: np.ndarray, pads: Sequence[tuple[int, int]], value: float = 0.0) -> np.ndarray:
+    """Padding per dim, ``(before, after)``; a negative amount crops (as torch's ``constant_pad_nd``)."""
+    a = np.pad(a, [(max(b, 0), max(e, 0)) for b, e in pads], constant_values=value)
     return a[tuple(slice(max(-b, 0), a.shape[i] - max(-e, 0)) for i, (b, e) in enumerate(pads))]
 
 
@@ -736,9 +743,7 @@ def _convolution(ops, x, w, bias, stride, padding, dilation, transposed, output_
 def _avg_pool(ops, a, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
     a = _obj(a)
     nd = len(kernel)
-    stride = list(stride) or list(kernel)
-    stride, padding = (list(v) * (nd if len(v) == 1 else 1) if isinstance(v, (list, tuple)) else [v] * nd
-                       for v in (stride, padding))
+    stride, padding, _ = _pool_args(nd, list(stride) or list(kernel), padding)
     if ceil_mode:
         raise _Missing("avg_pool with ceil_mode=True")
     padded = _pad(a, [(0, 0)] * (a.ndim - nd) + [(p, p) for p in padding])
@@ -753,6 +758,30 @@ def _avg_pool(ops, a, kernel, stride=(), padding=0, ceil_mode=False, count_inclu
         ones = _pad(np.ones(a.shape[-nd:]), [(p, p) for p in padding])
         counts = _windows(ones, kernel, stride, [1] * nd)[0].sum(axis=tuple(range(nd))).astype(object)
     return _map(operator.truediv, sums, counts)
+
+
+def _pool_args(nd, stride, padding, dilation=1):
+    return [list(v) * (nd if len(v) == 1 else 1) if isinstance(v, (list, tuple)) else [v] * nd
+            for v in (stride, padding, dilation)]
+
+
+def _max_pool(ops, a, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """Max over windows (a tree of ``_max2``: kinks at ties); the indices are not computed.
+
+    The indices output is integer, so never a checked output; ``_analyse``
+    refuses a graph that uses it for anything but reshaping and returning.
+    """
+    a = _obj(a)
+    nd = len(kernel)
+    stride, padding, dilation = _pool_args(nd, list(stride) or list(kernel), padding, dilation)
+    if ceil_mode:
+        raise _Missing("max_pool with ceil_mode=True")
+    padded = _pad(a, [(0, 0)] * (a.ndim - nd) + [(p, p) for p in padding], value=-math.inf)
+    patches, _ = _windows(padded, kernel, stride, dilation)  # (*lead, *kernel, *out)
+    flat = np.moveaxis(patches.reshape(*patches.shape[: a.ndim - nd], -1, *patches.shape[a.ndim :]), a.ndim - nd, -1)
+    values = _reduce(flat, -1, False,
+                     lambda xs: _pairwise_max(ops, [x for x in xs if not (_is_number(x) and x == -math.inf)]))
+    return [values, np.full(values.shape, -1, dtype=np.int64)]
 
 
 def _bitwise_not(ops, a):
@@ -1047,12 +1076,35 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
                 targets.append(node.target)
         else:
             consts[node.name] = _constant(env[node.name])
+    missing += _indices_used(gm)
     if missing:
         return Unsupported(sorted(set(missing)), leaves, out_shapes, "op outside the supported table",
                            list(dict.fromkeys(targets)))
     key_consts = "".join(f"{k}={_fingerprint(env[k])}" for k in sorted(consts))
     key = hashlib.sha1((gm.code + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
     return Traced(gm, leaves, live, consts, out_shapes, key)
+
+
+#: What may read max_pool's indices: they are not computed (``_max_pool``).
+_INDEX_USERS = {"squeeze", "unsqueeze", "view", "reshape", "_unsafe_view", "clone", "alias"}
+
+
+def _indices_used(gm) -> list[str]:
+    """``max_pool*_with_indices`` whose indices feed anything but reshapes and the outputs."""
+    bad = []
+    for node in gm.graph.nodes:
+        if not getattr(node.target, "__name__", "").startswith("max_pool"):
+            continue
+        todo = [u for u in node.users if u.target is operator.getitem and u.args[1] == 1]
+        while todo:
+            n = todo.pop()
+            for u in n.users:
+                if u.op == "output":
+                    continue
+                if getattr(u.target, "__name__", "").split(".")[0] not in _INDEX_USERS:
+                    bad.append(f"{node.target.__name__} (its indices used by {u.target})")
+                todo.append(u)
+    return bad
 
 
 # ---------------------------------------------------------------- interpretation

@@ -142,7 +142,7 @@ def _locals(n, name, dep):
         return out + ([(e, name[n] * sp.log(fb))] if dep[e] else [])
     if isinstance(n, sp.Piecewise):
         # Every named subtree of the conditions too (Note [Named conditions]): all are assigned by now.
-        conds = [c.xreplace(name) for _, c in n.args]
+        conds = [_subs(c, name) for _, c in n.args]
         return [
             (e, unevaluated_piecewise([(sp.S.One if j == k else sp.S.Zero, c) for j, c in enumerate(conds)]))
             for k, (e, _) in enumerate(n.args)
@@ -280,7 +280,7 @@ class _Derivation:
                 continue
             s = fresh()
             if isinstance(n, sp.Piecewise):  # Note [Named conditions]: names assigned before this one
-                forward.append((s, n.xreplace(earlier)))
+                forward.append((s, _subs(n, earlier)))
             else:
                 forward.append((s, n.xreplace({c: name[c] for c in children[n] if not c.is_Atom})))
             name[n], node_of[s], earlier[n] = s, n, s
