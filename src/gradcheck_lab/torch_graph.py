@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from .engines.symbolic import unevaluated_piecewise
 from .model import Model, Var
 
 __all__ = ["OPS", "Traced", "Unsupported", "trace", "model_of", "op_table", "CACHE_SIZE"]
@@ -256,8 +257,6 @@ def _piecewise(lhs, rhs, op: str, a, b):
     not a number here: numbers are decided before).
     """
     import sympy as sp
-
-    from .engines.symbolic import unevaluated_piecewise
 
     rel = {"gt": sp.StrictGreaterThan, "ge": sp.GreaterThan, "lt": sp.StrictLessThan, "le": sp.LessThan,
            "eq": sp.Eq, "ne": sp.Ne}[op]
@@ -740,29 +739,32 @@ def _convolution(ops, x, w, bias, stride, padding, dilation, transposed, output_
     return out
 
 
-def _avg_pool(ops, a, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+def _pool(name, a, kernel, stride, padding, dilation, ceil_mode, pad_value, f):
+    """``f`` of each window's elements (a list), over the last ``len(kernel)`` dims of ``a``."""
     a = _obj(a)
     nd = len(kernel)
-    stride, padding, _ = _pool_args(nd, list(stride) or list(kernel), padding)
+    stride, padding, dilation = (list(v) * (nd if len(v) == 1 else 1) if isinstance(v, (list, tuple)) else [v] * nd
+                                 for v in (list(stride) or list(kernel), padding, dilation))
     if ceil_mode:
-        raise _Missing("avg_pool with ceil_mode=True")
-    padded = _pad(a, [(0, 0)] * (a.ndim - nd) + [(p, p) for p in padding])
-    patches, _ = _windows(padded, kernel, stride, [1] * nd)  # (*lead, *kernel, *out)
+        raise _Missing(f"{name} with ceil_mode=True")
+    padded = _pad(a, [(0, 0)] * (a.ndim - nd) + [(p, p) for p in padding], value=pad_value)
+    patches, _ = _windows(padded, kernel, stride, dilation)  # (*lead, *kernel, *out)
     flat = patches.reshape(*patches.shape[: a.ndim - nd], -1, *patches.shape[a.ndim :])
-    sums = _reduce(np.moveaxis(flat, a.ndim - nd, -1), -1, False, lambda xs: _add_all(ops, xs))
+    return _reduce(np.moveaxis(flat, a.ndim - nd, -1), -1, False, f), stride, padding
+
+
+def _avg_pool(ops, a, kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    sums, stride, padding = _pool("avg_pool", a, kernel, stride, padding, 1, ceil_mode, 0.0,
+                                  lambda xs: _add_all(ops, xs))
+    nd = len(kernel)
     if divisor_override:
         counts: Any = float(divisor_override)
     elif count_include_pad:
         counts = float(math.prod(kernel))
     else:
-        ones = _pad(np.ones(a.shape[-nd:]), [(p, p) for p in padding])
+        ones = _pad(np.ones(_obj(a).shape[-nd:]), [(p, p) for p in padding])
         counts = _windows(ones, kernel, stride, [1] * nd)[0].sum(axis=tuple(range(nd))).astype(object)
     return _map(operator.truediv, sums, counts)
-
-
-def _pool_args(nd, stride, padding, dilation=1):
-    return [list(v) * (nd if len(v) == 1 else 1) if isinstance(v, (list, tuple)) else [v] * nd
-            for v in (stride, padding, dilation)]
 
 
 def _max_pool(ops, a, kernel, stride=(), padding=0, dilation=1, ceil_mode=False):
@@ -771,16 +773,8 @@ def _max_pool(ops, a, kernel, stride=(), padding=0, dilation=1, ceil_mode=False)
     The indices output is integer, so never a checked output; ``_analyse``
     refuses a graph that uses it for anything but reshaping and returning.
     """
-    a = _obj(a)
-    nd = len(kernel)
-    stride, padding, dilation = _pool_args(nd, list(stride) or list(kernel), padding, dilation)
-    if ceil_mode:
-        raise _Missing("max_pool with ceil_mode=True")
-    padded = _pad(a, [(0, 0)] * (a.ndim - nd) + [(p, p) for p in padding], value=-math.inf)
-    patches, _ = _windows(padded, kernel, stride, dilation)  # (*lead, *kernel, *out)
-    flat = np.moveaxis(patches.reshape(*patches.shape[: a.ndim - nd], -1, *patches.shape[a.ndim :]), a.ndim - nd, -1)
-    values = _reduce(flat, -1, False,
-                     lambda xs: _pairwise_max(ops, [x for x in xs if not (_is_number(x) and x == -math.inf)]))
+    values, _, _ = _pool("max_pool", a, kernel, stride, padding, dilation, ceil_mode, -math.inf,
+                         lambda xs: _pairwise_max(ops, [x for x in xs if not (_is_number(x) and x == -math.inf)]))
     return [values, np.full(values.shape, -1, dtype=np.int64)]
 
 

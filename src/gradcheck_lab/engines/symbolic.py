@@ -174,13 +174,12 @@ def _subs(e, mapping: dict):
     and the closed forms would read ``x*(2*a + 2*b)`` instead of ``sympy.diff``'s
     ``2*x*(a + b)``. Kept unevaluated, the product is flattened into its users.
     """
-    import sympy as sp
-    from sympy.functions.elementary.piecewise import ExprCondPair
-
     if e in mapping:
         return mapping[e]
     if e.is_Atom:
         return e
+    import sympy as sp
+
     args = [_subs(a, mapping) for a in e.args]
     if all(a is b for a, b in zip(args, e.args)):
         return e
@@ -189,7 +188,7 @@ def _subs(e, mapping: dict):
     if isinstance(e, sp.Function) and not isinstance(e, sp.Piecewise):
         # tanh(a long sum) would ask SymPy's assumptions about its argument's sign: seconds on big graphs.
         return e.func(*args, evaluate=False)
-    if isinstance(e, (sp.Piecewise, ExprCondPair, sp.core.relational.Relational)):
+    if isinstance(e, (sp.Piecewise, sp.Tuple, sp.core.relational.Relational)):  # a pair is a Tuple
         return _rebuild_branch(e, args)
     return e.func(*args)
 
@@ -212,6 +211,8 @@ def _rebuild_branch(e, args):
         return e.func(*args, evaluate=False)
     if isinstance(e, ExprCondPair):
         return e.func(*args) if isinstance(args[1], BooleanAtom) else sp.Tuple.__new__(ExprCondPair, *args)
+    if not isinstance(e, sp.Piecewise):  # another Tuple
+        return e.func(*args)
     decided = any(isinstance(new.cond, BooleanAtom) and not isinstance(old.cond, BooleanAtom)
                   for new, old in zip(args, e.args))
     return e.func(*args) if decided else unevaluated_piecewise([p.args for p in args])
