@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "docs" / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import custom_functions as cf  # noqa: E402
 
-from gradcheck_lab import gradcheck  # noqa: E402
+from gradcheck_lab import GradientMismatch, gradcheck  # noqa: E402
 from sweep import write_section  # noqa: E402
 
 REPEAT = 15
@@ -83,7 +83,59 @@ def first_rows():
     return rows
 
 
-def markdown(warm, first, seconds) -> str:
+def _scaled(fn, factor):
+    """``fn`` with a backward that is autograd's times ``factor``: a wrong backward of the same forward."""
+
+    class Scaled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return fn(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                x = x.detach().requires_grad_()
+                (g,) = torch.autograd.grad(fn(x), x, grad)
+            return g * factor
+
+    return Scaled.apply
+
+
+def large_rows():
+    """Graphs whose derivation is the cost: first call, warm call, a failing call, torch beside them."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True).eval().double()
+    conv = torch.nn.Conv2d(3, 8, 3).double()
+    cases = {
+        "TransformerEncoderLayer(4, 2 heads), input 1x3x4 (12)": (lambda x: layer(x), (1, 3, 4)),
+        "Conv2d(3, 8, 3), input 1x3x8x8 (192)": (lambda x: conv(x), (1, 3, 8, 8)),
+        "tanh(x @ x), x 30x30 (900)": (lambda x: torch.tanh(x @ x), (30, 30)),
+    }
+    rows = []
+    for name, (fn, shape) in cases.items():
+        def inputs(seed, shape=shape):
+            return (rand(*shape, seed=seed),)
+
+        first = timed(lambda fn=fn, inputs=inputs: gradcheck(fn, inputs(0)))
+        warm = timed(lambda fn=fn, inputs=inputs: gradcheck(fn, inputs(1)))
+        t = time.perf_counter()
+        try:
+            gradcheck(_scaled(fn, 1 + 1e-6), inputs(1))
+            caught = False
+        except GradientMismatch:
+            caught = True
+        failing = time.perf_counter() - t
+        theirs = timed(lambda fn=fn, inputs=inputs: torch.autograd.gradcheck(fn, inputs(1)))
+        fast = timed(lambda fn=fn, inputs=inputs: torch.autograd.gradcheck(fn, inputs(1), fast_mode=True))
+        rows.append((name, first, warm, failing, caught, theirs, fast))
+        print(f"  {name:55} first {first:.1f} s, warm {warm:.1f} s, failing {failing:.1f} s "
+              f"({'caught' if caught else 'MISSED'}), torch {theirs:.2f} s, fast_mode {fast:.2f} s", flush=True)
+    return rows
+
+
+def markdown(warm, first, large, seconds) -> str:
     lines = [
         "## Cost",
         "",
@@ -106,6 +158,16 @@ def markdown(warm, first, seconds) -> str:
         "| function (checked elements) | first call |",
         "|---|---:|",
         *[f"| {n} | {t:.2f} s |" for n, t in first],
+        "",
+        "Large graphs, where SymPy's derivation is the cost (Note [Named conditions] in "
+        "engines/symbolic.py): the first call, a warm call on new inputs, a failing call (the same "
+        "forward, its backward scaled by 1 + 1e-6), and torch's gradcheck on the warm inputs.",
+        "",
+        "| function (checked elements) | first call | warm | failing (caught?) | torch gradcheck | "
+        "torch, fast_mode |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| {n} | {a:.1f} s | {b:.1f} s | {c:.1f} s ({'yes' if ok else 'no'}) | {d:.2f} s | {e:.2f} s |"
+          for n, a, b, c, ok, d, e in large],
         "",
         "The warm call does more than torch's: the full Jacobian at the given inputs through four engines "
         "with the certified referee on every component, 8 random points around the inputs, a second backward "
@@ -131,8 +193,10 @@ def main(argv=None) -> int:
     warm = warm_rows()
     print("first call (new graph)")
     first = first_rows()
+    print("large graphs: first call, warm, failing; torch, fast_mode")
+    large = large_rows()
     if not args.no_write:
-        write_section("dropin", markdown(warm, first, time.perf_counter() - started), DOC)
+        write_section("dropin", markdown(warm, first, large, time.perf_counter() - started), DOC)
         print(f"wrote the Cost section of {DOC.relative_to(ROOT)}")
     return 0
 
