@@ -831,3 +831,8 @@ def test_max_pool_is_in_the_table_and_a_misrouted_gradient_is_caught():
     # its indices are not computed: a graph that uses them goes without the symbolic leg
     with pytest.warns(RuntimeWarning, match="its indices used by"):
         assert gradcheck(lambda a: F.max_unpool2d(*F.max_pool2d(a, 2, return_indices=True), 2), (x,)) is True
+
+
+def test_a_func_that_is_not_callable_is_a_usage_error():
+    with pytest.raises(UsageError, match="Expected func to be a callable"):
+        gradcheck("sin", (_t(2),))

@@ -84,6 +84,9 @@ class _Target:
     def __init__(self, func: Callable, inputs: Sequence[Any]):
         import torch
 
+        if not callable(func):
+            raise UsageError(f"Expected func to be a callable (a function, a Function's apply or an nn.Module) "
+                             f"but got {type(func).__name__} {func!r:.60}.")
         self.func = func
         self.inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
         self.module = func if isinstance(func, torch.nn.Module) else None
