@@ -378,19 +378,22 @@ def _softmax(ops, a, dim, half_to_float=False):
     return _unary("exp")(ops, _log_softmax(ops, a, dim))
 
 
-def _product(xs: list):
-    """The product of a list, as a balanced tree (a chain would nest SymPy's products n deep)."""
+def _tree(f: Callable, xs: list):
+    """``f`` folded over a non-empty list as a balanced tree of pairs, not a chain."""
     while len(xs) > 1:
-        xs = [xs[i] * xs[i + 1] if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
-    return xs[0] if xs else 1.0
+        xs = [f(xs[i], xs[i + 1]) if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
+    return xs[0]
+
+
+def _product(xs: list):
+    """The product of a list, as a tree (a chain would nest SymPy's products n deep)."""
+    return _tree(operator.mul, xs) if xs else 1.0
 
 
 def _pairwise_max(ops, xs: list):
     """max of a list as a balanced tree of ``_max2``: each level doubles the symbolic size
     (``b`` appears twice in ``b + relu(a - b)``), so a chain over n elements would be 2**n long."""
-    while len(xs) > 1:
-        xs = [_max2(ops, xs[i], xs[i + 1]) if i + 1 < len(xs) else xs[i] for i in range(0, len(xs), 2)]
-    return xs[0]
+    return _tree(lambda a, b: _max2(ops, a, b), xs)
 
 
 def _amax(ops, a, dim=(), keepdim=False):
@@ -427,8 +430,12 @@ def _cmp(op):
     return apply
 
 
+def _not(c):
+    return _Cmp(_NEG[c.op], c.d) if isinstance(c, _Cmp) else not bool(c)
+
+
 def _logical_not(ops, a):
-    return _map(lambda c: _Cmp(_NEG[c.op], c.d) if isinstance(c, _Cmp) else not bool(c), a)
+    return _map(_not, a)
 
 
 def _where(ops, c, a, b):
@@ -780,8 +787,7 @@ def _max_pool(ops, a, kernel, stride=(), padding=0, dilation=1, ceil_mode=False)
 
 def _bitwise_not(ops, a):
     """``~mask`` of a boolean (a comparison: its negation); ``~n`` of an integer."""
-    return _map(lambda c: ~c if isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
-                else (_Cmp(_NEG[c.op], c.d) if isinstance(c, _Cmp) else not bool(c)), a)
+    return _map(lambda c: ~c if isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_)) else _not(c), a)
 
 
 def _sign(ops, a):
