@@ -255,18 +255,7 @@ def _total(name):
 
 def _above(name, bound, closed):
     """A function defined for ``x > bound`` (``x >= bound`` when ``closed``)."""
-
-    def f(x):
-        if x.__class__ is _Bad:
-            return x
-        if x > bound or (closed and x >= bound):
-            y = getattr(x, name)()
-            return y if y.is_finite() else _COND
-        if x < bound or (not closed and x <= bound):
-            return _UNDEFINED
-        return _DOMAIN
-
-    return f
+    return _within(name, bound, math.inf, closed)
 
 
 def _within(name, lo, hi, closed):
