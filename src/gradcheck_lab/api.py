@@ -171,9 +171,13 @@ def _verify(
     referee_seconds: float,
     order: int,
     detail: bool,
+    refused: Sequence[int] = (),
     **options: Any,
 ) -> Report:
     """:func:`verify`; ``detail=False`` lists the given points in full only when the check fails.
+
+    ``refused``: indices of random points left out (the drop-in's points where
+    the user's function raised its own error, Note [Trace fidelity]).
 
     The drop-in :func:`~gradcheck_lab.gradcheck` reads the given points only to
     name a fault: a passing call then skips building them (a third of a warm call).
@@ -219,7 +223,9 @@ def _verify(
             # otherwise depend on how many random points share their batch.)
             first = int(random)
             forced = np.concatenate([forced, np.zeros(first, dtype=bool)])
-            batch = Batch.concat([batch, model.sample(first, seed=int(seed), start=0)])
+            batch = Batch.concat([batch, _without(model.sample(first, seed=int(seed), start=0), refused, 0)])
+            first = len(batch) - len(forced) + first
+            forced = forced[: len(batch)]
         cmp = _compare(model, batch, dtype, device, cand, engines, budget, strict, referee_rows=forced)
         if first:
             given, drawn = cmp.split(len(forced) - first)
@@ -235,7 +241,9 @@ def _verify(
         random = int(random)
         for start in range(0, random, size):
             stop = min(start + size, random)
-            sample = model.sample(stop - start, seed=int(seed), start=start)
+            sample = _without(model.sample(stop - start, seed=int(seed), start=start), refused, start)
+            if not len(sample):
+                continue
             acc.add("random", _compare(model, sample, dtype, device, cand, engines, budget, strict), offset=start)
             if progress:
                 progress(stop, random)
@@ -282,6 +290,14 @@ def _verify_hessian(
     direction = derived.inputs[-1].name
     pts = list(base.dataset) if points is None else list(points)
     return verify(derived, points=hessian_points(base, pts, direction), **kwargs)
+
+
+def _without(sample: Batch, refused: Sequence[int], start: int) -> Batch:
+    """``sample`` (random points ``start..``) less the ``refused`` indices."""
+    if not refused:
+        return sample
+    drop = {int(i) - start for i in refused}
+    return sample.take(np.array([i for i in range(len(sample)) if i not in drop], dtype=int))
 
 
 def chunk_size(model: Model) -> int:

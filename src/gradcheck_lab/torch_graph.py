@@ -215,7 +215,8 @@ def _unary(name: str):
         elif name == "relu":
             f = functools.partial(_relu, ops)
         arrays = args[:2] if name in _BINARY_FUNCTIONS else args[:1]
-        return _map(lambda *e: _on_numbers(name, *e) if all(map(_is_number, e)) else f(*e), *arrays)
+        return _map(lambda *e: _on_numbers(name, *e) if all(map(_is_number, e)) else f(*_promote(ops, list(e))),
+                    *arrays)
 
     return apply
 
@@ -357,7 +358,26 @@ def _std(ops, a, dim=None, *, correction=None, keepdim=False, unbiased=None):
 
 
 def _logsumexp_list(ops, xs):
-    return ops.logsumexp(list(xs)) if not all(_is_number(x) for x in xs) else _FLOAT_LSE(xs)
+    return ops.logsumexp(_promote(ops, list(xs))) if not all(_is_number(x) for x in xs) else _FLOAT_LSE(xs)
+
+
+def _promote(ops, xs: list) -> list:
+    """Plain numbers among backend values as the backend's values (a constant operand: ``zeros_like(x)``).
+
+    A backend function of several arguments (``torch.atan2``, ``torch.stack`` in
+    ``logsumexp``) takes its own kind of value only: ``logaddexp(x, 0)`` crashed.
+    """
+    ref = next((x for x in xs if not _is_number(x)), None)
+    if ref is None or all(not _is_number(x) for x in xs):
+        return xs
+    name = getattr(ops, "name", "")
+    if name == "torch":
+        import torch
+
+        return [torch.full_like(ref, float(x)) if _is_number(x) else x for x in xs]
+    if name == "numpy":
+        return [np.full(np.shape(ref), float(x)) if _is_number(x) else x for x in xs]
+    return xs
 
 
 def _FLOAT_LSE(xs):
@@ -523,6 +543,26 @@ def _to_copy(ops, a, *args, dtype=None, **kwargs):
     return _obj(a).copy()
 
 
+def _scatter_view(a, src, view: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``a`` with ``view(a)`` replaced by ``src`` (functionalization's ``*_scatter``)."""
+    out = _obj(a).copy()
+    part = view(out)
+    part[...] = np.broadcast_to(_obj(src), part.shape)
+    return out
+
+
+def _index_put(ops, a, indices, values, accumulate=False):
+    """``a[indices] = values`` (or ``+=``) on a copy: functionalized ``index_put_``."""
+    out = _obj(a).copy()
+    idx = tuple(slice(None) if i is None else np.asarray(i) for i in indices)
+    vals = np.broadcast_to(_obj(values), out[idx].shape)
+    if accumulate:
+        np.add.at(out, idx, vals)  # type: ignore[arg-type]
+    else:
+        out[idx] = vals
+    return out
+
+
 def _cat(ops, tensors, dim=0):
     arrs = [_obj(t) for t in tensors if _obj(t).size or _obj(t).ndim > 1]
     return np.concatenate(arrs, axis=dim)
@@ -541,6 +581,16 @@ def _binary(f: Callable):
         return _map(lambda x, y: f(x, y * alpha if alpha != 1 else y), a, b)
 
     return apply
+
+
+def _pow(a, b):
+    """``a ** b``; a constant base 0 gives the constant 0 (torch: 0 for b > 0, and a zero gradient for b).
+
+    ``0 ** b`` differentiated by SymPy is ``0 ** b log(0)``: ``zoo``, which no backend evaluates.
+    """
+    if _is_number(a) and a == 0 and not _is_number(b):
+        return 0.0 * b
+    return a**b
 
 
 def _scale(a, k):
@@ -566,7 +616,7 @@ OPS: dict[str, tuple[Callable, str]] = {
     "div.Scalar": (_arith(operator.truediv), "a / b (true division)"),
     "neg": (_arith(operator.neg), "-a"),
     "reciprocal": (_arith(lambda x: 1.0 / x), "1 / a"),
-    "pow": (_arith(operator.pow), "a ** b (tensor or scalar exponent or base)"),
+    "pow": (_arith(lambda a, b: _pow(a, b)), "a ** b (tensor or scalar exponent or base; 0 ** b is 0)"),
     "square": (_arith(lambda x: x * x), "a * a"),
     # elementwise functions
     **{n: (_U(n), f"{n}(a)") for n in ("exp", "log", "sqrt", "sin", "cos", "tan", "tanh", "sinh", "cosh",
@@ -660,6 +710,14 @@ OPS: dict[str, tuple[Callable, str]] = {
     "split_with_sizes": (_split, "split into sizes (with getitem)"),
     "unbind": (lambda ops, a, dim=0: [_select(ops, a, dim, i) for i in range(_obj(a).shape[dim])], "unbind along dim"),
     "clone": (_copy, "copy"),
+    "copy": (lambda ops, dst, src, non_blocking=False: _scatter_view(dst, src, lambda t: t),
+             "src broadcast into dst's shape (functionalized copy_)"),
+    "select_scatter": (lambda ops, a, src, dim, index: _scatter_view(a, src, lambda t: _select(ops, t, dim, index)),
+                       "a with a[index] along dim replaced (functionalized writes)"),
+    "slice_scatter": (lambda ops, a, src, dim=0, start=None, end=None, step=1:
+                      _scatter_view(a, src, lambda t: _slice(ops, t, dim, start, end, step)),
+                      "a with a[start:end:step] along dim replaced (functionalized writes)"),
+    "index_put": (_index_put, "a[indices] = values (or +=): functionalized index_put_"),
     "alias": (_identity, "alias"),
     "detach": (_identity, "identity in the forward (torch's gradcheck also differentiates through it)"),
     "lift_fresh_copy": (_copy, "copy"),
@@ -998,7 +1056,6 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
         _TRACES.move_to_end(key)
         return _TRACES[key]
     import torch
-    from torch.fx.experimental.proxy_tensor import make_fx
 
     real = [a.detach().clone() for a in args]
     with torch.no_grad():
@@ -1006,7 +1063,7 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     floating = [o for o in out if o.is_floating_point()]
     out_shapes = [tuple(o.shape) for o in floating]
     try:
-        gm = make_fx(call)(*real)
+        gm = _make_graph(call, real)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means no symbolic leg
         return _remember(_TRACES, key, Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")) if key else \
             Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")
@@ -1024,11 +1081,34 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
             break
         table.update(more)
         try:
-            gm = make_fx(call, decomposition_table=table)(*real)
+            gm = _make_graph(call, real, table)
         except Exception:  # noqa: BLE001 - the decomposition does not trace: keep the first verdict
             break
         result = _analyse(gm, real, leaves, out_shapes)
     return _remember(_TRACES, key, result) if key is not None else result
+
+
+def _make_graph(call: Callable, real: list, table: dict | None = None):
+    """``make_fx`` of ``call``, functionalized (Note [Functional graphs]); plain where that fails to trace.
+
+    Note [Functional graphs]
+    ~~~~~~~~~~~~~~~~~~~~~~~~
+    In-place writes into views (``out[..., 0] = x / w``, ``base[1:3].mul_(0)``)
+    follow torch's aliasing only if the interpreter replays storage sharing
+    exactly. ``torch.func.functionalize`` rewrites them into pure ops
+    (``select_scatter``, ``slice_scatter``, ``copy``), so the graph has no
+    mutation and every subgraph that does not depend on the inputs (a kernel's
+    coefficients, normalised in place) is folded by torch itself, in the code's
+    own dtype: a float32 kernel built inside the function was interpreted in
+    exact arithmetic before and its correct float64 backward blamed at 1.8e-8.
+    """
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    try:
+        return make_fx(torch.func.functionalize(call), decomposition_table=table)(*real)
+    except Exception:  # noqa: BLE001 - functionalization refuses some code: the plain graph (Note [In-place ops])
+        return make_fx(call, decomposition_table=table)(*real)
 
 
 #: Ops whose result depends on their input's shape, not its values.

@@ -1,0 +1,391 @@
+"""The drop-in at the tracer's edge (fidelity.py, torch_check): code that leaves torch is judged against itself.
+
+Each kind of Function comes as a correct version and as a twin whose backward
+is off by a relative ``ERR``, in float64 and float32. Correct code passes; the
+twin off by 1e-6 fails in float64 and the one off by 1e-3 in float32 (finite
+differences of a float32 backward cannot resolve 1e-6: the passing warning
+says what they resolved).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from gradcheck_lab import GradientMismatch, UsageError, gradcheck, gradgradcheck
+from gradcheck_lab.fidelity import leaks
+
+DTYPES = [torch.float64, torch.float32]
+#: The smallest relative error each dtype's untraced path must catch (issue 17, point 3).
+CAUGHT = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def _np_tanh(err: float):
+    class NpTanh(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = torch.from_numpy(np.tanh(x.detach().cpu().numpy())).to(x.dtype)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            return g * (1 - y * y) * (1 + err)
+
+    return NpTanh.apply
+
+
+def _np_linear(err: float):
+    class NpLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return torch.from_numpy(x.detach().numpy() @ w.detach().numpy())
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            gn = g.numpy()
+            return torch.from_numpy(gn @ w.numpy().T), torch.from_numpy(x.numpy().T @ gn) * (1 + err)
+
+    return NpLinear.apply
+
+
+def _math_lgamma(err: float):
+    class LogGamma(torch.autograd.Function):  # a special function from outside torch, through NumPy
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return torch.from_numpy(np.vectorize(math.lgamma)(x.detach().numpy())).to(x.dtype)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * torch.digamma(x) * (1 + err)
+
+    return LogGamma.apply
+
+
+def _branch(err: float):
+    class Branch(torch.autograd.Function):  # data-dependent Python control flow
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x if x.sum() > 0 else -x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return (g * 2 * x if x.sum() > 0 else -g) * (1 + err)
+
+    return Branch.apply
+
+
+def _item_scale(err: float):
+    class ItemScale(torch.autograd.Function):  # a value of the input read as a Python number
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * float(x.sum())
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return (g * x.sum() + (g * x).sum()) * (1 + err)
+
+    return ItemScale.apply
+
+
+_OPS: dict = {}
+
+
+def _custom_op(err: float):
+    """An opaque torch.library.custom_op whose kernel runs in NumPy (one op per error: ops are global)."""
+    if err in _OPS:
+        return _OPS[err]
+    name = f"gradcheck_lab_tests::np_sin_{len(_OPS)}"
+
+    @torch.library.custom_op(name, mutates_args=())
+    def np_sin(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.sin(x.numpy()))
+
+    @np_sin.register_fake
+    def _(x):
+        return torch.empty_like(x)
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.cos(x) * (1 + err)
+
+    np_sin.register_autograd(backward, setup_context=setup)
+    _OPS[err] = np_sin
+    return np_sin
+
+
+def _constants(err: float):
+    class SoftplusByHand(torch.autograd.Function):  # constant operands of every kind
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            zero = torch.zeros_like(x)
+            half = torch.full_like(x, 0.5)
+            ramp = torch.arange(x.shape[-1], dtype=x.dtype) / 8
+            return torch.logaddexp(x, zero) + torch.maximum(x, half) * 0.25 + torch.atan2(x, 2.0 + ramp) + 3
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            ramp = 2.0 + torch.arange(x.shape[-1], dtype=x.dtype) / 8
+            d = torch.sigmoid(x) + 0.25 * (x > 0.5).to(x.dtype) + ramp / (x * x + ramp * ramp)
+            return g * d * (1 + err)
+
+    return SoftplusByHand.apply
+
+
+KINDS = {
+    "numpy-forward": (_np_tanh, [(3, 4)]),
+    "numpy-forward-and-backward": (_np_linear, [(3, 4), (4, 2)]),
+    "special-function": (_math_lgamma, [(3, 4)]),
+    "custom-op": (_custom_op, [(3, 4)]),
+    "data-dependent-branch": (_branch, [(3, 4)]),
+    "item": (_item_scale, [(2, 3)]),
+    "constant-operands": (_constants, [(3, 4)]),
+}
+
+
+def _inputs(shapes, dtype):
+    g = torch.Generator().manual_seed(7)
+    return tuple((torch.rand(*s, generator=g, dtype=torch.float64) + 0.5).to(dtype).requires_grad_() for s in shapes)
+
+
+def _quiet_call(fn, inputs, capfd):
+    """gradcheck, returning (result or exception, Python warnings, stderr lines)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result: object = gradcheck(fn, inputs)
+        except GradientMismatch as exc:
+            result = exc
+    err = capfd.readouterr().err
+    return result, caught, [line for line in err.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_correct_code_that_leaves_torch_passes_quietly(kind, dtype, capfd):
+    make, shapes = KINDS[kind]
+    result, caught, stderr = _quiet_call(make(0.0), _inputs(shapes, dtype), capfd)
+    assert result is True, result
+    assert len(caught) <= 1, [str(w.message) for w in caught]
+    assert not stderr, stderr  # no C++ warning of our machinery (vmap's BatchedFallback) reaches stderr
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_backward_off_by_the_dtypes_resolution_is_caught(kind, dtype, capfd):
+    make, shapes = KINDS[kind]
+    result, _, stderr = _quiet_call(make(CAUGHT[dtype]), _inputs(shapes, dtype), capfd)
+    assert isinstance(result, GradientMismatch), f"{kind} {dtype}: passed"
+    assert len(stderr) <= 2, stderr
+
+
+def test_a_float32_twin_below_resolution_passes_saying_what_was_resolved():
+    x = _inputs([(3, 4)], torch.float32)
+    with pytest.warns(RuntimeWarning, match=r"resolve errors down to \S+ relative"):
+        assert gradcheck(_np_tanh(1e-6), x) is True
+
+
+@pytest.mark.parametrize("make", [_np_tanh, _math_lgamma, _item_scale], ids=["numpy", "lgamma", "item"])
+def test_the_warning_says_why_and_names_the_source_line(make):
+    x = _inputs([(3, 4)], torch.float64)
+    with pytest.warns(RuntimeWarning) as caught:
+        assert gradcheck(make(0.0), x) is True
+    (w,) = [w for w in caught if "symbolic and referee legs missing" in str(w.message)]
+    assert "test_fidelity.py:" in str(w.message)
+    assert w.filename == __file__  # attributed to the caller's line
+
+
+def test_leaks_lists_the_ways_out_of_torch():
+    def f(x):
+        a = torch.from_numpy(x.detach().numpy())
+        b = x.max().item()
+        if x.sum() > 0:
+            a = a * b
+        return a + torch.tensor(x.tolist())
+
+    found = leaks(f, [torch.ones(2)], limit=10)
+    assert [w.split(" at ")[0] for w in found] == [
+        "a NumPy round trip (Tensor.numpy)", "a Python number (Tensor.item)",
+        "a data-dependent branch (bool of a tensor)", "Python numbers (Tensor.tolist)",
+    ]
+
+
+def test_finite_differences_see_the_real_function_not_the_trace():
+    # The trace holds np.tanh's values as a constant: its derivative is 0 and the correct backward was blamed.
+    x = _inputs([(3, 4)], torch.float64)
+    with pytest.warns(RuntimeWarning, match="the traced graph is not the function at random point"):
+        assert gradcheck(_np_tanh(0.0), x, points=0) is True  # probes are drawn even with points=0
+
+
+def test_a_non_reentrant_backward_is_reported_as_such(capfd):
+    class Mish(torch.autograd.Function):  # as published: backward scales the tensor saved on ctx in place
+        @staticmethod
+        def forward(ctx, x):
+            t = torch.tanh(torch.nn.functional.softplus(x))
+            ctx.grad = t + x * torch.sigmoid(x) * (1 - t * t)
+            return x * t
+
+        @staticmethod
+        def backward(ctx, g):
+            grad = ctx.grad
+            grad *= g
+            return grad
+
+    for dtype in DTYPES:
+        with pytest.raises(GradientMismatch, match=r"(?s)not reentrant.*state saved on ctx in place"):
+            gradcheck(Mish.apply, _inputs([(3, 4)], dtype))
+        assert gradcheck(Mish.apply, _inputs([(3, 4)], dtype), raise_exception=False) is False
+    assert not capfd.readouterr().err
+
+
+def test_a_nondeterministic_but_harmless_backward_passes_with_nondet_tol():
+    calls = []
+
+    class Jitter(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            calls.append(1)
+            return 2 * g * x * (1 + 2e-15 * (len(calls) % 2))  # alternates by a few ulps
+
+    x = _inputs([(2, 2)], torch.float64)
+    with pytest.raises(GradientMismatch, match="not reentrant"):
+        gradcheck(Jitter.apply, x)
+    assert gradcheck(Jitter.apply, x, nondet_tol=1e-12) is True
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_in_place_writes_into_views_follow_torchs_aliasing(dtype):
+    def scatter(x, w):
+        out = torch.ones(1, 3, dtype=x.dtype).expand_as(x).clone()
+        out[..., 0] = x[..., 0] / w
+        base = torch.zeros(4, 3, dtype=x.dtype)
+        base[1:3].mul_(0).add_(x[:2] * w)
+        return out * x + base
+
+    x = _inputs([(4, 3)], dtype)[0]
+    w = torch.tensor(1.7, dtype=dtype, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # on the symbolic path: no fallback warning
+        assert gradcheck(scatter, (x, w)) is True
+
+    def wrong(x, w):
+        return _Scaled.apply(scatter(x, w), CAUGHT[dtype] if dtype == torch.float64 else 1e-3)
+
+    with pytest.raises(GradientMismatch, match="exact value"):
+        gradcheck(wrong, (x, w))
+
+
+class _Scaled(torch.autograd.Function):
+    """Identity whose backward scales by 1 + err: a wrong backward downstream of any forward."""
+
+    @staticmethod
+    def forward(ctx, y, err):
+        ctx.err = err
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * (1 + ctx.err), None
+
+
+def test_constants_are_folded_in_the_codes_own_dtype():
+    # A float32 kernel normalised in place inside the function: its float64 backward is exact for the
+    # float32 values the code uses, and was blamed at 1.8e-8 against the ideal coefficients.
+    def blur(x):
+        k = torch.linspace(-1, 1, 3)
+        k = torch.exp(-k * k / 0.7)
+        k.div_(k.sum())
+        return (x * k.to(x.dtype)).sum(-1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradcheck(blur, _inputs([(4, 3)], torch.float64)) is True
+
+
+def test_a_function_without_floating_outputs_is_accepted():
+    x = _inputs([(5,)], torch.float64)[0]
+    with pytest.warns(RuntimeWarning, match="no floating-point tensor"):
+        assert gradcheck(lambda a: torch.argsort(a), (x,)) is True
+    with pytest.warns(RuntimeWarning, match="no floating-point tensor"):
+        assert gradgradcheck(lambda a: (a > 0.7, a.argmax()), (x,)) is True
+
+
+def test_a_domain_check_at_a_random_point_is_skipped_and_counted():
+    def boxes(b):  # the user's own domain check, as in a detection library
+        if bool((b[:, 2] - b[:, 0] < 0.45).any()):
+            raise ValueError("Some boxes have negative heights")
+        return (b[:, 2] - b[:, 0]).log()
+
+    b = torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.1, 0.2, 0.7, 0.9]], dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"[1-8] of 8 random points refused by the function"):
+        assert gradcheck(boxes, (b,)) is True
+
+
+def test_reference_gives_an_opaque_op_its_symbolic_leg():
+    op = _custom_op(0.0)
+    x = _inputs([(3, 4)], torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the symbolic leg: no fallback warning
+        assert gradcheck(op, x, reference=torch.sin) is True
+    with pytest.raises(GradientMismatch, match="exact value"):
+        gradcheck(_custom_op(1e-7), x, reference=torch.sin)  # below what finite differences alone resolve
+
+
+def test_reference_that_is_not_the_same_function_fails_first():
+    x = _inputs([(3, 4)], torch.float64)
+    with pytest.raises(GradientMismatch, match=r"(?s)differs from its reference: the reference is not func at the given inputs.*fix whichever is wrong"):
+        gradcheck(_custom_op(0.0), x, reference=torch.cos)
+    assert gradcheck(_custom_op(0.0), x, reference=torch.cos, raise_exception=False) is False
+
+
+def test_reference_for_a_numpy_kernel_and_bad_references():
+    x = _inputs([(3, 4)], torch.float64)
+    assert gradcheck(_np_tanh(0.0), x, reference=torch.tanh) is True
+    with pytest.raises(GradientMismatch):
+        gradcheck(_np_tanh(1e-9), x, reference=torch.tanh)
+    with pytest.raises(UsageError, match="Expected reference to be a callable"):
+        gradcheck(_np_tanh(0.0), x, reference=3)
+    with pytest.raises(UsageError, match="torch code the tracer follows"):
+        gradcheck(_np_tanh(0.0), x, reference=_np_tanh(0.0))
+    module = torch.nn.Linear(4, 2).double()
+    with pytest.raises(UsageError, match="nn.Module with the same parameters"):
+        gradcheck(module, x, reference=lambda t: t @ module.weight.T + module.bias)
+
+
+def test_gradgradcheck_of_code_that_leaves_torch_defers_to_torch():
+    x = _inputs([(3, 4)], torch.float64)
+    with pytest.warns(RuntimeWarning, match="checked by torch.autograd.gradgradcheck itself"):
+        assert gradgradcheck(lambda t: _math_lgamma(0.0)(t) * t, x) is True
+
+
+def test_an_internal_failure_falls_back_instead_of_crashing(monkeypatch):
+    import gradcheck_lab.torch_check as tc
+
+    monkeypatch.setattr(tc, "leaf_labels", dict)  # a TypeError inside our own pipeline
+    x = _inputs([(3, 4)], torch.float64)
+    with pytest.warns(RuntimeWarning, match="internal failure of the symbolic leg: TypeError"):
+        assert gradcheck(torch.tanh, x) is True
