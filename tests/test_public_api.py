@@ -14,7 +14,7 @@ def test_all_names_resolve():
 def test_all_is_sorted_and_complete():
     expected = {
         "verify", "assert_gradients_agree", "gradcheck", "gradgradcheck", "Report", "Model", "Var", "get_model", "list_models",
-        "derive", "explain", "train", "graph", "GradcheckError", "UsageError", "UnknownModelError",
+        "derive", "explain", "train", "graph", "routing", "GradcheckError", "UsageError", "UnknownModelError",
         "InvalidValueError", "ExpressionError", "GradientMismatch", "__version__",
     }
     assert set(gradcheck_lab.__all__) == expected

@@ -101,3 +101,91 @@ def test_plugin_under_xdist(pytester):
                                            *files)
     result.assert_outcomes(passed=3, failed=1)
     assert "GradientMismatch" in result.stdout.str()
+
+
+ROUTED_SUITE = '''
+import importlib
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+
+def make(err):
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2 * g * x * (1 + err)
+
+    return Square.apply
+
+
+def inputs():
+    return (torch.rand(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True),)
+
+
+def test_module_level_import():
+    assert gradcheck(make(0), inputs())
+
+
+def test_attribute_with_torch_keywords():
+    assert torch.autograd.gradcheck(make(0), inputs(), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+
+
+def test_the_modules_own_function():
+    assert importlib.import_module("torch.autograd.gradcheck").gradcheck(make(0), inputs())
+
+
+def test_double_backward():
+    assert gradgradcheck(lambda t: t.sin() * t, inputs())
+
+
+def test_off_by_1e6_relative():
+    assert torch.autograd.gradcheck(make(1e-6), inputs())
+
+
+def test_an_expected_failure_still_raises_torchs_error():
+    with pytest.raises(RuntimeError):
+        gradcheck(make(0.5), inputs())
+
+
+def test_complex_inputs_defer_to_torch():
+    z = torch.randn(3, dtype=torch.complex128, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: (t * t).abs(), (z,))
+'''
+
+
+def test_gradcheck_lab_flag_routes_an_existing_suite(pytester):
+    """Issue 19's done-when: the correct tests pass, 1e-6 fails with our message, the summary counts calls."""
+    pytester.makepyfile(test_existing=ROUTED_SUITE)
+    plain = pytester.runpytest("-p", "no:cacheprovider")
+    plain.assert_outcomes(passed=7)  # torch's gradcheck misses the 1e-6 error
+    assert "gradchecks routed" not in plain.stdout.str()
+
+    routed = pytester.runpytest("-p", "no:cacheprovider", "--gradcheck-lab")
+    routed.assert_outcomes(passed=6, failed=1)
+    out = routed.stdout.str()
+    assert "FAILED test_existing.py::test_off_by_1e6_relative" in out
+    assert "GradientMismatch: gradcheck_lab.gradcheck: the backward of Function.apply is wrong" in out
+    routed.stdout.re_match_lines([
+        r"gradcheck_lab: 6 gradchecks routed, 2 failed \(test_existing.py::test_off_by_1e6_relative: the backward "
+        r".*\), 1 deferred to torch \(Expected input 0 \(t\) to be float32 or float64 but got torch.complex128\), "
+        r"\d+\.\d s",
+    ])
+
+
+def test_gradcheck_lab_flag_from_addopts_and_under_xdist(pytester):
+    import pytest
+
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_existing=ROUTED_SUITE)
+    pytester.makeini("[pytest]\naddopts = --gradcheck-lab\n")
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6, failed=1)
+    result.stdout.re_match_lines([r"gradcheck_lab: 6 gradchecks routed, 2 failed .*"])

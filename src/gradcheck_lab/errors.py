@@ -74,3 +74,13 @@ class GradientMismatch(GradcheckError, AssertionError):
     def __init__(self, message: str, report: Report | None = None):
         super().__init__(message)
         self.report = report
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a caught failure: the message (culprit, component, values), then the report."""
+        if self.report is not None:
+            return self.report._repr_html_(headline=str(self))
+        import html
+
+        return ('<div class="gcl-report"><div id="caught" style="padding: 10px 14px; border-radius: 8px; '
+                'background: #fde8e8; color: #7f1d1d; font-weight: 600"><pre style="white-space: pre-wrap; margin: 0">'
+                f"{html.escape(str(self))}</pre></div></div>")

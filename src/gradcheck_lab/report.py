@@ -146,6 +146,15 @@ class Report:
     def __str__(self) -> str:
         return self.render()
 
+    def _repr_html_(self, headline: str = "") -> str:
+        """Jupyter's view: the verify page's verdict, tables and figures, inline and self-contained.
+
+        ``headline``: a banner above it (a caught gradcheck's message).
+        """
+        from .html.verify import verify_fragment
+
+        return verify_fragment(self, headline=headline)
+
 
 
 #: Bin edges (log10) of the histograms of |error| / tolerance.

@@ -1102,13 +1102,21 @@ def _make_graph(call: Callable, real: list, table: dict | None = None):
     own dtype: a float32 kernel built inside the function was interpreted in
     exact arithmetic before and its correct float64 backward blamed at 1.8e-8.
     """
+    import logging
+
     import torch
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    trace_log = logging.getLogger("torch.__trace")  # make_fx's structured DEBUG records: noise in a test's report
+    was = trace_log.disabled
+    trace_log.disabled = True
     try:
-        return make_fx(torch.func.functionalize(call), decomposition_table=table)(*real)
-    except Exception:  # noqa: BLE001 - functionalization refuses some code: the plain graph (Note [In-place ops])
-        return make_fx(call, decomposition_table=table)(*real)
+        try:
+            return make_fx(torch.func.functionalize(call), decomposition_table=table)(*real)
+        except Exception:  # noqa: BLE001 - functionalization refuses some code: the plain graph (Note [In-place ops])
+            return make_fx(call, decomposition_table=table)(*real)
+    finally:
+        trace_log.disabled = was
 
 
 #: Ops whose result depends on their input's shape, not its values.

@@ -132,6 +132,35 @@ def page(title: str, body: str, *, css: str = "", script: str = "", data: str = 
     )
 
 
+def _scoped(css: str, scope: str) -> str:
+    """``css`` with every selector confined to ``scope`` (a notebook fragment must not restyle the notebook)."""
+    import re
+
+    out = []
+    for selectors, rules in re.findall(r"([^{}]+)\{([^{}]*)\}", css):
+        parts = []
+        for sel in selectors.split(","):
+            sel = sel.strip()
+            if sel in (":root", "body", "main", "html"):
+                parts.append(scope)
+            elif sel.startswith(".has-js"):
+                parts.append(f"{scope}{sel[len('.has-js'):]}")  # scripts do not run in a fragment
+            else:
+                parts.append(f"{scope} {sel}")
+        out.append(f"{', '.join(parts)} {{{rules}}}")
+    return "\n".join(out)
+
+
+def fragment(body: str, *, css: str = "", scope: str = "gcl-report") -> str:
+    """``body`` as a self-contained HTML fragment for a notebook (``_repr_html_``): styles scoped, no script.
+
+    >>> text = fragment("<h1>x</h1>")
+    >>> text.startswith('<div class="gcl-report">') and ".gcl-report h1" in text and "<script" not in text
+    True
+    """
+    return f'<div class="{scope}"><style>{_scoped(CSS + css, "." + scope)}</style>\n{body}\n</div>'
+
+
 def external_references(text: str) -> list[str]:
     """Everything in ``text`` that could load a resource: ``src``/``href``/``url()`` not to ``#...``, ``<link>``, ``@import``.
 

@@ -368,7 +368,7 @@ def _node_table(tr) -> str:
 
 
 def _checks_table(e, model, point, params, engines: bool) -> str:
-    from ..report import ENGINE_LABELS
+    from ..engines import ENGINE_LABELS
 
     intro = (
         "<p>The backward pass above is one way to get the gradient. <code>verify</code>'s three engines get it "

@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .base import cell, esc, num, page
+from .base import cell, esc, fragment, num, page
 from .charts import PALETTE, count_map, histogram
 
-__all__ = ["verify_page", "VERDICT_CLASSES"]
+__all__ = ["verify_page", "verify_fragment", "VERDICT_CLASSES"]
 
 #: The verdict classes of ``report.counts``, in display order, with what each means.
 VERDICT_CLASSES = {
@@ -52,7 +52,7 @@ _SHORT = {"symbolic": "sym", "autograd": "ag", "finite_differences": "fd", "cand
 
 
 def _engine_label(e: str) -> str:
-    from ..report import ENGINE_LABELS
+    from ..engines import ENGINE_LABELS
 
     return ENGINE_LABELS.get(e, e)
 
@@ -248,6 +248,21 @@ def verify_page(report) -> str:
     >>> 'data-param="w1"' in text, "<script" in text
     (True, False)
     """
+    return page(f"verify {report.model}: {'OK' if report.ok else 'MISMATCH'}", _body(report), css=_CSS)
+
+
+def verify_fragment(report, headline: str = "") -> str:
+    """The same content as :func:`verify_page`, as a notebook fragment (``Report._repr_html_``).
+
+    ``headline``: a banner above it (a caught gradcheck's message: the culprit, the component, the values).
+    """
+    top = f'<div class="banner bad" id="caught"><pre style="white-space: pre-wrap; margin: 0">{esc(headline)}</pre></div>' \
+        if headline else ""
+    return fragment(top + _body(report), css=_CSS)
+
+
+def _body(report) -> str:
+    """The page's content: verdict, derivatives, data points, random points, failures, notes."""
     engines = list(report.engines)
     facts = [
         ("model", report.model), ("loss", report.loss), ("dtype", report.dtype), ("device", report.device),
@@ -295,4 +310,4 @@ def verify_page(report) -> str:
         body.append('<p id="no-failures">No random point failed.</p>')
     if report.notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in report.notes) + "</ul>")
-    return page(f"verify {report.model}: {'OK' if ok else 'MISMATCH'}", "\n".join(body), css=_CSS)
+    return "\n".join(body)
