@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GradcheckError, GradientMismatch, UsageError
-from .torch_graph import Leaf, Traced, Unsupported, leaf_labels, model_of, name_leaves, trace
+from .torch_graph import Leaf, Traced, Unsupported, element_work, leaf_labels, model_of, name_leaves, trace
 
 __all__ = ["gradcheck", "gradgradcheck", "MAX_JACOBIAN", "RANDOM_COTANGENTS", "POINTS"]
 
@@ -639,6 +639,12 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
             if where:
                 traced.reason = f"the forward leaves torch: {'; '.join(where)}"
         return traced, fidelity.Fidelity()
+    work = element_work(traced)
+    if work > DERIVATION_BUDGET and reference is None:
+        reason = (f"the graph needs {work:,} element operations, beyond the per-element symbolic leg's budget of "
+                  f"{DERIVATION_BUDGET:,} (Note [Derivation budget])")
+        return Unsupported([], target.leaves, traced.out_shapes, reason, list(_graph_targets(traced))), \
+            fidelity.Fidelity()
     model = model_of(traced, [v.detach().double().numpy() for v in target.values])
     dt = getattr(__import__("torch"), target.dtype)
     sample = model.sample(fidelity.probe_count(points), seed=seed)
@@ -664,6 +670,20 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
     reason = fid.unfaithful + (f"; the forward leaves torch: {'; '.join(where)}" if where else
                                "; the forward computes outside torch's dispatcher (a C/CUDA kernel or an opaque op)")
     return Unsupported([], target.leaves, traced.out_shapes, reason), fid
+
+
+#: Element operations beyond which a graph goes without the symbolic leg (Note [Derivation budget] in
+#: torch_graph.py): the per-element derivation costs about 1 ms per element operation (tanh(x @ x) with
+#: a 30x30 x: 27,900, 25 s; a TransformerEncoderLayer(4, 2): 1,694, 4 s), so the budget bounds a first
+#: call near 20 s; beyond it finite differences of the real function judge, with their error bars.
+DERIVATION_BUDGET = 20_000
+
+
+def _graph_targets(traced: Traced):
+    """The aten ops of a graph (the fallback batches with vmap only over aten and prims)."""
+    for node in traced.gm.graph.nodes:
+        if node.op == "call_function" and hasattr(node.target, "namespace"):
+            yield node.target
 
 
 def _leaf_row(target: _Target, theta: np.ndarray, dt) -> list:
@@ -1083,7 +1103,7 @@ def gradgradcheck(
 
 
 #: Step factors of the fallback's second and third looks (Note [Drop-in design]).
-FALLBACK_LOOKS = (2.0**-4, 2.0**4)
+FALLBACK_LOOKS = (2.0**-4, 2.0**-8, 2.0**-12, 2.0**4)
 
 
 def _fd_tol(fd, dtype, atol, rtol) -> np.ndarray:
@@ -1178,7 +1198,18 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
             return np.full(traced.n_out, np.nan)
 
     def outputs(rows: np.ndarray) -> np.ndarray:
-        """The user's flat outputs at each row of inputs: ``torch.func.vmap`` over it, else one call per row."""
+        """The user's flat outputs at each distinct row of inputs (the rows of a Jacobian share their points)."""
+        if len(rows) > 1:
+            # Rows keyed by a random projection (np.unique(axis=0) sorted rows: 11 s of a 2 s check), each
+            # confirmed equal to its representative before it is shared.
+            key = rows @ np.random.default_rng(0).uniform(1.0, 2.0, rows.shape[1])
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            if len(first) < len(rows) and np.array_equal(rows, rows[first][inverse.reshape(-1)]):
+                return distinct(rows[first])[inverse.reshape(-1)]
+        return distinct(rows)
+
+    def distinct(rows: np.ndarray) -> np.ndarray:
+        """``torch.func.vmap`` over the user's function, else one call per row."""
         xs = torch.as_tensor(rows, dtype=torch.float64)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -1218,44 +1249,91 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         refused = [i for i, th in enumerate(sample.theta) if not _runs(target, _leaf_row(target, th, dt))]
         keep = np.array([i for i in range(len(sample)) if i not in set(refused)], dtype=int)
         batch = type(batch).concat([batch, sample.take(keep)])
-    fd = _sharpest(model, batch)
-    assert fd.error is not None and fd.lower is not None and fd.upper is not None
     from .candidates import as_candidate
 
     cand = _forward_candidate(target, model) if forward_ad else _backward_candidate(target)
-    got = as_candidate(cand).gradients(model, batch, dtype=target.dtype)
-    tol = _fd_tol(fd, target.dtype, atol, rtol)
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.abs(got.values - fd.values) <= tol) & np.isfinite(tol)
-    bad &= _forward_finite(target, shapes, batch.theta)[:, None]  # not judged where the forward overflows
-    kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
-    inside = (got.values >= fd.lower - tol) & (got.values <= fd.upper + tol)
-    bad = np.where(kink, ~inside & np.isfinite(tol), bad)
-    if bad.any():
-        bad = _fd_confirms(model, batch, bad, got.values, fd.values, atol, rtol, target.dtype)
+    got_all = np.asarray(as_candidate(cand).gradients(model, batch, dtype=target.dtype).values)
+    suspect, screen_res = _screen(model, batch, got_all, target.dtype, atol, rtol, seed)
+    rows = np.flatnonzero(suspect)
     missing = ", ".join(traced.ops) or traced.reason
-    if bad.any():
-        row, col = (int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, np.abs(got.values - fd.values), -1))), bad.shape))
-        labels = leaf_labels(traced)
-        var = model.params[col].name
-        where = "at the given inputs" if row < len(cots) else f"at random point {row - len(cots)} around the inputs"
-        msg = (
-            f"gradcheck_lab.gradcheck: the {'forward-mode AD' if forward_ad else 'backward'} of "
-            f"{getattr(target.func, '__qualname__', type(target.func).__name__)} is wrong.\n"
-            f"  d[{_describe_cotangent(traced, batch.data[row])}] / d[{labels.get(var, var)}] {where}: it gives "
-            f"{got.values[row, col]:.10g}, finite differences {fd.values[row, col]:.10g} +- {fd.error[row, col]:.2g}.\n"
-            f"  Symbolic and referee legs missing: {missing} (not in the supported-op table, docs/torch.md); "
-            f"checked against finite differences with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
-        )
-        return _fail(msg, None, raise_exception)
+    resolution = screen_res
+    if rows.size:
+        sub = batch.take(rows)
+        fd = _sharpest(model, sub)
+        assert fd.error is not None and fd.lower is not None and fd.upper is not None
+        got = got_all[rows]
+        tol = _fd_tol(fd, target.dtype, atol, rtol)
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(got - fd.values) <= tol) & np.isfinite(tol)
+        bad &= _forward_finite(target, shapes, sub.theta)[:, None]  # not judged where the forward overflows
+        kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
+        inside = (got >= fd.lower - tol) & (got <= fd.upper + tol)
+        bad = np.where(kink, ~inside & np.isfinite(tol), bad)
+        if bad.any():
+            bad = _fd_confirms(model, sub, bad, got, fd.values, atol, rtol, target.dtype)
+        if bad.any():
+            r, col = (int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, np.abs(got - fd.values), -1))),
+                                                       bad.shape))
+            row = int(rows[r])
+            labels = leaf_labels(traced)
+            var = model.params[col].name
+            where = "at the given inputs" if row < len(cots) else f"at random point {row - len(cots)} around the inputs"
+            msg = (
+                f"gradcheck_lab.gradcheck: the {'forward-mode AD' if forward_ad else 'backward'} of "
+                f"{getattr(target.func, '__qualname__', type(target.func).__name__)} is wrong.\n"
+                f"  d[{_describe_cotangent(traced, batch.data[row])}] / d[{labels.get(var, var)}] {where}: it gives "
+                f"{got[r, col]:.10g}, finite differences {fd.values[r, col]:.10g} +- {fd.error[r, col]:.2g}.\n"
+                f"  Symbolic and referee legs missing: {missing}; checked against finite differences of the real "
+                f"function with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
+            )
+            return _fail(msg, None, raise_exception)
+        resolution = _resolution(fd.values, tol)
     refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
     warnings.warn(
         f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
-        f"finite differences with their error bars only, {_resolution(fd.values, tol)}.{refused_note}",
+        f"finite differences of the real function with their error bars only, {resolution}.{refused_note}",
         RuntimeWarning,
         stacklevel=3,
     )
     return True
+
+
+def _screen(model, batch, got: np.ndarray, dtype: str, atol, rtol, seed: int) -> tuple[np.ndarray, str]:
+    """Note [Fallback screening]: which rows need per-component finite differences, and what the screen resolved.
+
+    Per-component differences cost ``(2K + 1) P`` calls of the user's
+    function a point: a 121-pixel CLAHE took 3 minutes where torch's
+    ``fast_mode`` takes milliseconds. With more than
+    ``DIRECTIONAL_MIN_P`` components, each point is first checked along
+    ``DIRECTIONS`` random directions ``d`` (Note [Directional check] in
+    finite_diff.py: a wrong component cannot hide in ``g . d``), ``(2K + 1)
+    R`` calls; only points whose projection disagrees, or has no estimate (a
+    kink or jump inside the stencil), are checked per component.
+    """
+    from .engines import finite_diff
+    from .tolerance import FD_SAFETY, engine_tolerance
+
+    n, p = got.shape
+    if p <= finite_diff.DIRECTIONAL_MIN_P:
+        return np.ones(n, dtype=bool), ""
+    dirs = finite_diff.directions(batch, seed=seed)
+    proj_fd, err = finite_diff.directional(model, batch, dirs)
+    g = np.nan_to_num(got.astype(float), nan=np.inf)
+    with np.errstate(all="ignore"):
+        proj = np.einsum("np,nrp->nr", g, dirs)
+        size = np.einsum("np,nrp->nr", np.abs(g), np.abs(dirs))  # the projection's rounding scale
+        if atol is not None or rtol is not None:
+            allowed = (atol or 0.0) * np.abs(dirs).sum(axis=2) + (rtol or 0.0) * size
+        else:
+            allowed = engine_tolerance(dtype, size)
+        tol = FD_SAFETY * err + allowed + engine_tolerance("float64", np.abs(proj_fd))
+        clear = (np.abs(proj - proj_fd) <= tol) & np.isfinite(tol)
+        rel = np.where(clear & (size > 0), tol / size, np.nan)
+    suspect = ~clear.all(axis=1)
+    note = ("which resolve errors down to "
+            f"{float(np.nanmedian(rel)):.1g} relative along random directions (worst {float(np.nanmax(rel)):.1g}); "
+            "a smaller error passes unseen") if np.isfinite(rel).any() else "which gave no estimate anywhere"
+    return suspect, note
 
 
 #: Step factors of the fallback's estimates: each component keeps the one with the smallest error bar.

@@ -75,7 +75,7 @@ import numpy as np
 from .engines.symbolic import unevaluated_piecewise
 from .model import Model, Var
 
-__all__ = ["OPS", "Traced", "Unsupported", "trace", "model_of", "op_table", "CACHE_SIZE"]
+__all__ = ["OPS", "Traced", "Unsupported", "trace", "model_of", "op_table", "element_work", "CACHE_SIZE"]
 
 #: Traced graphs and derived models kept (least recently used dropped).
 CACHE_SIZE = 64
@@ -1171,6 +1171,45 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
     key_consts = "".join(f"{k}={_fingerprint(env[k])}" for k in sorted(consts))
     key = hashlib.sha1((gm.code + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
     return Traced(gm, leaves, live, consts, out_shapes, key)
+
+
+#: Ops whose per-element work is their output's size times a contraction (Note [Derivation budget]).
+_CONTRACTING = {"mm", "bmm", "matmul", "mv", "dot", "addmm", "addmv", "baddbmm"}
+
+
+def _numel(v) -> int:
+    if isinstance(v, (list, tuple)):
+        return sum(_numel(x) for x in v)
+    shape = getattr(v, "shape", None)
+    return math.prod(shape) if shape is not None else 1
+
+
+def element_work(traced: Traced) -> int:
+    """Note [Derivation budget]: the per-element symbolic work of a graph, in element operations.
+
+    The symbolic leg holds one SymPy expression per tensor element of every
+    node that depends on an input; a node costs its output's size times its
+    contraction (the inner dimension of a matrix product, ``C_in/groups x
+    kernel`` of a convolution, the reduced size of a reduction). A convolution
+    of a 2x3x32x32 image with 8 3x3 filters is 8,192 x 27 = 221,184.
+    """
+    total = 0
+    for node in traced.gm.graph.nodes:
+        if node.op != "call_function" or node.name not in traced.live:
+            continue
+        out = _numel(node.meta.get("val"))
+        packet = getattr(node.target, "__name__", "").split(".")[0]
+        tensors = [a.meta.get("val") for a in node.all_input_nodes]
+        shapes = [tuple(getattr(t, "shape", ())) for t in tensors]
+        if packet in _CONTRACTING:
+            mat = shapes[1] if packet.startswith(("addm", "baddbmm")) and len(shapes) > 2 else shapes[0]
+            k = mat[-1] if mat else 1
+        elif packet == "convolution" and len(shapes) > 1 and shapes[1]:
+            k = math.prod(shapes[1]) // max(shapes[1][0], 1)
+        else:
+            k = max([math.prod(sh) for sh in shapes] + [1]) // max(out, 1)
+        total += out * max(int(k), 1)
+    return total
 
 
 #: What may read max_pool's indices: they are not computed (``_max_pool``).
