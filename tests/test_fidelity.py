@@ -389,3 +389,21 @@ def test_an_internal_failure_falls_back_instead_of_crashing(monkeypatch):
     x = _inputs([(3, 4)], torch.float64)
     with pytest.warns(RuntimeWarning, match="internal failure of the symbolic leg: TypeError"):
         assert gradcheck(torch.tanh, x) is True
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_wide_inputs_are_screened_along_directions_and_still_caught(dtype):
+    x = (torch.rand(8, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5).to(dtype)
+    with pytest.warns(RuntimeWarning, match="along random directions"):
+        assert gradcheck(_np_tanh(0.0), (x.requires_grad_(),)) is True
+    with pytest.raises(GradientMismatch, match="finite differences of the real function"):
+        gradcheck(_np_tanh(CAUGHT[dtype]), (x,))
+
+
+def test_a_graph_beyond_the_derivation_budget_is_judged_by_finite_differences():
+    from gradcheck_lab.torch_check import DERIVATION_BUDGET
+
+    x = torch.randn(30, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"needs 27,900 element operations, beyond .* budget of 20,000"):
+        assert gradcheck(lambda a: torch.tanh(a @ a), (x,)) is True
+    assert DERIVATION_BUDGET == 20_000

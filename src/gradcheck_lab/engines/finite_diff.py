@@ -121,6 +121,7 @@ This is what keeps ``relu`` at 0 from failing, unlike
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import numpy as np
@@ -317,15 +318,18 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=
 
 
 def gradients(
-    model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", perturb=None, shrink: float = 1.0
+    model: Model, batch: Batch, *, dtype: str = "float64", device: str = "cpu", perturb=None, shrink: float = 1.0,
+    columns: Sequence[int] | None = None,
 ) -> Gradients:
     """Richardson central differences of the NumPy loss, with error estimates and kink flags.
 
     ``perturb`` (a :func:`gradcheck_lab.rounding.context`) evaluates every loss in Monte Carlo
     arithmetic, to measure this engine's own rounding (Note [Own rounding]);
     ``shrink`` scales every step (the verdict's second look, Note [Verdict]).
+    ``columns``: only these parameter components (the others: NaN, with an infinite error).
     """
     n, p = batch.theta.shape
+    wanted = np.arange(p) if columns is None else np.asarray(sorted(set(int(c) for c in columns)), dtype=int)
     theta_cols = [batch.theta[:, i] for i in range(p)]
     data_cols = [batch.data[:, j] for j in range(batch.data.shape[1])]
     f0 = np.broadcast_to(_loss(model, theta_cols, data_cols, perturb=perturb), (n,))
@@ -336,14 +340,14 @@ def gradients(
     fscale = np.maximum(np.abs(f0), np.where(np.isfinite(fscale), fscale, 0.0))
     ladder = H0 * shrink * 2.0 ** -np.arange(K)  # (K,)
 
-    out = {k: np.empty((n, p)) for k in ("values", "error", "lower", "upper")}
+    out = {k: np.full((n, p), np.inf if k == "error" else np.nan) for k in ("values", "error", "lower", "upper")}
     kink = np.zeros((n, p), dtype=bool)
     block = max(1, FUSED_MAX // max(1, n * p * (2 * K + 1)))
-    if block >= min(p, FUSED_MIN_BLOCK):
+    if block >= min(len(wanted), FUSED_MIN_BLOCK):
         # Note [Fused stencils]: one evaluation per block of parameters (all of them at once
         # for small batches).
-        for start in range(0, p, block):
-            idx_block = np.arange(start, min(start + block, p))
+        for start in range(0, len(wanted), block):
+            idx_block = wanted[start : start + block]
             b = len(idx_block)
             idx = np.repeat(idx_block, n)
             tiled = [np.tile(c, b) for c in theta_cols]
@@ -364,7 +368,7 @@ def gradients(
                 out[key][:, idx_block] = arr.reshape(b, n).T
             kink[:, idx_block] = jump.reshape(b, n).T
         return Gradients("finite_differences", dtype="float64", kink=kink, **out)
-    for i in range(p):
+    for i in wanted:
         value, error, jump, lower, upper, beside = _one_parameter(
             model, theta_cols, data_cols, i, ladder, f0, fscale, perturb
         )
