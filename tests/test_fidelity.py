@@ -407,3 +407,6 @@ def test_a_graph_beyond_the_derivation_budget_is_judged_by_finite_differences():
     with pytest.warns(RuntimeWarning, match=r"needs 27,900 element operations, beyond .* budget of 20,000"):
         assert gradcheck(lambda a: torch.tanh(a @ a), (x,)) is True
     assert DERIVATION_BUDGET == 20_000
+    # located by bisection along the disagreeing direction, then confirmed per component
+    with pytest.raises(GradientMismatch, match=r"(?s)d\[.*\] / d\[a\[\d+, \d+\]\].*finite differences of the real"):
+        gradcheck(lambda a: _Scaled.apply(torch.tanh(a @ a), 1e-6), (x,))

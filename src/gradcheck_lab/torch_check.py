@@ -559,24 +559,22 @@ def gradcheck(
         dtypes=check_grad_dtypes, batched=check_batched_grad, batched_forward=check_batched_forward_grad,
         masked=bool(masked), raise_exception=raise_exception,
     )
-    if isinstance(traced, Unsupported):
-        if not _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad):
-            return False
-        return _structural("gradcheck", target.call, target.values, func, **structural)
-    _refused_warning(fid.refused, points)
-    try:
-        return _traced_check(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed, fast_mode,
-                             check_backward_ad, check_forward_ad, structural)
-    except GradcheckError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Note [Internal failures]
-        if _user_code_raised(exc):
+    if not isinstance(traced, Unsupported):
+        _refused_warning(fid.refused, points)
+        try:
+            return _traced_check(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed,
+                                 fast_mode, check_backward_ad, check_forward_ad, structural)
+        except GradcheckError:
             raise
-        reason = f"internal failure of the symbolic leg: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-        fallen = Unsupported([], target.leaves, traced.out_shapes, reason)
-        if not _fallback(target, fallen, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad):
-            return False
-        return _structural("gradcheck", target.call, target.values, func, **structural)
+        except Exception as exc:  # noqa: BLE001 - Note [Internal failures]
+            if _user_code_raised(exc):
+                raise
+            reason = (f"internal failure of the symbolic leg: {type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:120] if str(exc) else ''}")
+            traced = Unsupported([], target.leaves, traced.out_shapes, reason)
+    if not _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad):
+        return False
+    return _structural("gradcheck", target.call, target.values, func, **structural)
 
 
 def _user_code_raised(exc: BaseException) -> bool:
@@ -651,7 +649,9 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
         return Unsupported([], target.leaves, traced.out_shapes, reason, list(_graph_targets(traced))), \
             fidelity.Fidelity()
     model = model_of(traced, [v.detach().double().numpy() for v in target.values])
-    dt = getattr(__import__("torch"), target.dtype)
+    import torch
+
+    dt = getattr(torch, target.dtype)
     sample = model.sample(fidelity.probe_count(points), seed=seed)
     rows = [target.values] + [_leaf_row(target, theta, dt) for theta in sample.theta]
     describe = functools.partial(_describe_output, traced.out_shapes)
@@ -1265,15 +1265,28 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
 
     cand = _forward_candidate(target, model) if forward_ad else _backward_candidate(target)
     got_all = np.asarray(as_candidate(cand).gradients(model, batch, dtype=target.dtype).values)
-    suspect, screen_res = _screen(model, batch, got_all, target.dtype, atol, rtol, seed)
+    suspect, disagree, worst, screen_res, dirs = _screen(model, batch, got_all, target.dtype, atol, rtol, seed)
+    columns = None
+    for row in np.flatnonzero(disagree)[:FALLBACK_BISECTIONS]:
+        col = _bisect(model, batch, int(row), got_all, dirs[row, worst[row]], target.dtype, atol, rtol)
+        if col is not None:
+            suspect = np.zeros_like(suspect)
+            suspect[row], columns = True, [col]  # confirmed (or cleared) per component below
+            break
+    else:
+        suspect &= ~disagree  # no component found behind the disagreement: not confirmed
     rows = np.flatnonzero(suspect)
     missing = ", ".join(traced.ops) or traced.reason
     resolution = screen_res
     if rows.size:
         sub = batch.take(rows)
-        fd = _sharpest(model, sub)
-        assert fd.error is not None and fd.lower is not None and fd.upper is not None
         got = got_all[rows]
+        fd = _sharpest(model, sub, columns)
+        if columns is not None:  # components not differenced: the candidate's values set the scale, no estimate
+            from dataclasses import replace
+
+            fd = replace(fd, values=np.where(np.isnan(fd.values), got, fd.values))
+        assert fd.error is not None and fd.lower is not None and fd.upper is not None
         tol = _fd_tol(fd, target.dtype, atol, rtol)
         with np.errstate(invalid="ignore"):
             bad = ~(np.abs(got - fd.values) <= tol) & np.isfinite(tol)
@@ -1310,8 +1323,10 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     return True
 
 
-def _screen(model, batch, got: np.ndarray, dtype: str, atol, rtol, seed: int) -> tuple[np.ndarray, str]:
-    """Note [Fallback screening]: which rows need per-component finite differences, and what the screen resolved.
+def _screen(model, batch, got: np.ndarray, dtype: str, atol, rtol, seed: int):
+    """Note [Fallback screening]: ``(suspect, disagree, worst, note, dirs)``: rows to look at, rows whose
+    projection has an estimate that disagrees (``worst``: along which direction most), what the screen
+    resolved, and its directions.
 
     Per-component differences cost ``(2K + 1) P`` calls of the user's
     function a point: a 121-pixel CLAHE took 3 minutes where torch's
@@ -1319,16 +1334,32 @@ def _screen(model, batch, got: np.ndarray, dtype: str, atol, rtol, seed: int) ->
     ``DIRECTIONAL_MIN_P`` components, each point is first checked along
     ``DIRECTIONS`` random directions ``d`` (Note [Directional check] in
     finite_diff.py: a wrong component cannot hide in ``g . d``), ``(2K + 1)
-    R`` calls; only points whose projection disagrees, or has no estimate (a
-    kink or jump inside the stencil), are checked per component.
+    R`` calls. A disagreeing projection is traced to one component by
+    bisection (:func:`_bisect`); a projection with no estimate (a kink or
+    jump inside the stencil) sends its point to per-component differences.
     """
     from .engines import finite_diff
-    from .tolerance import FD_SAFETY, engine_tolerance
 
     n, p = got.shape
     if p <= finite_diff.DIRECTIONAL_MIN_P:
-        return np.ones(n, dtype=bool), ""
+        return np.ones(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=int), "", None
     dirs = finite_diff.directions(batch, seed=seed)
+    clear, ratio, tol, size = _projections(model, batch, got, dirs, dtype, atol, rtol)
+    with np.errstate(all="ignore"):
+        rel = np.where(clear & (size > 0), tol / size, np.nan)
+    disagree = (~clear & np.isfinite(tol)).any(axis=1)
+    note = ("which resolve errors down to "
+            f"{float(np.nanmedian(rel)):.1g} relative along random directions (worst {float(np.nanmax(rel)):.1g}); "
+            "a smaller error passes unseen") if np.isfinite(rel).any() else "which gave no estimate anywhere"
+    worst = np.argmax(np.where(clear, -1.0, ratio), axis=1)
+    return ~clear.all(axis=1), disagree, worst, note, dirs
+
+
+def _projections(model, batch, got: np.ndarray, dirs: np.ndarray, dtype: str, atol, rtol):
+    """``g . d`` of the candidate against finite differences along each direction: ``(clear, ratio, tol, size)``."""
+    from .engines import finite_diff
+    from .tolerance import FD_SAFETY, engine_tolerance
+
     proj_fd, err = finite_diff.directional(model, batch, dirs)
     g = np.nan_to_num(got.astype(float), nan=np.inf)
     with np.errstate(all="ignore"):
@@ -1339,20 +1370,40 @@ def _screen(model, batch, got: np.ndarray, dtype: str, atol, rtol, seed: int) ->
         else:
             allowed = engine_tolerance(dtype, size)
         tol = FD_SAFETY * err + allowed + engine_tolerance("float64", np.abs(proj_fd))
-        clear = (np.abs(proj - proj_fd) <= tol) & np.isfinite(tol)
-        rel = np.where(clear & (size > 0), tol / size, np.nan)
-    suspect = ~clear.all(axis=1)
-    note = ("which resolve errors down to "
-            f"{float(np.nanmedian(rel)):.1g} relative along random directions (worst {float(np.nanmax(rel)):.1g}); "
-            "a smaller error passes unseen") if np.isfinite(rel).any() else "which gave no estimate anywhere"
-    return suspect, note
+        diff = np.abs(proj - proj_fd)
+        clear = (diff <= tol) & np.isfinite(tol)
+        ratio = np.where(np.isfinite(tol), diff / tol, 0.0)
+    return clear, ratio, tol, size
 
+
+def _bisect(model, batch, row: int, got: np.ndarray, d: np.ndarray, dtype: str, atol, rtol) -> int | None:
+    """The component of a disagreeing projection ``got[row] . d``: halve the direction's support while one
+    half disagrees (``log2 P`` rounds of two directional estimates); where neither half does, the largest
+    term of what is left."""
+    one = batch.take(np.array([row]))
+    idx = np.flatnonzero(d)
+    while len(idx) > 1:
+        halves = np.array_split(idx, 2)
+        dirs = np.zeros((1, 2, len(d)))
+        for k, half in enumerate(halves):
+            dirs[0, k, half] = d[half]
+        clear, ratio, _, _ = _projections(model, one, got[row][None], dirs, dtype, atol, rtol)
+        if clear[0].all():
+            # an error spread over many components, each too small in a half's projection: the largest term
+            # of the projection, to be confirmed (or cleared) per component
+            return int(idx[np.argmax(np.abs(np.nan_to_num(got[row][idx]) * d[idx]))])
+        idx = halves[int(np.argmax(np.where(clear[0], -1.0, ratio[0])))]
+    return int(idx[0]) if len(idx) else None
+
+
+#: Disagreeing points traced to a component by bisection before the check gives up on them.
+FALLBACK_BISECTIONS = 3
 
 #: Step factors of the fallback's estimates: each component keeps the one with the smallest error bar.
 FALLBACK_LADDERS = (1.0, 2.0**-4)
 
 
-def _sharpest(model, batch):
+def _sharpest(model, batch, columns=None):
     """Note [Fallback resolution]: finite differences at the default steps and 16x smaller ones, per component
     the estimate with the smaller error bar.
 
@@ -1368,9 +1419,9 @@ def _sharpest(model, batch):
 
     from .engines import finite_diff
 
-    best = finite_diff.gradients(model, batch)
+    best = finite_diff.gradients(model, batch, columns=columns)
     for shrink in FALLBACK_LADDERS[1:]:
-        other = finite_diff.gradients(model, batch, shrink=shrink)
+        other = finite_diff.gradients(model, batch, shrink=shrink, columns=columns)
         assert best.error is not None and other.error is not None
         with np.errstate(invalid="ignore"):
             take = np.isfinite(other.error) & ~(best.error <= other.error)
