@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/torch_dropin.py            # prints, and rewrites the Cost section of docs/torch.md
     .venv/bin/python benchmarks/torch_dropin.py --no-write
+    .venv/bin/python benchmarks/torch_dropin.py --suite    # a test suite's figures: rewrites a section of docs/performance.md
 
 Warm: the same function called again on new 3x4 inputs (graph and derivations
 cached), median of REPEAT calls, beside ``torch.autograd.gradcheck`` on the same
@@ -14,7 +15,9 @@ call <= 1 s.
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -182,12 +185,116 @@ def markdown(warm, first, large, seconds) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- a test suite's figures (issue 18)
+
+PERF = ROOT / "docs" / "performance.md"
+ACTS = (torch.tanh, torch.sigmoid, torch.nn.functional.softplus, torch.sin, torch.nn.functional.gelu,
+        torch.nn.functional.silu)
+
+
+def _small(k: int):
+    """Distinct small function ``k``: ``b(c * a(x @ w)).sum(-1)``, activations and constant varied."""
+    a, b, c = ACTS[k % len(ACTS)], ACTS[(k // len(ACTS)) % len(ACTS)], 0.5 + k / 60
+    return lambda x, w: b(c * a(x @ w)).sum(-1)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _timed_pair(f, inputs, **kw):
+    t = time.perf_counter()
+    gradcheck(f, inputs, **kw)
+    ours = time.perf_counter() - t
+    t = time.perf_counter()
+    torch.autograd.gradcheck(f, inputs, **kw)
+    return ours, time.perf_counter() - t
+
+
+def suite_rows(n_small: int = 60):
+    x, w = rand(4, 6), rand(6, 5, seed=1)
+    ours = theirs = fast_ours = fast_theirs = 0.0
+    for k in range(n_small):  # each function new to the process
+        a, b = _timed_pair(_small(k), (x, w))
+        ours, theirs = ours + a, theirs + b
+    for k in range(n_small, 2 * n_small):
+        a, b = _timed_pair(_small(k), (x, w), fast_mode=True)
+        fast_ours, fast_theirs = fast_ours + a, fast_theirs + b
+    print(f"  {n_small} small functions: ours {ours:.2f} s, torch {theirs:.2f} s ({ours / theirs:.1f}x); "
+          f"fast_mode ours {fast_ours:.2f} s, torch {fast_theirs:.2f} s ({fast_ours / fast_theirs:.1f}x)", flush=True)
+    real = []
+    F = torch.nn.functional
+    cases = (
+        ("x * tanh(x), 16x64", lambda t: t * torch.tanh(t), (rand(16, 64),)),
+        ("hardswish-like with kinks, 16x64", lambda t: t * (t + 3).clamp(0, 6) / 6, (rand(16, 64),)),
+        ("gelu(x @ w + b), 16x32 @ 32x16", lambda t, m, v: F.gelu(t @ m + v), (rand(16, 32), rand(32, 16, seed=1),
+                                                                                  rand(16, seed=2))),
+        ("softmax, 16x64", lambda t: torch.softmax(t, -1), (rand(16, 64),)),
+        ("layer_norm, 16x64", lambda t: F.layer_norm(t, (64,)), (rand(16, 64),)),
+        ("conv2d 3->4, 3x3, on 2x3x8x8", lambda t, k: F.conv2d(t, k), (rand(2, 3, 8, 8), rand(4, 3, 3, 3, seed=1))),
+        ("cross entropy + mean, 32x32", lambda t: F.cross_entropy(t, torch.arange(32) % 32), (rand(32, 32),)),
+    )
+    for name, f, inputs in cases:
+        a, b = _timed_pair(f, inputs)
+        real.append((name, sum(i.numel() for i in inputs), a, b))
+        print(f"  first call {name}: ours {a:.2f} s, torch {b:.2f} s ({a / b:.1f}x)", flush=True)
+    gc.collect()
+    before = _rss_mib()
+    for k in range(200):
+        gradcheck(_small(1000 + k), (x, w))
+    gc.collect()
+    growth = (_rss_mib() - before) / 200
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  RSS growth {growth:.3f} MiB per distinct function over 200; peak {peak:.0f} MiB", flush=True)
+    return (ours, theirs, fast_ours, fast_theirs, n_small), real, (growth, peak)
+
+
+def suite_markdown(small, real, memory, seconds) -> str:
+    ours, theirs, fast_ours, fast_theirs, n = small
+    growth, peak = memory
+    lines = [
+        "## A test suite's figures",
+        "",
+        f"Written by `benchmarks/torch_dropin.py --suite` ({time.strftime('%Y-%m-%d')}, {seconds:.0f} s; torch "
+        f"{torch.__version__}, {platform.machine()}, a 2-core machine shared with other jobs: read the ratios). "
+        "Each function is new to the process; ours and `torch.autograd.gradcheck` run one after the other on the "
+        "same function and inputs (float64). Most calls are decided by the tensor-level leg (Note [Agreement "
+        "first] in tensor_check.py, Note [Tensor-level rules] in engines/tensor.py).",
+        "",
+        "| figure | gradcheck_lab | torch | ratio | target |",
+        "|---|---:|---:|---:|---:|",
+        f"| {n} distinct small functions `b(c*a(x @ w)).sum(-1)`, x 4x6, w 6x5, each checked once | {ours:.2f} s | "
+        f"{theirs:.2f} s | {ours / theirs:.1f}x | 3x |",
+        f"| the same with `fast_mode=True` | {fast_ours:.2f} s | {fast_theirs:.2f} s | {fast_ours / fast_theirs:.1f}x | 3x |",
+    ]
+    for name, size, a, b in real:
+        lines.append(f"| first call, {name} ({size} elements) | {a:.2f} s | {b:.2f} s | {a / b:.1f}x | 1x |")
+    lines += [
+        f"| RSS growth per distinct small function, over 200 | {growth:.3f} MiB | | | 0.1 MiB |",
+        f"| peak RSS of the whole run | {peak:.0f} MiB | | | 500 MiB |",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/torch.md alone")
+    ap.add_argument("--suite", action="store_true", help="a test suite's figures only, into docs/performance.md")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     started = time.perf_counter()
+    if args.suite:
+        gradcheck(lambda t: t * 2, (rand(2),))  # imports, make_fx warm-up
+        torch.autograd.gradcheck(lambda t: t * 2, (rand(2),))
+        small, real, memory = suite_rows()
+        if not args.no_write:
+            write_section("suite", suite_markdown(small, real, memory, time.perf_counter() - started), PERF)
+            print(f"wrote a section of {PERF.relative_to(ROOT)}")
+        return 0
     gradcheck(lambda t: t * 2, (rand(2),))  # imports, make_fx warm-up
     print("warm repeated call, 3x4 input: ours, torch (ratio), torch fast_mode (ratio)")
     warm = warm_rows()

@@ -386,6 +386,7 @@ def test_an_internal_failure_falls_back_instead_of_crashing(monkeypatch):
     import gradcheck_lab.torch_check as tc
 
     monkeypatch.setattr(tc, "leaf_labels", dict)  # a TypeError inside our own pipeline
+    monkeypatch.setattr(tc, "_tensor_leg", lambda *a, **k: False)  # which the tensor-level leg would not reach
     x = _inputs([(3, 4)], torch.float64)
     with pytest.warns(RuntimeWarning, match="internal failure of the symbolic leg: TypeError"):
         assert gradcheck(torch.tanh, x) is True
@@ -400,10 +401,15 @@ def test_wide_inputs_are_screened_along_directions_and_still_caught(dtype):
         gradcheck(_np_tanh(CAUGHT[dtype]), (x,))
 
 
-def test_a_graph_beyond_the_derivation_budget_is_judged_by_finite_differences():
+def test_a_graph_beyond_the_derivation_budget_is_judged_by_finite_differences(monkeypatch):
+    import gradcheck_lab.torch_check as tc
     from gradcheck_lab.torch_check import DERIVATION_BUDGET
 
     x = torch.randn(30, 30, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():  # the tensor-level leg passes it without a per-element expression
+        warnings.simplefilter("error", RuntimeWarning)
+        assert gradcheck(lambda a: torch.tanh(a @ a), (x,)) is True
+    monkeypatch.setattr(tc, "_tensor_leg", lambda *a, **k: False)
     with pytest.warns(RuntimeWarning, match=r"needs 27,900 element operations, beyond .* budget of 20,000"):
         assert gradcheck(lambda a: torch.tanh(a @ a), (x,)) is True
     assert DERIVATION_BUDGET == 20_000

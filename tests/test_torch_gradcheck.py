@@ -229,10 +229,16 @@ def test_ops_outside_the_table_fall_back_to_finite_differences():
         gradcheck(WrongLgamma.apply, (x,))
 
 
-def test_fallback_blames_only_what_every_look_estimates():
+def test_fallback_blames_only_what_every_look_estimates(monkeypatch):
     # steps of |a| / 8 cross many jumps of trunc(3a) and see the smooth 3 a^2 (twice the slope); smaller
     # steps cross one jump and give no estimate: the correct backward (trunc(3a)) was blamed
+    import gradcheck_lab.torch_check as tc
+
     x = _t(3, 3, scale=10.0)
+    with warnings.catch_warnings():  # the tensor-level rules know trunc: derivative 0 off its jumps
+        warnings.simplefilter("error", RuntimeWarning)
+        assert gradcheck(lambda a: torch.trunc(a * 3) * a, (x,)) is True
+    monkeypatch.setattr(tc, "_tensor_leg", lambda *a, **k: False)  # finite differences alone
     with pytest.warns(RuntimeWarning, match="legs missing"):
         assert gradcheck(lambda a: torch.trunc(a * 3) * a, (x,)) is True
 
@@ -828,9 +834,11 @@ def test_max_pool_is_in_the_table_and_a_misrouted_gradient_is_caught():
         assert gradcheck(lambda a: F.max_pool2d(torch.relu(a), 2, stride=1, padding=1), (x,)) is True
     with pytest.raises(GradientMismatch, match="At fault: backward"):
         gradcheck(_max_pool_function("first of window"), (x,))
-    # its indices are not computed: a graph that uses them goes without the symbolic leg
-    with pytest.warns(RuntimeWarning, match="its indices used by"):
-        assert gradcheck(lambda a: F.max_unpool2d(*F.max_pool2d(a, 2, return_indices=True), 2), (x,)) is True
+    # the per-element table does not compute its indices; the tensor-level rules select by them
+    unpool = lambda a: F.max_unpool2d(*F.max_pool2d(a, 2, return_indices=True), 2)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert gradcheck(unpool, (x,)) is True
 
 
 def test_a_func_that_is_not_callable_is_a_usage_error():

@@ -64,6 +64,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -559,6 +560,9 @@ def gradcheck(
         dtypes=check_grad_dtypes, batched=check_batched_grad, batched_forward=check_batched_forward_grad,
         masked=bool(masked), raise_exception=raise_exception,
     )
+    if check_backward_ad and not check_forward_ad and _tensor_leg(target, traced, fid, points, seed, fast_mode, atol, rtol):
+        _refused_warning(fid.refused, points)
+        return _structural("gradcheck", target.call, target.values, func, **structural)
     if not isinstance(traced, Unsupported):
         _refused_warning(fid.refused, points)
         try:
@@ -631,30 +635,40 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
     source = _reference_target(target, reference) if reference is not None else target
     traced = trace(source.call, target.values, target.leaves, key=source.key())
     name = getattr(target.func, "__qualname__", None) or type(target.func).__name__
+    import torch
+
+    from .engines import tensor
+
+    gm = traced.gm
+    if traced.tensor is None and not traced.tensor_reason:  # kept with the cached trace
+        traced.tensor, traced.tensor_reason = (tensor.graph_of(source.call, [v.detach() for v in target.values], gm)
+                                               if gm is not None else (None, getattr(traced, "reason", "")))
+
+    dt = getattr(torch, target.dtype)
+    describe = functools.partial(_describe_output, traced.out_shapes)
     if isinstance(traced, Unsupported):
         if reference is not None:
             raise UsageError(
                 f"Expected reference to be torch code the tracer follows (docs/torch.md, supported ops) but it "
                 f"uses {', '.join(traced.ops) or traced.reason}; write the reference with supported torch ops."
             )
+        if traced.tensor is not None:  # outside the per-element table, inside the tensor-level rules
+            rows = [target.values] + [_leaf_row(target, th, dt) for th in
+                                      _random_points(target, traced, fidelity.probe_count(points), seed)[0]]
+            fid = fidelity.check(target.call, traced.tensor.gm, rows, 1, dt, describe)
+            fid.refused = [i for i in fid.refused if i < points]
+            if fid.unfaithful is None:
+                return traced, fid
+            traced = replace(traced, tensor=None, reason=_unfaithful_reason(target, fid))
+            return traced, fid
         if traced.reason.startswith("tracing failed"):
             where = fidelity.leaks(target.call, target.values)
             if where:
                 traced.reason = f"the forward leaves torch: {'; '.join(where)}"
         return traced, fidelity.Fidelity()
-    work = element_work(traced)
-    if work > DERIVATION_BUDGET and reference is None:
-        reason = (f"the graph needs {work:,} element operations, beyond the per-element symbolic leg's budget of "
-                  f"{DERIVATION_BUDGET:,} (Note [Derivation budget])")
-        return Unsupported([], target.leaves, traced.out_shapes, reason, list(_graph_targets(traced))), \
-            fidelity.Fidelity()
     model = model_of(traced, [v.detach().double().numpy() for v in target.values])
-    import torch
-
-    dt = getattr(torch, target.dtype)
     sample = model.sample(fidelity.probe_count(points), seed=seed)
     rows = [target.values] + [_leaf_row(target, theta, dt) for theta in sample.theta]
-    describe = functools.partial(_describe_output, traced.out_shapes)
     if reference is not None:
         own = fidelity.check(source.call, traced.gm, rows, 1, dt, describe)
         if own.unfaithful is not None:
@@ -663,18 +677,77 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
     fid = (fidelity.check(target.call, traced.gm, rows, 1, dt, describe) if reference is None else
            fidelity.check(target.call, source.call, rows, 1, dt, describe, ("the reference", "func")))
     fid.refused = [i for i in fid.refused if i < points]
-    if fid.unfaithful is None:
-        return traced, fid
-    if reference is not None:
+    if fid.unfaithful is not None and reference is not None:
         msg = (f"gradcheck_lab.gradcheck: the forward of {name} differs from its reference: "
                f"{fid.unfaithful}"
                ".\n  The reference must compute the same function (to rounding); fix whichever is wrong.")
         _fail(msg, None, raise_exception)
         return None, fid
+    if fid.unfaithful is not None:
+        return Unsupported([], target.leaves, traced.out_shapes, _unfaithful_reason(target, fid)), fid
+    if traced.tensor is not None and traced.tensor.gm is not traced.gm:
+        # The tensor-level engine reads torch's decompositions of some ops: shown to be the function too.
+        again = fidelity.check(source.call, traced.tensor.gm, rows, 1, dt, describe)
+        if again.unfaithful is not None:
+            traced = replace(traced, tensor=None, tensor_reason=f"its decomposed graph: {again.unfaithful}")
+    work = element_work(traced)
+    if work > DERIVATION_BUDGET and reference is None:
+        reason = (f"the graph needs {work:,} element operations, beyond the per-element symbolic leg's budget of "
+                  f"{DERIVATION_BUDGET:,} (Note [Derivation budget])")
+        return Unsupported([], target.leaves, traced.out_shapes, reason, list(_graph_targets(traced)),
+                           tensor=traced.tensor, tensor_reason=traced.tensor_reason), fid
+    return traced, fid
+
+
+def _unfaithful_reason(target: _Target, fid) -> str:
+    from . import fidelity
+
     where = fidelity.leaks(target.call, target.values)
-    reason = fid.unfaithful + (f"; the forward leaves torch: {'; '.join(where)}" if where else
-                               "; the forward computes outside torch's dispatcher (a C/CUDA kernel or an opaque op)")
-    return Unsupported([], target.leaves, traced.out_shapes, reason), fid
+    return fid.unfaithful + (f"; the forward leaves torch: {'; '.join(where)}" if where else
+                             "; the forward computes outside torch's dispatcher (a C/CUDA kernel or an opaque op)")
+
+
+def _random_points(target: _Target, traced, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random rows of leaf values around the inputs and a cotangent for each, as the checks draw them.
+
+    A graph in the per-element table draws them from its model (the same points as its verify); others
+    draw each component uniformly in ``t +- SPREAD |t|`` (``+- SPREAD`` at 0) and cotangents in [-1, 1].
+    """
+    values = [v.detach().double().cpu().numpy() for v in target.values]
+    if isinstance(traced, Traced):
+        sample = model_of(traced, values).sample(n, seed=seed)
+        return sample.theta, sample.data[:, : traced.n_out]
+    from .torch_graph import SPREAD
+
+    flat = np.concatenate([v.ravel() for v in values])
+    half = np.where(flat != 0, SPREAD * np.abs(flat), SPREAD)
+    rng = np.random.default_rng([seed, 20261205])
+    theta = flat + rng.uniform(-1.0, 1.0, (n, flat.size)) * half
+    return theta, rng.uniform(-1.0, 1.0, (n, traced.n_out))
+
+
+def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode: bool, atol, rtol) -> bool:
+    """Note [Agreement first] (tensor_check.py): True when all three tensor-level legs agree everywhere."""
+    graph = getattr(traced, "tensor", None)
+    if graph is None:
+        return False
+    import torch
+
+    from . import tensor_check
+
+    dt = getattr(torch, target.dtype)
+    rows = [target.values]
+    cots = [np.asarray(_cotangents(traced.n_out, fast_mode, seed), dtype=float)]
+    theta, data = _random_points(target, traced, points, seed)
+    refused = set(fid.refused)
+    for i in range(len(theta)):
+        if i not in refused:
+            rows.append(_leaf_row(target, theta[i], dt))
+            cots.append(data[i][None, :])
+    try:
+        return tensor_check.agrees(target, graph, rows, cots, atol, rtol)
+    except Exception:  # noqa: BLE001 - an uncovered case or the user's code at our points: the full path decides
+        return False
 
 
 #: Element operations beyond which a graph goes without the symbolic leg (Note [Derivation budget] in

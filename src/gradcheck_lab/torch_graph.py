@@ -953,6 +953,8 @@ class Traced:
     consts: dict  # node name -> value of a node that does not
     out_shapes: list[tuple[int, ...]]  # the floating outputs, in order
     key: str  # the graph's structure, shapes and constants (derivation cache key)
+    tensor: Any = None  # the graph for the tensor-level engine (engines/tensor.py), None where it has none
+    tensor_reason: str = ""  # why not
 
     @property
     def n_out(self) -> int:
@@ -978,6 +980,9 @@ class Unsupported:
     out_shapes: list[tuple[int, ...]]
     reason: str = ""
     targets: list = field(default_factory=list)  # the unsupported aten operations themselves
+    tensor: Any = None  # the graph for the tensor-level engine, where its rules cover the ops
+    tensor_reason: str = ""
+    gm: Any = None  # the traced graph, where tracing succeeded
 
     @property
     def n_out(self) -> int:
@@ -1072,7 +1077,7 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     # again through torch's own decomposition of it (torch._decomp), until the graph is all supported.
     from torch._decomp import get_decompositions
 
-    table: dict = {}
+    first, table = gm, {}
     for _ in range(DECOMPOSE_ROUNDS):
         if not isinstance(result, Unsupported) or not result.targets:
             break
@@ -1085,6 +1090,8 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
         except Exception:  # noqa: BLE001 - the decomposition does not trace: keep the first verdict
             break
         result = _analyse(gm, real, leaves, out_shapes)
+    if isinstance(result, Unsupported):
+        result.gm = first  # for the tensor-level engine (engines/tensor.py), which reads what it covers
     return _remember(_TRACES, key, result) if key is not None else result
 
 
@@ -1124,8 +1131,12 @@ _SHAPE_ONLY = {"ones_like", "zeros_like", "full_like", "empty_like", "new_zeros"
                "new_empty", "sym_size", "size"}
 
 
-def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
-    """Which nodes depend on a leaf, their constants, and which ops are unsupported."""
+def _fold(gm, real) -> tuple[set, dict, list]:
+    """Evaluate the graph at ``real``: the nodes that depend on a leaf, the others' values, the live targets.
+
+    The values of nodes that do not depend on a leaf are torch's own, in the
+    code's own dtype (Note [Functional graphs]).
+    """
     import torch
 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -1138,8 +1149,7 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
         for n in gm.graph.nodes
     )
     env: dict = {n.name: r for n, r in zip(placeholders, real)}
-    consts: dict = {}
-    missing: list[str] = []
+    raw: dict = {}
     targets: list = []
 
     def val(a):
@@ -1149,8 +1159,7 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
         if node.op == "placeholder" or node.op == "output":
             continue
         if node.op == "get_attr":
-            env[node.name] = getattr(gm, node.target)
-            consts[node.name] = _constant(env[node.name])
+            env[node.name] = raw[node.name] = getattr(gm, node.target)
             continue
         deps = {a.name for a in node.all_input_nodes}
         if getattr(node.target, "__name__", "").split(".")[0] in _SHAPE_ONLY:
@@ -1159,16 +1168,27 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
             env[node.name] = node.target(*val(node.args), **val(node.kwargs))
         if deps & live or (mutating and deps):
             live.add(node.name)
-            if node.target is not operator.getitem and _handler(node.target) is None:
-                missing.append(getattr(node.target, "__name__", str(node.target)))
-                targets.append(node.target)
+            targets.append(node.target)
         else:
-            consts[node.name] = _constant(env[node.name])
+            raw[node.name] = env[node.name]
+    return live, raw, targets
+
+
+def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
+    """Which nodes depend on a leaf, their constants, and which ops are unsupported."""
+    live, raw, live_targets = _fold(gm, real)
+    consts = {k: _constant(v) for k, v in raw.items()}
+    missing: list[str] = []
+    targets: list = []
+    for target in live_targets:
+        if target is not operator.getitem and _handler(target) is None:
+            missing.append(getattr(target, "__name__", str(target)))
+            targets.append(target)
     missing += _indices_used(gm)
     if missing:
         return Unsupported(sorted(set(missing)), leaves, out_shapes, "op outside the supported table",
                            list(dict.fromkeys(targets)))
-    key_consts = "".join(f"{k}={_fingerprint(env[k])}" for k in sorted(consts))
+    key_consts = "".join(f"{k}={_fingerprint(raw[k])}" for k in sorted(consts))
     key = hashlib.sha1((gm.code + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
     return Traced(gm, leaves, live, consts, out_shapes, key)
 

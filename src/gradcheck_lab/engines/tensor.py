@@ -1,0 +1,751 @@
+"""The tensor-level symbolic engine: per-op rules derived once by SymPy, composed over a traced graph.
+
+The per-element symbolic leg (:mod:`gradcheck_lab.torch_graph` with
+:mod:`gradcheck_lab.engines.symbolic`) builds one SymPy expression per tensor
+element of the whole trace: exact and readable, but about 1 ms per element
+operation and ~0.9 MiB kept per checked function. This engine reads the same
+aten graph and the same op table and differentiates it at tensor level
+(Note [Tensor-level rules]); :func:`jacobian` returns the graph's outputs and
+its Jacobian at one point, in float64.
+
+Note [Tensor-level rules]
+~~~~~~~~~~~~~~~~~~~~~~~~~
+Forward mode over the graph, batched over tangents (the unit vectors of
+every checked component, in chunks), each node in one of four kinds:
+
+* **pointwise** (torch's ``Tag.pointwise``): SymPy derives the op's partial
+  derivatives once per *signature* -- the op, which arguments are tensors,
+  and its non-float arguments (ints, strings, None) -- from the op's own
+  entry in :data:`gradcheck_lab.torch_graph.OPS` (the expression every other
+  engine reads), with float scalars as symbols. ``lambdify`` turns them into
+  NumPy functions kept in a bounded cache (:data:`RULE_CACHE`, least
+  recently used dropped); the tangent is ``sum_i d_i * t_i``, broadcast as
+  the op broadcasts. Piecewise-constant ops (``floor``, ``round``,
+  ``remainder``...) have derivative 0 off their jumps (:data:`_STEPS`).
+* **linear** in their floating tensor arguments jointly (views, indexing,
+  ``cat``, ``sum``, ``mean``, ``where``, padding, pooling by average,
+  functionalized writes): the tangent is the op's *own forward* applied to
+  the tangents (``torch.vmap`` over the batch), affine offsets (a pad or fill
+  value) set to 0. No derivative formula of torch is used.
+* **multilinear** (``mm``, ``bmm``, ``convolution``, ``addmm``...): the sum
+  over arguments of the op's forward with that argument replaced by its
+  tangent (bias terms broadcast).
+* **selection** (``amax``, ``max.dim``, ``max_pool*_with_indices``,
+  ``sort``, ``topk``): the tangent at the selected position (a tie is a kink:
+  engines may disagree there, and the per-element path judges it).
+
+Anything else (``_softmax``, ``native_layer_norm``, ``var``...) is
+decomposed by torch's own decomposition table into the kinds above before
+the graph is read (``decompositions``). Values are torch's float64
+evaluation of each op, with the subgraphs that do not depend on a checked
+input folded at the code's own dtype (Note [Functional graphs]). Autograd is
+never called: this leg stays independent of torch's derivative formulas.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TensorGraph", "Uncovered", "build", "graph_of", "jacobian", "uncovered", "RULE_CACHE", "CHUNK_ELEMENTS"]
+
+#: Op signatures whose derived rules are kept (least recently used dropped).
+RULE_CACHE = 512
+#: Tangent elements held per node at once: the unit tangents go through in chunks of this budget.
+CHUNK_ELEMENTS = 2**22
+
+
+class Uncovered(Exception):
+    """An op the tensor engine does not propagate (the caller uses another leg)."""
+
+
+# ---------------------------------------------------------------- op kinds
+
+_LINEAR = frozenset({
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "unsqueeze", "squeeze", "slice",
+    "select", "index", "gather", "cat", "stack", "split", "split_with_sizes", "unbind", "clone", "copy",
+    "select_scatter", "slice_scatter", "index_put", "alias", "detach", "lift_fresh_copy", "contiguous",
+    "sum", "mean", "neg", "where", "masked_fill", "constant_pad_nd", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "flip", "roll", "repeat", "index_select", "diagonal", "tril", "triu", "cumsum", "expand_copy", "view_copy",
+    "permute_copy", "squeeze_copy", "unsqueeze_copy", "transpose_copy", "t_copy", "slice_copy", "select_copy",
+    "unfold", "as_strided", "narrow", "scatter_add", "scatter", "index_add", "embedding", "diag_embed",
+    "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_linear1d",
+    "upsample_bicubic2d", "upsample_trilinear3d", "_upsample_nearest_exact2d", "pixel_shuffle", "pixel_unshuffle",
+    "reflection_pad1d", "reflection_pad2d", "reflection_pad3d", "replication_pad1d", "replication_pad2d",
+    "replication_pad3d", "im2col", "col2im", "_adaptive_avg_pool2d", "adaptive_avg_pool2d", "trace", "movedim",
+    "broadcast_in_dim", "squeeze_dims", "new_zeros", "zeros_like", "fill", "conj", "resolve_conj", "resolve_neg",
+    "channel_shuffle", "_reshape_alias", "real", "diag", "split_copy", "unbind_copy", "rot90",
+})
+_MULTILINEAR = frozenset({"mm", "bmm", "matmul", "mv", "dot", "convolution", "addmm", "addmv", "baddbmm", "outer",
+                          "ger", "einsum", "tensordot", "_convolution"})
+_SELECTION = frozenset({"amax", "amin", "max", "min", "max_pool1d_with_indices", "max_pool2d_with_indices",
+                        "max_pool3d_with_indices", "sort", "topk", "kthvalue", "median", "cummax", "cummin",
+                        "adaptive_max_pool2d"})
+#: Ops with a rule of their own (a nonlinear reduction, linear algebra from its defining identity).
+_SPECIAL = frozenset({"var", "prod", "linalg_inv_ex", "_linalg_solve_ex", "_linalg_det", "_linalg_check_errors",
+                      "linalg_solve", "inverse"})
+#: Pointwise ops that are affine in their tensor arguments: linear after their scalar offsets are set to 0.
+_POINTWISE_LINEAR = frozenset({"where", "masked_fill", "clone", "neg", "alias", "detach", "_to_copy", "fill"})
+
+
+def _packet(target) -> str:
+    return getattr(target, "__name__", str(target)).split(".")[0]
+
+
+def _overload(target) -> str:
+    return getattr(target, "__name__", "")
+
+
+def _is_pointwise(target) -> bool:
+    import torch
+
+    return torch.Tag.pointwise in getattr(target, "tags", ())
+
+
+def _kind(target) -> str | None:
+    name = _packet(target)
+    if target is operator.getitem:
+        return "getitem"
+    if name.endswith("_") and not name.startswith("_"):
+        return None  # an in-place op: a graph that functionalize could not rewrite
+    if name in _SPECIAL:
+        return "special"
+    if name in ("_to_copy", "convert_element_type"):
+        return "copy"
+    if name in _LINEAR or name in _POINTWISE_LINEAR:
+        return "linear"
+    if name in _MULTILINEAR:
+        return "multilinear"
+    if name in _SELECTION and name not in ("max", "min") or _overload(target) in (
+            "max.default", "min.default", "max.dim", "min.dim"):
+        return "selection"
+    pointwise = _is_pointwise(target) or getattr(target, "namespace", "") == "prims"
+    if pointwise and _rule_source(target) is not None:
+        return "pointwise"
+    return None
+
+
+def _is_float(v) -> bool:
+    import torch
+
+    return isinstance(v, torch.Tensor) and v.is_floating_point()
+
+
+# ---------------------------------------------------------------- pointwise rules
+
+
+def _step_function(name: str, numeric: Callable):
+    """A SymPy function with derivative 0 (a step: floor, round...), printed as ``numeric`` by lambdify."""
+    import sympy as sp
+
+    cls = type(name, (sp.Function,), {"fdiff": lambda self, argindex=1: sp.S.Zero})
+    return cls, numeric
+
+
+@functools.cache
+def _steps() -> dict:
+    """Note [Tensor-level rules]: piecewise-constant pieces, derivative 0 off their jumps."""
+    return {name: _step_function(f"step_{name}", f) for name, f in (
+        ("floor", np.floor), ("ceil", np.ceil), ("round", np.round), ("trunc", np.trunc), ("sign", np.sign))}
+
+
+def _extra_expression(name: str):
+    """SymPy forms of pointwise ops outside the per-element table (``log2``, ``floor``, ``remainder``...)."""
+    import sympy as sp
+
+    st = {k: v[0] for k, v in _steps().items()}
+    table: dict[str, Callable] = {
+        "log2": lambda a: sp.log(a) / sp.log(2),
+        "log10": lambda a: sp.log(a) / sp.log(10),
+        "exp2": lambda a: sp.Integer(2) ** a,
+        "floor": st["floor"], "ceil": st["ceil"], "round": st["round"], "trunc": st["trunc"],
+        "frac": lambda a: a - st["trunc"](a),
+        "remainder": lambda a, b: a - b * st["floor"](a / b),
+        "fmod": lambda a, b: a - b * st["trunc"](a / b),
+        "sgn": st["sign"],
+        "xlogy": lambda a, b: a * sp.log(b),
+        "lgamma": sp.loggamma,
+        "digamma": lambda a: sp.polygamma(0, a),
+        "hardsigmoid": lambda a: sp.Min(sp.Max(a / 6 + sp.Rational(1, 2), 0), 1),
+        "hardswish": lambda a: a * sp.Min(sp.Max(a + 3, 0), 6) / 6,
+        "mish": lambda a: a * sp.tanh(sp.log(1 + sp.exp(a))),
+        "logit": lambda a, eps=None: sp.log(a / (1 - a)),
+        "sinc": lambda a: sp.sin(sp.pi * a) / (sp.pi * a),
+        "erfinv": sp.erfinv,
+        "log_sigmoid_forward": lambda a: -sp.log(1 + sp.exp(-a)),
+        "softshrink": lambda a, lam=0.5: sp.Piecewise((a - lam, a > lam), (a + lam, a < -lam), (0, True)),
+        "hardshrink": lambda a, lam=0.5: sp.Piecewise((a, sp.Abs(a) > lam), (0, True)),
+        "heaviside": lambda a, b: st["sign"](a) * 0,
+        "copysign": lambda a, b: sp.Abs(a) * st["sign"](b),
+        "true_divide": lambda a, b: a / b,
+        "float_power": lambda a, b: a**b,
+        "lerp": lambda a, b, w: a + w * (b - a),
+        "addcmul": lambda s, a, b, value=1: s + value * a * b,
+        "addcdiv": lambda s, a, b, value=1: s + value * a / b,
+    }
+    return table.get(name)
+
+
+def _rule_source(target):
+    from ..torch_graph import _handler
+
+    name = _packet(target)
+    if _extra_expression(name) is not None:
+        return "extra"
+    return "table" if _handler(target) is not None else None
+
+
+def _sympy_of(target, args: tuple, kwargs: dict):
+    """The op's SymPy expression at ``args`` (SymPy symbols or plain values)."""
+    from ..ops import backend
+
+    extra = _extra_expression(_packet(target))
+    if extra is not None:
+        return extra(*args, **{k: v for k, v in kwargs.items() if k not in ("out",)})
+    from ..torch_graph import _handler
+
+    found = _handler(target)
+    assert found is not None
+    obj = [np.array(a, dtype=object) if hasattr(a, "free_symbols") else a for a in args]
+    out = found[0](backend("sympy"), *obj, **kwargs)
+    out = np.asarray(out, dtype=object)
+    return out.reshape(()).item() if out.size == 1 else out
+
+
+def _signature(args: Sequence, kwargs: dict, bake: bool = False) -> tuple:
+    """Which arguments are tensors (``"T"``) or float scalars (``"S"``, their value when ``bake``); others as they are."""
+    import torch
+
+    def one(a):
+        if isinstance(a, torch.Tensor) or isinstance(a, np.ndarray):
+            return "T"
+        if isinstance(a, float) and not isinstance(a, bool):
+            return a if bake else "S"
+        return a if isinstance(a, (int, str, bool, type(None))) else repr(a)
+
+    return tuple(one(a) for a in args), tuple(sorted((k, one(v)) for k, v in kwargs.items()))
+
+
+@functools.lru_cache(maxsize=RULE_CACHE)
+def _rule(target, sig: tuple, wanted: tuple[int, ...]):
+    """``f(*numeric arguments) -> [d op / d arg_i for i in wanted]``, derived once per op signature."""
+    import sympy as sp
+
+    from ..ops import LAMBDIFY_NUMPY
+
+    pos_sig, kw_sig = sig
+    symbols: list = []
+    args: list = []
+    for i, s in enumerate(pos_sig):
+        if s in ("T", "S"):
+            sym = sp.Symbol(f"a{i}", real=True)
+            symbols.append(sym)
+            args.append(sym)
+        else:
+            args.append(s)
+    kwargs: dict = {}
+    for k, s in kw_sig:
+        if s in ("T", "S"):
+            sym = sp.Symbol(f"k_{k}", real=True)
+            symbols.append(sym)
+            kwargs[k] = sym
+        else:
+            kwargs[k] = s
+    expr = _sympy_of(target, tuple(args), kwargs)
+    if isinstance(expr, np.ndarray) or not hasattr(expr, "free_symbols"):
+        expr = sp.sympify(expr) if not isinstance(expr, np.ndarray) else None
+    if expr is None:
+        raise Uncovered(f"{_overload(target)}: no scalar expression")
+    derivs = [sp.diff(expr, symbols[i]) for i in wanted]
+    if any(d.has(sp.Derivative) for d in derivs):
+        raise Uncovered(f"{_overload(target)}: SymPy leaves a derivative unevaluated")
+    steps = {f"step_{k}": v[1] for k, v in _steps().items()}
+    return sp.lambdify(symbols, derivs, modules=[{**steps, **LAMBDIFY_NUMPY}, "numpy"])
+
+
+# ---------------------------------------------------------------- the graph
+
+
+@dataclass
+class TensorGraph:
+    """A graph the engine reads: live nodes, folded constants (float64), float outputs in order."""
+
+    gm: Any
+    live: set
+    consts: dict  # node name -> torch value (float tensors in float64)
+
+
+def uncovered(gm, live: set) -> list:
+    """The aten ops of live nodes that no kind covers (decomposed before reading, or not covered)."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.name in live and _kind(node.target) is None \
+                and _has_float(node.meta.get("val")):
+            out.append(node.target)
+    return list(dict.fromkeys(out))
+
+
+def _has_float(v) -> bool:
+    """Whether a node's value (``meta["val"]``) holds a floating tensor: others carry no tangent."""
+    if isinstance(v, (list, tuple)):
+        return any(_has_float(x) for x in v)
+    return bool(getattr(v, "is_floating_point", lambda: True)()) if v is not None else True
+
+
+def build(gm, live: set, consts: dict) -> TensorGraph:
+    """A :class:`TensorGraph` of a folded graph (``consts``: torch values at the code's own dtype)."""
+    import torch
+
+    folded = {}
+    for k, v in consts.items():
+        folded[k] = v.detach().to("cpu", torch.float64) if _is_float(v) else (
+            v.detach().cpu() if isinstance(v, torch.Tensor) else v)
+    return TensorGraph(gm, set(live), folded)
+
+
+def graph_of(call: Callable, real: list, gm=None):
+    """The graph for the tensor-level engine (Note [Tensor-level rules]), or the reason there is none.
+
+    Ops no kind covers are replaced by torch's decompositions of them, for up
+    to :data:`DECOMPOSE_ROUNDS` rounds. Returns ``(TensorGraph, "")`` or
+    ``(None, why)``.
+    """
+    from torch._decomp import get_decompositions
+
+    from ..torch_graph import DECOMPOSE_ROUNDS, _fold, _make_graph
+
+    table: dict = {}
+    try:
+        gm = gm if gm is not None else _make_graph(call, real)
+        for _ in range(DECOMPOSE_ROUNDS + 1):
+            live, raw, _ = _fold(gm, real)
+            missing = uncovered(gm, live)
+            if not missing:
+                return build(gm, live, raw), ""
+            more = {op: fn for op, fn in get_decompositions(missing).items() if op not in table}
+            if not more:
+                names = sorted({getattr(t, "__name__", str(t)) for t in missing})
+                return None, f"ops the tensor-level rules do not cover: {', '.join(names)}"
+            table.update(more)
+            gm = _make_graph(call, real, table)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: no tensor-level leg
+        return None, f"tracing failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    return None, "decompositions did not converge"
+
+
+# ---------------------------------------------------------------- forward mode
+
+_DROP_KWARGS = ("dtype", "layout", "device", "pin_memory", "memory_format", "non_blocking")
+
+
+def _call(target, args, kwargs, grad: bool = False):
+    """The op at float64: float dtype conversions and device moves are dropped (the truth is exact)."""
+    import contextlib
+
+    import torch
+
+    name = _packet(target)
+    if name in ("_to_copy", "convert_element_type"):
+        a = args[0]
+        dtype = kwargs.get("dtype", args[1] if len(args) > 1 else None)
+        if dtype is None or dtype.is_floating_point:
+            return a.to(torch.float64) if a.is_floating_point() or dtype is not None else a.clone()
+        return a.to(dtype)
+    if name == "detach":  # identity in the forward: the truth differentiates through it, as torch's gradcheck does
+        return args[0].view_as(args[0]) if grad else args[0].clone()
+    kwargs = {k: v for k, v in kwargs.items()
+              if k not in _DROP_KWARGS or (k == "dtype" and v is not None and not v.is_floating_point)}
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        return target(*args, **kwargs)
+
+
+def _expand_tangent(t, in_shape, out_shape):
+    """A tangent ``(B, *in_shape)`` broadcast as the op broadcasts its argument to ``out_shape``."""
+    lead = len(out_shape) - len(in_shape)
+    return t.reshape((t.shape[0],) + (1,) * lead + tuple(in_shape))
+
+
+def _pointwise(target, args, kwargs, tangents, value, batch):
+    import torch
+
+    wanted = tuple(i for i, t in enumerate(tangents) if t is not None)
+    bake = False
+    try:  # float scalars as symbols: one rule for every value; baked in where the op's form branches on them
+        rule = _rule(target, _signature(args, kwargs), tuple(_symbol_index(args, i, bake) for i in wanted))
+    except Uncovered:
+        raise
+    except Exception:  # noqa: BLE001 - e.g. clamp's bounds compared in Python
+        bake = True
+        rule = _rule(target, _signature(args, kwargs, bake), tuple(_symbol_index(args, i, bake) for i in wanted))
+
+    def numeric(a) -> bool:
+        return isinstance(a, torch.Tensor) or (not bake and isinstance(a, float) and not isinstance(a, bool))
+
+    values = [a.numpy() if isinstance(a, torch.Tensor) else a for a in args if numeric(a)]
+    values += [v.numpy() if isinstance(v, torch.Tensor) else v for k, v in sorted(kwargs.items()) if numeric(v)]
+    shape = tuple(value.shape)
+    values = [np.broadcast_to(v, shape) for v in values]  # NumPy's select needs one shape
+    with np.errstate(all="ignore"):
+        derivs = rule(*values)
+    out = torch.zeros((batch,) + shape, dtype=torch.float64)
+    for i, d in zip(wanted, derivs):
+        d = torch.from_numpy(np.broadcast_to(np.asarray(d, dtype=np.float64), shape).copy())
+        out += d * _expand_tangent(tangents[i], tuple(args[i].shape), shape)
+    return out
+
+
+def _symbol_index(args, i: int, bake: bool) -> int:
+    """The position of positional argument ``i`` among the rule's symbols (tensors, and float scalars unless baked)."""
+    import torch
+
+    return sum(1 for a in args[:i] if isinstance(a, torch.Tensor)
+               or (not bake and isinstance(a, float) and not isinstance(a, bool)))
+
+
+def _vmapped(fn, tangents, batch):
+    """``fn`` applied to each tangent of the batch: ``torch.vmap``, a loop where vmap has no rule."""
+    import torch
+
+    dims = tuple(0 if t is not None else None for t in tangents)
+    try:
+        return torch.vmap(fn, in_dims=dims)(*tangents)
+    except Exception:  # noqa: BLE001 - an op without a batching rule: one call per tangent
+        outs = [fn(*[t[b] if t is not None else None for t in tangents]) for b in range(batch)]
+        if isinstance(outs[0], (list, tuple)):
+            return type(outs[0])(torch.stack([o[k] for o in outs]) for k in range(len(outs[0])))
+        return torch.stack(outs)
+
+
+def _linear(target, args, kwargs, tangents_of, batch):
+    """Jointly linear in the floating tensors: the op's forward on the tangents (zeros where none)."""
+    import torch
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    flat, spec = tree_flatten((list(args), dict(kwargs)))
+    data = [i for i, a in enumerate(flat) if _is_float(a)]
+    tans = [tangents_of(flat[i]) for i in data]
+    for i, a in enumerate(flat):  # affine offsets (a pad or fill value) take no part in the tangent
+        if isinstance(a, float) and not isinstance(a, bool):
+            flat[i] = 0.0
+    zeros = {i: torch.zeros_like(flat[i]) for i, t in zip(data, tans) if t is None}
+    if not any(t is not None for t in tans):
+        return None
+    pos = {i: k for k, i in enumerate(data)}
+
+    def fn(*ts):
+        leaves = list(flat)
+        for i in data:
+            t = ts[pos[i]]
+            leaves[i] = t if t is not None else zeros[i]
+        a, kw = tree_unflatten(leaves, spec)
+        return _call(target, a, kw)
+
+    return _vmapped(fn, tans, batch)
+
+
+def _multilinear(target, args, kwargs, tangents_of, batch, value):
+    """Sum over the floating tensor arguments of the op with that one replaced by its tangent."""
+    import torch
+
+    name = _packet(target)
+    args = list(args)
+    total = torch.zeros((batch,) + tuple(value.shape), dtype=torch.float64)
+    if name in ("addmm", "addmv", "baddbmm"):
+        beta = kwargs.get("beta", 1)
+        alpha = kwargs.get("alpha", 1)
+        tb = tangents_of(args[0])
+        if tb is not None:
+            total += beta * _expand_tangent(tb, tuple(args[0].shape), tuple(value.shape))
+        inner = {"addmm": torch.ops.aten.mm.default, "addmv": torch.ops.aten.mv.default,
+                 "baddbmm": torch.ops.aten.bmm.default}[name]
+        part = _multilinear(inner, args[1:3], {}, tangents_of, batch, value)
+        return total + alpha * part
+    bias = None
+    if name in ("convolution", "_convolution"):
+        bias, args[2] = args[2], None
+        tb = tangents_of(bias) if bias is not None else None
+        if tb is not None:
+            total += tb.reshape((batch, 1, -1) + (1,) * (value.dim() - 2))
+    for i, a in enumerate(args):
+        if not _is_float(a):
+            continue
+        t = tangents_of(a)
+        if t is None:
+            continue
+
+        def fn(ti, i=i):
+            b = list(args)
+            b[i] = ti
+            return _call(target, b, kwargs)
+
+        total += _vmapped(fn, [t], batch)
+    return total
+
+
+def _special(target, args, kwargs, tangents_of, batch, value):
+    """Note [Tensor-level rules]: variance, product, and linear algebra from its defining identities."""
+    import torch
+
+    name = _packet(target)
+    bound = _bind(target, args, kwargs)
+    if name == "_linalg_check_errors":
+        return None
+    a = args[0]
+    t = tangents_of(a)
+    if name == "var":
+        dims = bound.get("dim", bound.get("dims"))
+        dims = list(range(a.dim())) if dims is None or dims == [] else ([dims] if isinstance(dims, int) else list(dims))
+        n = math.prod(a.shape[d] for d in dims) if a.dim() else 1
+        corr = bound.get("correction")
+        corr = (1 if bound.get("unbiased", True) else 0) if corr is None else corr
+        keep = bool(bound.get("keepdim", False))
+        centred = a - a.mean(dim=dims, keepdim=True)
+        out = (2.0 / (n - corr)) * (centred.unsqueeze(0) * t).sum(dim=[d + 1 for d in dims], keepdim=keep)
+        return out.reshape((batch,) + tuple(value.shape))
+    if name == "prod":
+        dim = bound.get("dim")
+        keep = bool(bound.get("keepdim", False))
+        flat = a.reshape(-1) if dim is None else a.movedim(dim, -1)
+        ones = torch.ones_like(flat[..., :1])
+        left = torch.cat([ones, flat[..., :-1]], -1).cumprod(-1)  # products of the elements before each
+        right = torch.cat([ones, flat.flip(-1)[..., :-1]], -1).cumprod(-1).flip(-1)  # ... and after it
+        others = left * right  # the product of all elements but one: no division by zero
+        tf = t.reshape(batch, -1) if dim is None else t.movedim(dim + 1, -1)
+        out = (others.unsqueeze(0) * tf).sum(-1)
+        return out.reshape((batch,) + tuple(value.shape)) if dim is None or not keep else out.unsqueeze(dim + 1)
+    if name in ("linalg_inv_ex", "inverse"):  # A Y = I: dY = -Y dA Y
+        y = value[0] if isinstance(value, (tuple, list)) else value
+        d = -(y.unsqueeze(0) @ t @ y.unsqueeze(0)) if t is not None else None
+        return (d, None) if isinstance(value, (tuple, list)) else d
+    if name in ("_linalg_solve_ex", "linalg_solve"):  # A X = B: A dX = dB - dA X
+        x = value[0] if isinstance(value, (tuple, list)) else value
+        on_left = bool(bound.get("left", True))
+        b = args[1]
+        tb = tangents_of(b)
+        vec = b.dim() == 1 or (b.dim() == a.dim() - 1 and b.shape == a.shape[:-1])
+        xm = x.unsqueeze(-1) if vec else x
+        rhs = torch.zeros((batch,) + tuple(xm.shape), dtype=torch.float64)
+        if tb is not None:
+            rhs = rhs + (tb.unsqueeze(-1) if vec else tb)
+        if t is not None:
+            rhs = rhs - (t @ xm.unsqueeze(0) if on_left else xm.unsqueeze(0) @ t)
+        d = torch.linalg.solve(a.unsqueeze(0).expand((batch,) + tuple(a.shape)), rhs, left=on_left)
+        d = d.squeeze(-1) if vec else d
+        return (d, None, None, None) if isinstance(value, (tuple, list)) else d
+    if name == "_linalg_det":  # d det A = det A * tr(A^-1 dA)
+        det = value[0]
+        inv = torch.linalg.inv(a)
+        d = det.unsqueeze(0) * (inv.unsqueeze(0).transpose(-1, -2) * t).sum((-1, -2))
+        return (d, None, None)
+    raise Uncovered(_overload(target))
+
+
+def _gather_last(t, idx, batch):
+    """``t`` ``(B, *shape, n)`` at indices ``idx`` ``(*shape, k)`` of its last dim."""
+    return t.gather(-1, idx.unsqueeze(0).expand((batch,) + tuple(idx.shape)))
+
+
+def _bind(target, args, kwargs) -> dict:
+    """The op's arguments by their schema names (``dim``, ``keepdim``...)."""
+    schema = getattr(target, "_schema", None)
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def _selection(target, args, kwargs, tangents_of, batch, value):
+    """The tangent at the selected position (ties: a kink, see Note [Tensor-level rules])."""
+    name = _packet(target)
+    a, t = args[0], tangents_of(args[0])
+    if t is None:
+        return None
+    bound = _bind(target, args, kwargs)
+    if name.startswith("max_pool") or name == "adaptive_max_pool2d":
+        vals, idx = value
+        k = min(int(name[8]) if name.startswith("max_pool") else 2, a.dim())
+        got = _gather_last(t.flatten(-k), idx.flatten(-k), batch).reshape((batch,) + tuple(vals.shape))
+        return (got, None)
+    if isinstance(value, (tuple, list)):  # values and indices along one dim
+        vals, idx = value[0], value[1]
+        dim = bound.get("dim", -1)
+        dim = dim % a.dim() if a.dim() else 0
+        keep = vals.dim() == a.dim()
+        ix = (idx if keep else idx.unsqueeze(dim)).movedim(dim, -1) if a.dim() else idx.reshape(1)
+        tm = t.movedim(dim + 1, -1) if a.dim() else t.reshape(batch, 1)
+        got = _gather_last(tm, ix, batch)
+        got = got.movedim(-1, dim + 1) if a.dim() else got.reshape(batch)
+        return (got if keep or not a.dim() else got.squeeze(dim + 1), None)
+    if name == "median":
+        return _reduce_select(a, t, (), False, value, batch, median=True)
+    dims = bound.get("dim", ())
+    return _reduce_select(a, t, dims, bool(bound.get("keepdim", False)), value, batch, largest=name in ("amax", "max"))
+
+
+def _reduce_select(a, t, dims, keepdim, value, batch, largest=True, median=False):
+    dims = [dims] if isinstance(dims, int) else list(dims or range(a.dim()))
+    dims = sorted(d % max(a.dim(), 1) for d in dims) if a.dim() else []
+    kept = [d for d in range(a.dim()) if d not in dims]
+    perm = kept + dims
+    kshape = [a.shape[d] for d in kept]
+    ap = a.permute(perm).reshape(kshape + [-1]) if a.dim() else a.reshape(1)
+    tp = t.permute([0] + [p + 1 for p in perm]).reshape([batch] + kshape + [-1]) if a.dim() else t.reshape(batch, 1)
+    if median:
+        idx = ap.sort(-1).indices[..., (ap.shape[-1] - 1) // 2 : (ap.shape[-1] - 1) // 2 + 1]
+    else:
+        idx = (ap.argmax(-1) if largest else ap.argmin(-1)).unsqueeze(-1)
+    got = _gather_last(tp, idx, batch).squeeze(-1)
+    return got.reshape((batch,) + tuple(value.shape))
+
+
+def forward(graph: TensorGraph, primals: Sequence, tangents: Sequence) -> tuple[list, list]:
+    """The float outputs and their tangents ``(B, *shape)`` for leaf values and leaf tangents."""
+    import torch
+
+    gm = graph.gm
+    env: dict = {}
+    tan: dict = {}
+    batch = int(tangents[0].shape[0]) if tangents else 1
+    leaves = iter(zip(primals, tangents))
+    result = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            p, t = next(leaves)
+            env[node.name], tan[node.name] = p, t
+            continue
+        if node.op == "output":
+            result = node.args[0]
+            break
+        if node.name in graph.consts:
+            env[node.name] = graph.consts[node.name]
+            continue
+        if node.op == "get_attr":
+            v = getattr(gm, node.target)
+            env[node.name] = v.detach().double() if _is_float(v) else v
+            continue
+        args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+        if node.target is operator.getitem:
+            seq, i = node.args
+            env[node.name] = env[seq.name][i]
+            t = tan.get(seq.name)
+            tan[node.name] = t[i] if t is not None else None
+            continue
+        value = _call(node.target, args, kwargs)
+        env[node.name] = value
+        ids: dict = {}
+        for a in node.all_input_nodes:
+            if tan.get(a.name) is not None:
+                ids[id(env[a.name])] = tan[a.name]
+        tan[node.name] = _propagate(node.target, args, kwargs, ids, value, batch) if ids else None
+    nodes: list = []
+    torch.fx.node.map_arg(result, nodes.append)
+    flat = [(env[n.name], tan.get(n.name)) for n in nodes]
+    values, outs_t = [], []
+    for v, t in flat:
+        if not _is_float(v):
+            continue
+        values.append(v)
+        outs_t.append(t if t is not None else torch.zeros((batch,) + tuple(v.shape), dtype=torch.float64))
+    return values, outs_t
+
+
+def _propagate(target, args, kwargs, ids: dict, value, batch):
+    import torch
+
+    if not (_is_float(value) or isinstance(value, (list, tuple))):
+        return None
+
+    def tangents_of(v):
+        return ids.get(id(v))
+
+    kind = _kind(target)
+    if kind == "special":
+        return _special(target, args, kwargs, tangents_of, batch, value)
+    if kind in ("linear", "copy"):
+        return _linear(target, args, kwargs, tangents_of, batch)
+    if kind == "multilinear":
+        return _multilinear(target, args, kwargs, tangents_of, batch, value)
+    if kind == "selection":
+        return _selection(target, args, kwargs, tangents_of, batch, value)
+    if kind == "pointwise":
+        if not _is_float(value):
+            return None
+        tans = [tangents_of(a) if isinstance(a, torch.Tensor) else None for a in args]
+        for v in kwargs.values():
+            if isinstance(v, torch.Tensor) and tangents_of(v) is not None:
+                raise Uncovered(f"{_overload(target)}: a keyword tensor argument depends on the inputs")
+        if not any(t is not None for t in tans):
+            return None
+        return _pointwise(target, args, kwargs, tans, value, batch)
+    raise Uncovered(_overload(target))
+
+
+def evaluate(graph: TensorGraph, primals: Sequence) -> list:
+    """The graph's float outputs at float64 ``primals``, recorded by torch autograd (the autograd leg).
+
+    The same values as :func:`forward` computes, with torch's own derivative
+    formulas attached: an independent check of the rules (Note [Tensor-level rules]).
+    """
+    import torch
+
+    gm = graph.gm
+    env: dict = {}
+    leaves = iter(primals)
+    nodes: list = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            env[node.name] = next(leaves)
+        elif node.op == "output":
+            torch.fx.node.map_arg(node.args[0], nodes.append)
+            break
+        elif node.name in graph.consts:
+            env[node.name] = graph.consts[node.name]
+        elif node.target is operator.getitem:
+            env[node.name] = env[node.args[0].name][node.args[1]]
+        else:
+            args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+            env[node.name] = _call(node.target, args, kwargs, grad=True)
+    return [env[n.name] for n in nodes if _is_float(env[n.name])]
+
+
+def jacobian(graph: TensorGraph, values: Sequence) -> tuple[list, np.ndarray]:
+    """The graph's float outputs (float64 tensors) and its Jacobian ``(n_out, n_in)`` at leaf ``values``."""
+    import torch
+
+    primals = [v.detach().to("cpu", torch.float64) for v in values]
+    sizes = [max(p.numel(), 0) for p in primals]
+    n_in = sum(sizes)
+    widest = max([_numel(n.meta.get("val")) for n in graph.gm.graph.nodes if n.op != "output"] + [1])
+    chunk = max(1, min(n_in, CHUNK_ELEMENTS // max(widest, 1)))
+    cols: list = []
+    outs: list = []
+    for start in range(0, n_in, chunk):
+        stop = min(start + chunk, n_in)
+        tangents, off = [], 0
+        for p, size in zip(primals, sizes):
+            t = torch.zeros((stop - start, size), dtype=torch.float64)
+            lo, hi = max(start, off), min(stop, off + size)
+            if lo < hi:
+                t[torch.arange(lo - start, hi - start), torch.arange(lo - off, hi - off)] = 1.0
+            tangents.append(t.reshape((stop - start,) + tuple(p.shape)))
+            off += size
+        outs, outs_t = forward(graph, primals, tangents)
+        cols.append(torch.cat([t.reshape(stop - start, -1) for t in outs_t], dim=1).numpy().T
+                    if outs_t else np.zeros((0, stop - start)))
+    jac = np.concatenate(cols, axis=1) if cols else np.zeros((0, 0))
+    return outs, jac
+
+
+def _numel(v) -> int:
+    if isinstance(v, (list, tuple)):
+        return sum(_numel(x) for x in v)
+    shape = getattr(v, "shape", None)
+    return math.prod(shape) if shape is not None else 1

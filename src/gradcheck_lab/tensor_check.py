@@ -1,0 +1,122 @@
+"""The drop-in's tensor-level leg: the traced graph's Jacobian against the user's backward, at tensor speed.
+
+Note [Agreement first]
+~~~~~~~~~~~~~~~~~~~~~~
+Most gradchecks of a test suite pass. Once the graph has been shown to be
+the function (Note [Trace fidelity]), each point is checked at tensor level
+first, by three legs that were derived independently:
+
+* the tensor-level symbolic engine's Jacobian ``J`` (Note [Tensor-level
+  rules] in engines/tensor.py), projected on each cotangent: ``c^T J``;
+* torch autograd of the same graph in float64 (torch's derivative formulas,
+  not ours), ``c^T J`` again;
+* the user's backward in the inputs' dtype, the candidate.
+
+The call passes here only when all three agree at every point and cotangent
+to the rounding of their own arithmetic. ``s = |c|^T |J| + |c^T J|`` is the
+scale of the rounding of a chain rule that does not cancel; where it cancels
+(``1 - tanh(z)**2`` at a saturated ``z``: 1.6e-13 relative to ``s`` in a
+small layer), the two float64 legs, which use different formulas (SymPy's
+and torch's), differ by about that cancellation, ``d = |sym - auto|``. So:
+the float64 legs within ``ENGINE_ROUNDING * eps64 * s`` (3.6e-12 ``s``), and
+the candidate within ``CANDIDATE_ROUNDING * eps * s + CANCELLATION * (eps /
+eps64) * d`` of the symbolic value, ``eps`` the candidate's dtype (2.2e-16 or
+1.2e-7). A backward off by 1e-10 relative in float64 (or 1e-3 in float32) is
+outside (at most 256 eps + 4 d: 5.7e-14 + 1.5e-11 in float64, 3.1e-5 in
+float32 where nothing cancels). Any disagreement, non-finite value or op the rules do not cover
+sends the call to the per-element path (the referee proves who is wrong,
+Note [Verdict]) or, where that would exceed its budget, to finite
+differences of the real function with their error bars: this leg only ever
+*passes* a call, so it never raises a false alarm of its own, and a verdict
+of failure is always the full pipeline's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["agrees", "CANDIDATE_ROUNDING", "ENGINE_ROUNDING", "CANCELLATION"]
+
+#: Multiple of the candidate dtype's eps within which a backward agrees with the symbolic leg (Note [Agreement first]).
+CANDIDATE_ROUNDING = 256.0
+#: Multiple of float64's eps within which the symbolic and autograd legs agree with each other (3.6e-12).
+ENGINE_ROUNDING = 2.0**14
+#: Multiple of the float64 legs' difference, scaled to the candidate's dtype, added to its tolerance.
+CANCELLATION = 4.0
+
+
+def agrees(target, graph, rows: Sequence[Sequence], cotangents: Sequence[np.ndarray],
+           atol: float | None = None, rtol: float | None = None) -> bool:
+    """Whether the user's backward agrees with both float64 legs at every row of leaf tensors and its cotangents.
+
+    ``rows[i]`` holds the leaves' tensors (the inputs' dtype) and ``cotangents[i]`` a matrix ``(k, n_out)``.
+    ``atol``/``rtol``, when given, must hold too (``|g - sym| + |sym - auto| <= atol + rtol |sym|``).
+    """
+    from .engines import tensor
+
+    eps = float(np.finfo(np.float32 if target.dtype == "float32" else np.float64).eps)
+    eps64 = float(np.finfo(np.float64).eps)
+    for row, cots in zip(rows, cotangents):
+        cots = np.atleast_2d(np.asarray(cots, dtype=np.float64))
+        _, jac = tensor.jacobian(graph, row)
+        if jac.shape[0] != cots.shape[1] or not np.isfinite(jac).all():
+            return False
+        sym = cots @ jac
+        scale = np.abs(cots) @ np.abs(jac)
+        auto = _autograd(graph, row, cots)
+        cand = _backward(target, row, cots)
+        if not (np.isfinite(auto).all() and np.isfinite(cand).all()):
+            return False
+        with np.errstate(invalid="ignore", over="ignore"):
+            size = scale + np.abs(sym)
+            dev = np.abs(sym - auto)  # two float64 formulas: their difference shows the chain's cancellation
+            if not (dev <= ENGINE_ROUNDING * eps64 * size).all():
+                return False
+            tol = CANDIDATE_ROUNDING * eps * size + CANCELLATION * (eps / eps64) * dev
+            if not (np.abs(cand - sym) <= tol).all():
+                return False
+            if (atol is not None or rtol is not None) and not (
+                    np.abs(cand - sym) + dev <= (atol or 0.0) + (rtol or 0.0) * np.abs(sym)).all():
+                return False
+    return True
+
+
+def _autograd(graph, row, cots: np.ndarray) -> np.ndarray:
+    """``c^T J`` by torch autograd of the graph in float64, for each cotangent ``c``."""
+    import torch
+
+    from .engines import tensor
+
+    leaves = [t.detach().to("cpu", torch.float64).requires_grad_() for t in row]
+    with torch.enable_grad():
+        outs = tensor.evaluate(graph, leaves)
+        flat = torch.cat([o.reshape(-1) for o in outs]) if outs else torch.zeros(0, dtype=torch.float64)
+        return _vjps(flat, leaves, cots)
+
+
+def _backward(target, row, cots: np.ndarray) -> np.ndarray:
+    """``c^T J`` by the user's backward, in the inputs' dtype (the candidate under test)."""
+    import torch
+
+    leaves = [t.detach().clone().requires_grad_() for t in row]
+    with torch.enable_grad():
+        flat = target.flat_output(target.call(*leaves))
+        return _vjps(flat, leaves, cots)
+
+
+def _vjps(flat, leaves, cots: np.ndarray) -> np.ndarray:
+    import torch
+
+    n_in = sum(math.prod(t.shape) for t in leaves)
+    out = np.zeros((len(cots), n_in))
+    if not flat.requires_grad:  # no output depends on a checked input: a zero Jacobian
+        return out
+    for k, c in enumerate(cots):
+        grads = torch.autograd.grad(flat, leaves, torch.as_tensor(c, dtype=flat.dtype), retain_graph=k < len(cots) - 1,
+                                    allow_unused=True)
+        out[k] = np.concatenate([(g if g is not None else torch.zeros_like(t)).detach().double().cpu().numpy().ravel()
+                                 for g, t in zip(grads, leaves)])
+    return out

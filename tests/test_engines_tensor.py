@@ -1,0 +1,184 @@
+"""The tensor-level engine (engines/tensor.py) and its leg of the drop-in (tensor_check.py)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradcheck_lab import gradcheck
+from gradcheck_lab.engines import tensor
+from gradcheck_lab.engines.tensor import graph_of as tensor_graph
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _torch_jacobian(f, xs):
+    def flat(*a):
+        out = f(*a)
+        outs = [out] if isinstance(out, torch.Tensor) else list(out)
+        return torch.cat([o.reshape(-1) for o in outs if o.is_floating_point()])
+
+    jac = torch.autograd.functional.jacobian(flat, tuple(xs))
+    return torch.cat([j.reshape(j.shape[0], -1) for j in jac], 1).numpy()
+
+
+IMG = _rand(2, 3, 6, 6, seed=3)
+CASES = {
+    "tanh of a product": (lambda x, w: (0.5 * torch.tanh(x @ w)).sum(-1), [_rand(4, 6), _rand(6, 5, seed=1)]),
+    "linear": (lambda x, w, b: F.linear(x, w, b), [_rand(4, 6), _rand(5, 6, seed=1), _rand(5, seed=2)]),
+    "softmax": (lambda x: torch.softmax(x, -1), [_rand(3, 5)]),
+    "log_softmax": (lambda x: torch.log_softmax(x, 0), [_rand(3, 5)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, (5,), w, b), [_rand(3, 5), _rand(5, seed=1), _rand(5, seed=2)]),
+    "gelu tanh": (lambda x: F.gelu(x, approximate="tanh"), [_rand(3, 5)]),
+    "softplus beta": (lambda x: F.softplus(x, beta=2.0), [_rand(3, 5)]),
+    "pow and abs": (lambda x: x.abs() ** 1.5 + x**2, [_rand(3, 5)]),
+    "clamp": (lambda x: x.clamp(-0.5, 0.5) * x, [_rand(3, 5)]),
+    "where": (lambda x: torch.where(x > 0, x.exp(), x.sin()), [_rand(3, 5)]),
+    "amax and max": (lambda x: x.amax(-1) + x.max(), [_rand(3, 5)]),
+    "max.dim, sort, topk": (lambda x: x.max(dim=1).values.sum() + x.sort(dim=1).values[:, 0] + x.topk(2, dim=1).values[:, 1],
+                           [_rand(3, 5)]),
+    "cumsum and prod": (lambda x: x.cumsum(1).sum(0) + x.prod(0), [_rand(3, 5)]),
+    "prod with a zero": (lambda x: (x * torch.tensor([0.0, 1, 1, 1, 1], dtype=x.dtype)).prod(1), [_rand(3, 5)]),
+    "var, std, norm": (lambda x: x.var(1) + x.std(0).sum() + x.norm(dim=1), [_rand(3, 5)]),
+    "logsumexp": (lambda x: torch.logsumexp(x, 1), [_rand(3, 5)]),
+    "cat, stack, index": (lambda x: torch.cat([x, x * 2], 0).sum(0) + x[[0, 2]][:, 1:4].sum() + torch.stack([x, x.sin()]).mean(0)[1],
+                          [_rand(3, 5)]),
+    "write into a slice": (lambda x: (lambda y: (y.__setitem__((slice(None), 0), x[:, 1] * 2), y)[1])(x.clone()), [_rand(3, 5)]),
+    "conv2d with bias": (lambda a, k, b: F.conv2d(a, k, b, padding=1), [IMG, _rand(4, 3, 3, 3, seed=1), _rand(4, seed=2)]),
+    "max_pool and avg_pool": (lambda a: F.max_pool2d(a, 2).sum(1) + F.avg_pool2d(a, 2).sum(1), [IMG]),
+    "batch and group norm": (lambda a: F.batch_norm(a, None, None, training=True) + F.group_norm(a, 3), [IMG]),
+    "floor, remainder, fmod": (lambda x: torch.floor(x * 3) * x + torch.remainder(x, 0.7) + torch.fmod(x, 0.3), [_rand(3, 5)]),
+    "log2, flip, round": (lambda x: torch.log2(x.abs() + 1).flip(0) + torch.round(x) * x, [_rand(3, 5)]),
+    "pad with a value": (lambda x: F.pad(x, (1, 2), value=3.0) ** 2, [_rand(3, 5)]),
+    "cross entropy": (lambda x: F.cross_entropy(x, torch.tensor([0, 2, 1])), [_rand(3, 5)]),
+    "bilinear interpolation": (lambda a: F.interpolate(a, scale_factor=2, mode="bilinear"), [IMG[:, :, :3, :3]]),
+    "grid_sample": (lambda a, g: F.grid_sample(a, g, align_corners=False), [IMG, torch.rand(2, 4, 4, 2, dtype=torch.float64,
+                                                                                                 generator=torch.Generator().manual_seed(0)) * 2 - 1]),
+    "inv, solve, det": (lambda m, v: torch.linalg.inv(m).sum(0) + torch.linalg.solve(m, v).sum(1) + torch.linalg.det(m),
+                        [_rand(3, 3) + 3 * torch.eye(3, dtype=torch.float64), _rand(3, 2, seed=1)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_jacobian_matches_torch_autograd(name):
+    f, xs = CASES[name]
+    graph, why = tensor_graph(f, xs)
+    assert graph is not None, why
+    outs, jac = tensor.jacobian(graph, xs)
+    want = _torch_jacobian(f, xs)
+    assert jac.shape == want.shape
+    np.testing.assert_allclose(jac, want, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(want).max()))
+
+
+def test_jacobian_goes_through_tangents_in_chunks(monkeypatch):
+    f, xs = CASES["conv2d with bias"]
+    graph, _ = tensor_graph(f, xs)
+    _, whole = tensor.jacobian(graph, xs)
+    monkeypatch.setattr(tensor, "CHUNK_ELEMENTS", 1000)
+    _, chunked = tensor.jacobian(graph, xs)
+    np.testing.assert_array_equal(whole, chunked)
+
+
+def test_inplace_graph_is_not_covered_and_says_why():
+    lstm = torch.nn.LSTM(3, 4).double()
+    graph, why = tensor_graph(lambda a: lstm(a)[0], [_rand(2, 1, 3)])
+    assert graph is None and "copy_" in why
+
+
+def test_rules_are_derived_once_per_signature_and_bounded():
+    f = CASES["softplus beta"][0]
+    x = _rand(3, 5)
+    graph, _ = tensor_graph(f, [x])
+    tensor.jacobian(graph, [x])
+    before = tensor._rule.cache_info()
+    graph2, _ = tensor_graph(lambda t: F.softplus(t, beta=3.0), [x])  # another beta: the same rule
+    tensor.jacobian(graph2, [x])
+    after = tensor._rule.cache_info()
+    assert after.misses == before.misses and after.hits > before.hits
+    assert after.maxsize == tensor.RULE_CACHE
+
+
+_UNARY = [torch.tanh, torch.sigmoid, torch.sin, torch.exp, F.softplus, F.gelu, F.silu, torch.atan, torch.erf,
+          lambda t: t.abs() + 1.0, F.elu, lambda t: F.leaky_relu(t, 0.2), torch.cos, torch.expm1]
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, len(_UNARY) - 1), min_size=1, max_size=4), st.integers(0, 2**16),
+       st.floats(0.25, 4.0))
+def test_compositions_match_torch_autograd(chain, seed, c):
+    def f(x, w):
+        h = x @ w
+        for k in chain:
+            h = c * _UNARY[k](h) + h
+        return h.sum(-1) / c
+
+    xs = [_rand(3, 4, seed=seed) * 0.5, _rand(4, 2, seed=seed + 1) * 0.5]
+    graph, why = tensor_graph(f, xs)
+    assert graph is not None, why
+    _, jac = tensor.jacobian(graph, xs)
+    want = _torch_jacobian(f, xs)
+    np.testing.assert_allclose(jac, want, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(want).max()))
+
+
+# ---------------------------------------------------------------- the drop-in's tensor-level leg
+
+
+def _tanh_function(error: float):
+    """tanh with its backward off by ``error`` relative."""
+
+    class Tanh(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = torch.tanh(x)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            (y,) = ctx.saved_tensors
+            return g * (1 - y * y) * (1 + error)
+
+    return Tanh
+
+
+_Tanh, _Wrong6, _Wrong3 = _tanh_function(0.0), _tanh_function(1e-6), _tanh_function(1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_correct_backward_at_real_size_passes_at_tensor_level(dtype, monkeypatch):
+    from gradcheck_lab import torch_check
+
+    calls = []
+    monkeypatch.setattr(torch_check, "_traced_check", lambda *a, **k: calls.append("per-element") or True)
+    monkeypatch.setattr(torch_check, "_fallback", lambda *a, **k: calls.append("fallback") or True)
+    x = _rand(16, 64).to(dtype).requires_grad_()
+    w = (_rand(64, 32, seed=1) / 8).to(dtype).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert gradcheck(lambda a, b: _Tanh.apply(a @ b) * a[:, :32], (x, w))
+    assert calls == []  # decided by the tensor-level leg alone
+
+
+@pytest.mark.parametrize("dtype, wrong", [(torch.float64, _Wrong6), (torch.float32, _Wrong3)])
+def test_a_wrong_backward_at_real_size_is_caught(dtype, wrong):
+    from gradcheck_lab.errors import GradientMismatch
+
+    x = _rand(16, 64).to(dtype).requires_grad_()
+    with pytest.raises(GradientMismatch), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gradcheck(lambda a: wrong.apply(a * 0.5).sum(0), (x,), points=1)
+
+
+def test_ops_outside_the_per_element_table_keep_a_symbolic_leg():
+    x = _rand(4, 5).requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "symbolic and referee legs missing" warning
+        assert gradcheck(lambda t: torch.floor(t * 3) * t + torch.remainder(t, 0.7) + torch.log2(t.abs() + 1), (x,))
