@@ -56,6 +56,8 @@ class Fidelity:
 
     refused: list[int] = field(default_factory=list)
     unfaithful: str | None = None
+    #: The random points re-evaluated, ``(theta, cotangents)``, for the checks that follow (the same points).
+    points: Any = None
 
 
 def _flat_floats(out) -> list:

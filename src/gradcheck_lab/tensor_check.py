@@ -38,12 +38,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["agrees", "CANDIDATE_ROUNDING", "ENGINE_ROUNDING", "CANCELLATION"]
+__all__ = ["agrees", "CANDIDATE_ROUNDING", "ENGINE_ROUNDING", "CANCELLATION", "FULL_JACOBIAN", "PROJECTIONS"]
 
 #: Multiple of the candidate dtype's eps within which a backward agrees with the symbolic leg (Note [Agreement first]).
 CANDIDATE_ROUNDING = 256.0
 #: Multiple of float64's eps within which the symbolic and autograd legs agree with each other (3.6e-12).
 ENGINE_ROUNDING = 2.0**14
+#: Checked components up to which a random point gets its whole gradient at tensor level, not projections.
+FULL_JACOBIAN = 256
+#: Random +-1 directions a wider random point's gradient is projected on (Note [Agreement first]).
+PROJECTIONS = 4
 #: Multiple of the float64 legs' difference, scaled to the candidate's dtype, added to its tolerance.
 CANCELLATION = 4.0
 
@@ -55,32 +59,52 @@ def agrees(target, graph, rows: Sequence[Sequence], cotangents: Sequence[np.ndar
     ``rows[i]`` holds the leaves' tensors (the inputs' dtype) and ``cotangents[i]`` a matrix ``(k, n_out)``.
     ``atol``/``rtol``, when given, must hold too (``|g - sym| + |sym - auto| <= atol + rtol |sym|``).
     """
+    eps = float(np.finfo(np.float32 if target.dtype == "float32" else np.float64).eps)
+    rng = np.random.default_rng(20261205)
+    for k, (row, cots) in enumerate(zip(rows, cotangents)):
+        cots = np.atleast_2d(np.asarray(cots, dtype=np.float64))
+        n_in = sum(math.prod(t.shape) for t in row)
+        full = k == 0 or n_in <= FULL_JACOBIAN
+        dirs = None if full else rng.choice([-1.0, 1.0], size=(n_in, PROJECTIONS))
+        if not _row_agrees(target, graph, row, cots, dirs, eps, atol, rtol):
+            return False
+    return True
+
+
+def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rtol) -> bool:
+    """One row: every component of ``c^T J`` (``dirs`` None), or its projections on the columns of ``dirs``."""
     from .engines import tensor
 
-    eps = float(np.finfo(np.float32 if target.dtype == "float32" else np.float64).eps)
     eps64 = float(np.finfo(np.float64).eps)
-    for row, cots in zip(rows, cotangents):
-        cots = np.atleast_2d(np.asarray(cots, dtype=np.float64))
+    if dirs is None:
         _, jac = tensor.jacobian(graph, row)
         if jac.shape[0] != cots.shape[1] or not np.isfinite(jac).all():
             return False
         sym = cots @ jac
         scale = np.abs(cots) @ np.abs(jac)
-        auto = _autograd(graph, row, cots)
-        cand = _backward(target, row, cots)
-        if not (np.isfinite(auto).all() and np.isfinite(cand).all()):
+    else:
+        jv = tensor.directional(graph, row, dirs)
+        if jv.shape[0] != cots.shape[1] or not np.isfinite(jv).all():
             return False
-        with np.errstate(invalid="ignore", over="ignore"):
-            size = scale + np.abs(sym)
-            dev = np.abs(sym - auto)  # two float64 formulas: their difference shows the chain's cancellation
-            if not (dev <= ENGINE_ROUNDING * eps64 * size).all():
-                return False
-            tol = CANDIDATE_ROUNDING * eps * size + CANCELLATION * (eps / eps64) * dev
-            if not (np.abs(cand - sym) <= tol).all():
-                return False
-            if (atol is not None or rtol is not None) and not (
-                    np.abs(cand - sym) + dev <= (atol or 0.0) + (rtol or 0.0) * np.abs(sym)).all():
-                return False
+        sym = cots @ jv
+    auto = _autograd(graph, row, cots)
+    cand = _backward(target, row, cots)
+    if not (np.isfinite(auto).all() and np.isfinite(cand).all()):
+        return False
+    if dirs is not None:  # the scale of a projection: the candidate's own components (Note [Agreement first])
+        scale = np.abs(cand) @ np.abs(dirs)
+        auto, cand = auto @ dirs, cand @ dirs
+    with np.errstate(invalid="ignore", over="ignore"):
+        size = scale + np.abs(sym)
+        dev = np.abs(sym - auto)  # two float64 formulas: their difference shows the chain's cancellation
+        if not (dev <= ENGINE_ROUNDING * eps64 * size).all():
+            return False
+        tol = CANDIDATE_ROUNDING * eps * size + CANCELLATION * (eps / eps64) * dev
+        if not (np.abs(cand - sym) <= tol).all():
+            return False
+        if (atol is not None or rtol is not None) and not (
+                np.abs(cand - sym) + dev <= (atol or 0.0) + (rtol or 0.0) * np.abs(sym)).all():
+            return False
     return True
 
 

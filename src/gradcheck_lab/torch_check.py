@@ -653,9 +653,10 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
                 f"uses {', '.join(traced.ops) or traced.reason}; write the reference with supported torch ops."
             )
         if traced.tensor is not None:  # outside the per-element table, inside the tensor-level rules
-            rows = [target.values] + [_leaf_row(target, th, dt) for th in
-                                      _random_points(target, traced, fidelity.probe_count(points), seed)[0]]
+            drawn = _random_points(target, traced, fidelity.probe_count(points), seed)
+            rows = [target.values] + [_leaf_row(target, th, dt) for th in drawn[0]]
             fid = fidelity.check(target.call, traced.tensor.gm, rows, 1, dt, describe)
+            fid.points = drawn
             fid.refused = [i for i in fid.refused if i < points]
             if fid.unfaithful is None:
                 return traced, fid
@@ -677,6 +678,7 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
     fid = (fidelity.check(target.call, traced.gm, rows, 1, dt, describe) if reference is None else
            fidelity.check(target.call, source.call, rows, 1, dt, describe, ("the reference", "func")))
     fid.refused = [i for i in fid.refused if i < points]
+    fid.points = (sample.theta, sample.data[:, : traced.n_out])
     if fid.unfaithful is not None and reference is not None:
         msg = (f"gradcheck_lab.gradcheck: the forward of {name} differs from its reference: "
                f"{fid.unfaithful}"
@@ -738,7 +740,8 @@ def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode:
     dt = getattr(torch, target.dtype)
     rows = [target.values]
     cots = [np.asarray(_cotangents(traced.n_out, fast_mode, seed), dtype=float)]
-    theta, data = _random_points(target, traced, points, seed)
+    theta, data = fid.points if fid.points is not None else _random_points(target, traced, points, seed)
+    theta, data = theta[:points], data[:points]
     refused = set(fid.refused)
     for i in range(len(theta)):
         if i not in refused:

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TensorGraph", "Uncovered", "build", "graph_of", "jacobian", "uncovered", "RULE_CACHE", "CHUNK_ELEMENTS"]
+__all__ = ["TensorGraph", "Uncovered", "build", "graph_of", "jacobian", "directional", "uncovered", "RULE_CACHE", "CHUNK_ELEMENTS"]
 
 #: Op signatures whose derived rules are kept (least recently used dropped).
 RULE_CACHE = 512
@@ -357,12 +357,39 @@ def _call(target, args, kwargs, grad: bool = False):
         if dtype is None or dtype.is_floating_point:
             return a.to(torch.float64) if a.is_floating_point() or dtype is not None else a.clone()
         return a.to(dtype)
+    if grad and getattr(target, "namespace", "") == "prims":  # prims have no autograd formulas: their aten twins
+        return _prims_as_aten(name, args, kwargs)
     if name == "detach":  # identity in the forward: the truth differentiates through it, as torch's gradcheck does
         return args[0].view_as(args[0]) if grad else args[0].clone()
     kwargs = {k: v for k, v in kwargs.items()
               if k not in _DROP_KWARGS or (k == "dtype" and v is not None and not v.is_floating_point)}
     with contextlib.nullcontext() if grad else torch.no_grad():
         return target(*args, **kwargs)
+
+
+def _prims_as_aten(name: str, args, kwargs):
+    """A ``prims`` op (from torch's decompositions) by the aten op of the same meaning, for autograd."""
+    import torch
+
+    b = dict(kwargs)
+    if name == "broadcast_in_dim":
+        a, shape, dims = args[0], list(args[1]), list(args[2])
+        new = [1] * len(shape)
+        for i, d in enumerate(dims):
+            new[d] = a.shape[i]
+        return a.reshape(new).expand(shape)
+    if name in ("sum", "amax", "amin"):
+        return getattr(torch, name)(args[0], list(args[1]) if len(args) > 1 and args[1] is not None else [])
+    if name == "var":
+        over = list(args[1]) if len(args) > 1 and args[1] is not None else None
+        corr = b.get("correction", args[2] if len(args) > 2 else 1)
+        return torch.var(args[0], over, correction=corr)
+    if name == "div":
+        return torch.div(args[0], args[1])
+    aten = getattr(torch.ops.aten, name, None)
+    if aten is None:
+        raise Uncovered(f"prims.{name} has no aten twin for the autograd leg")
+    return aten(*args, **{k: v for k, v in b.items() if k not in _DROP_KWARGS})
 
 
 def _expand_tangent(t, in_shape, out_shape):
@@ -413,6 +440,8 @@ def _vmapped(fn, tangents, batch):
     import torch
 
     dims = tuple(0 if t is not None else None for t in tangents)
+    quiet = torch._C._functorch._set_vmap_fallback_warning_enabled  # type: ignore[attr-defined]
+    quiet(False)  # Note [Quiet fallback]: no C++ warnings
     try:
         return torch.vmap(fn, in_dims=dims)(*tangents)
     except Exception:  # noqa: BLE001 - an op without a batching rule: one call per tangent
@@ -420,22 +449,31 @@ def _vmapped(fn, tangents, batch):
         if isinstance(outs[0], (list, tuple)):
             return type(outs[0])(torch.stack([o[k] for o in outs]) for k in range(len(outs[0])))
         return torch.stack(outs)
+    finally:
+        quiet(True)  # torch's default (it has no getter)
 
 
-def _linear(target, args, kwargs, tangents_of, batch):
+#: Arguments of linear ops that are affine offsets (a pad or fill value): 0 in the tangent.
+_OFFSETS = frozenset({"value", "fill_value", "other", "self"})
+
+
+def _linear(target, args, kwargs, tangents_of, batch, value):
     """Jointly linear in the floating tensors: the op's forward on the tangents (zeros where none)."""
     import torch
     from torch.utils._pytree import tree_flatten, tree_unflatten
 
+    quick = _batched(target, args, kwargs, tangents_of, batch, value)
+    if quick is not None:
+        return quick
+    names = list(_bind(target, args, {}).keys())
+    args = [0.0 if i < len(names) and names[i] in _OFFSETS and _is_scalar(a) else a for i, a in enumerate(args)]
+    kwargs = {k: 0.0 if k in _OFFSETS and _is_scalar(v) else v for k, v in kwargs.items()}
     flat, spec = tree_flatten((list(args), dict(kwargs)))
     data = [i for i, a in enumerate(flat) if _is_float(a)]
     tans = [tangents_of(flat[i]) for i in data]
-    for i, a in enumerate(flat):  # affine offsets (a pad or fill value) take no part in the tangent
-        if isinstance(a, float) and not isinstance(a, bool):
-            flat[i] = 0.0
-    zeros = {i: torch.zeros_like(flat[i]) for i, t in zip(data, tans) if t is None}
     if not any(t is not None for t in tans):
         return None
+    zeros = {i: torch.zeros_like(flat[i]) for i, t in zip(data, tans) if t is None}
     pos = {i: k for k, i in enumerate(data)}
 
     def fn(*ts):
@@ -447,6 +485,86 @@ def _linear(target, args, kwargs, tangents_of, batch):
         return _call(target, a, kw)
 
     return _vmapped(fn, tans, batch)
+
+
+def _is_scalar(a) -> bool:
+    return isinstance(a, float) and not isinstance(a, bool)
+
+
+_RESHAPES = frozenset({"view", "_unsafe_view", "reshape", "view_copy", "_reshape_alias", "unsqueeze", "squeeze",
+                       "unsqueeze_copy", "squeeze_copy", "squeeze_dims", "flatten", "unflatten"})
+_IDENTITIES = frozenset({"clone", "alias", "contiguous", "lift_fresh_copy", "detach", "_to_copy",
+                         "convert_element_type", "resolve_conj", "resolve_neg", "alias_copy"})
+
+
+def _batched(target, args, kwargs, tangents_of, batch, value):
+    """The common linear ops on a batch of tangents directly (a leading dim), without vmap's per-call cost."""
+    import torch
+
+    name = _packet(target)
+    if not _is_float(value):
+        return None
+    try:
+        if name in ("cat", "stack"):
+            ts, dim = args[0], _bind(target, args, kwargs).get("dim", 0)
+            tans = [tangents_of(x) for x in ts]
+            if not any(t is not None for t in tans):
+                return None
+            full = [t if t is not None else torch.zeros((batch,) + tuple(x.shape), dtype=torch.float64)
+                    for t, x in zip(tans, ts)]
+            nd = value.dim()
+            return torch.cat(full, dim % nd + 1) if name == "cat" else torch.stack(full, dim % nd + 1)
+        if name == "where" and len(args) == 3 and all(isinstance(a, torch.Tensor) for a in args):
+            shape = tuple(value.shape)
+            ta, tb = tangents_of(args[1]), tangents_of(args[2])
+            ea = _expand_tangent(ta, tuple(args[1].shape), shape) if ta is not None else torch.zeros(())
+            eb = _expand_tangent(tb, tuple(args[2].shape), shape) if tb is not None else torch.zeros(())
+            return torch.where(args[0], ea, eb).expand((batch,) + shape).to(torch.float64)
+        a = args[0]
+        t = tangents_of(a) if isinstance(a, torch.Tensor) else None
+        if t is None or any(tangents_of(x) is not None for x in list(args[1:]) + list(kwargs.values())
+                            if isinstance(x, torch.Tensor)):
+            return None
+        b = _bind(target, args, kwargs)
+        nd = a.dim()
+        shape = tuple(value.shape)
+        if name in _RESHAPES:
+            return t.reshape((batch,) + shape)
+        if name in _IDENTITIES:
+            return t
+        if name == "neg":
+            return -t
+        if name in ("permute", "permute_copy"):
+            return t.permute(0, *[d % nd + 1 for d in b["dims"]])
+        if name in ("transpose", "transpose_copy"):
+            return t.transpose(b["dim0"] % nd + 1, b["dim1"] % nd + 1)
+        if name in ("t", "t_copy"):
+            return t.transpose(1, 2) if nd == 2 else t
+        if name in ("expand", "expand_copy"):
+            return _expand_tangent(t, tuple(a.shape), shape).expand((batch,) + shape)
+        if name == "broadcast_in_dim":
+            dims = list(b["broadcast_dimensions"])
+            new = [1] * len(shape)
+            for i, d in enumerate(dims):
+                new[d] = a.shape[i]
+            return t.reshape([batch] + new).expand((batch,) + shape)
+        if name in ("slice", "slice_copy"):
+            idx = [slice(None)] * (nd + 1)
+            idx[b.get("dim", 0) % nd + 1] = slice(b.get("start"), b.get("end"), b.get("step", 1))
+            return t[tuple(idx)]
+        if name in ("select", "select_copy"):
+            return t.select(b["dim"] % nd + 1, b["index"])
+        if name in ("sum", "mean"):
+            over = b.get("dim", b.get("dims"))
+            if over is None or (isinstance(over, (list, tuple)) and len(over) == 0):
+                out = t.reshape(batch, -1).sum(1) if name == "sum" else t.reshape(batch, -1).mean(1)
+                return out.reshape((batch,) + shape)
+            axes = [over % nd + 1] if isinstance(over, int) else [d % nd + 1 for d in over]
+            f = torch.sum if name == "sum" else torch.mean
+            return f(t, axes, keepdim=bool(b.get("keepdim", False))).reshape((batch,) + shape)
+    except Exception:  # noqa: BLE001 - an unusual signature: the op's own forward under vmap decides
+        return None
+    return None
 
 
 def _multilinear(target, args, kwargs, tangents_of, batch, value):
@@ -477,6 +595,16 @@ def _multilinear(target, args, kwargs, tangents_of, batch, value):
             continue
         t = tangents_of(a)
         if t is None:
+            continue
+        if name in ("mm", "bmm", "matmul", "mv", "dot") and len(args) == 2:
+            # matmul broadcasts a leading batch of tangents: the op's own product, no vmap
+            other = args[1 - i]
+            if name in ("mv", "dot") and i == 1:
+                total += (t @ args[0].transpose(-1, -2)) if name == "mv" else t @ args[0]
+            elif name == "matmul" and (a.dim() == 1 or other.dim() == 1):
+                total += _vmapped(lambda ti, i=i, o=other: _call(target, [ti, o] if i == 0 else [o, ti], {}), [t], batch)
+            else:
+                total += t @ other if i == 0 else other @ t
             continue
 
         def fn(ti, i=i):
@@ -669,7 +797,7 @@ def _propagate(target, args, kwargs, ids: dict, value, batch):
     if kind == "special":
         return _special(target, args, kwargs, tangents_of, batch, value)
     if kind in ("linear", "copy"):
-        return _linear(target, args, kwargs, tangents_of, batch)
+        return _linear(target, args, kwargs, tangents_of, batch, value)
     if kind == "multilinear":
         return _multilinear(target, args, kwargs, tangents_of, batch, value)
     if kind == "selection":
@@ -742,6 +870,22 @@ def jacobian(graph: TensorGraph, values: Sequence) -> tuple[list, np.ndarray]:
                     if outs_t else np.zeros((0, stop - start)))
     jac = np.concatenate(cols, axis=1) if cols else np.zeros((0, 0))
     return outs, jac
+
+
+def directional(graph: TensorGraph, values: Sequence, directions: np.ndarray) -> np.ndarray:
+    """``J V`` ``(n_out, k)`` at leaf ``values`` for directions ``V`` ``(n_in, k)``: one forward pass of k tangents."""
+    import torch
+
+    primals = [v.detach().to("cpu", torch.float64) for v in values]
+    k = directions.shape[1]
+    tangents, off = [], 0
+    for p in primals:
+        size = p.numel()
+        t = torch.from_numpy(np.ascontiguousarray(directions[off : off + size].T)).to(torch.float64)
+        tangents.append(t.reshape((k,) + tuple(p.shape)))
+        off += size
+    _, outs_t = forward(graph, primals, tangents)
+    return torch.cat([t.reshape(k, -1) for t in outs_t], dim=1).numpy().T if outs_t else np.zeros((0, k))
 
 
 def _numel(v) -> int:
