@@ -1096,7 +1096,8 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
 
 
 def _make_graph(call: Callable, real: list, table: dict | None = None):
-    """``make_fx`` of ``call``, functionalized (Note [Functional graphs]); plain where that fails to trace.
+    """The graph of ``call``: recorded (Note [Recorded graphs] in recorder.py), else ``make_fx`` of it
+    functionalized (Note [Functional graphs]), else plain ``make_fx`` where functionalization fails to trace.
 
     Note [Functional graphs]
     ~~~~~~~~~~~~~~~~~~~~~~~~
@@ -1114,6 +1115,12 @@ def _make_graph(call: Callable, real: list, table: dict | None = None):
     import torch
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    from .recorder import record
+
+    try:  # Note [Recorded graphs]: the real call, recorded at dispatch level, where it keeps the meaning
+        return record(call, real, table)
+    except Exception:  # noqa: BLE001 - declined (in-place writes, values read into Python) or unusual code
+        pass
     trace_log = logging.getLogger("torch.__trace")  # make_fx's structured DEBUG records: noise in a test's report
     was = trace_log.disabled
     trace_log.disabled = True

@@ -1,0 +1,116 @@
+"""A graph of the user's forward recorded from the real call, at dispatch level: the cheap tracer.
+
+Note [Recorded graphs]
+~~~~~~~~~~~~~~~~~~~~~~
+``make_fx`` costs about 5 ms for a three-op function (proxies, fake tensor
+metadata, functionalization), a third of a small gradcheck. A
+``TorchDispatchMode`` that runs the function once and records each aten op
+with the real tensors it received and returned costs 0.04 ms for the same
+function, and it *is* the real call: the values are the function's own. The
+recorded ops become the same ``torch.fx`` graph ``make_fx`` gives (aten
+overloads, ``getitem`` for tuple results, tensors that no op produced as
+constants), with each node's real value in ``meta["val"]``.
+
+It gives up -- and ``make_fx`` with ``functionalize`` traces instead
+(Note [Functional graphs] in torch_graph.py) -- where its graph could differ
+from the function's meaning: an op that mutates a tensor or returns one of
+its arguments (in-place writes and aliasing, which functionalization
+rewrites), an op that reads a value into Python (``.item()``, a
+data-dependent branch: ``make_fx`` refuses these and the fidelity check
+names the line), or an op whose schema it cannot read. Ops in a
+decomposition ``table`` are recorded as the ops of their decomposition.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["record", "Declined"]
+
+
+class Declined(Exception):
+    """The recorder cannot promise the function's meaning (Note [Recorded graphs])."""
+
+
+#: Ops that read a tensor's value into Python: the graph would fix the branch taken.
+_READS = frozenset({"_local_scalar_dense", "is_nonzero", "item", "equal", "allclose", "tolist"})
+
+
+def record(call: Callable, real: list, table: dict | None = None):
+    """A ``torch.fx.GraphModule`` of ``call(*real)``, recorded from the real call; :class:`Declined` if it cannot."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten, tree_map
+
+    graph = torch.fx.Graph()
+    node_of: dict[int, Any] = {}
+    keep: list = []  # every tensor seen stays alive, so that no id is reused while recording
+    consts: dict[str, Any] = {}
+
+    def bind(t, node) -> None:
+        keep.append(t)
+        node_of[id(t)] = node
+        node.meta["val"] = t
+
+    for i, t in enumerate(real):
+        bind(t, graph.placeholder(f"arg{i}_1"))
+
+    def arg(a):
+        if not isinstance(a, torch.Tensor):
+            return a
+        n = node_of.get(id(a))
+        if n is None:  # made outside the dispatcher (a closure's weight, torch.from_numpy): a constant
+            name = f"_tensor_constant{len(consts)}"
+            consts[name] = a
+            n = graph.get_attr(name)
+            bind(a, n)
+        return n
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if table and func in table:
+                with self:
+                    return table[func](*args, **kwargs)
+            with self:  # a composite op called from inside a decomposition: its own ops, as make_fx records them
+                r = func.decompose(*args, **kwargs)
+            if r is not NotImplemented:
+                return r
+            schema = getattr(func, "_schema", None)
+            name = getattr(func, "__name__", "").split(".")[0]
+            if schema is None or name in _READS or any(a.alias_info is not None and a.alias_info.is_write
+                                                        for a in schema.arguments):
+                raise Declined(f"{func}: reads a value or writes in place")
+            out = func(*args, **kwargs)
+            ins = {id(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            if any(isinstance(o, torch.Tensor) and id(o) in ins for o in outs):
+                raise Declined(f"{func}: returns its own argument")
+            node = graph.call_function(func, tree_map(arg, tuple(args)), tree_map(arg, dict(kwargs)))
+            if isinstance(out, torch.Tensor):
+                bind(out, node)
+            elif isinstance(out, (tuple, list)):
+                node.meta["val"] = out
+                for k, o in enumerate(out):
+                    if isinstance(o, torch.Tensor):
+                        bind(o, graph.call_function(operator.getitem, (node, k)))
+            return out
+
+    class Visible(TorchFunctionMode):
+        """An active torch-function mode, as under ``make_fx``: modules skip their fused fast paths
+        (``TransformerEncoderLayer`` in eval mode would run as one opaque ``_transformer_encoder_layer_fwd``)."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Visible(), Recorder():
+        result = call(*real)
+    flat = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
+    graph.output([arg(t) for t in flat])
+    root = torch.nn.Module()
+    for name, t in consts.items():
+        root.register_buffer(name, t)
+    return torch.fx.GraphModule(root, graph)
