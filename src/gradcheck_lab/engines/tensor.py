@@ -603,8 +603,9 @@ def _multilinear(target, args, kwargs, tangents_of, batch, value):
                 total += (t @ args[0].transpose(-1, -2)) if name == "mv" else t @ args[0]
             elif name == "matmul" and (a.dim() == 1 or other.dim() == 1):
                 total += _vmapped(lambda ti, i=i, o=other: _call(target, [ti, o] if i == 0 else [o, ti], {}), [t], batch)
-            else:
-                total += t @ other if i == 0 else other @ t
+            else:  # both batched: a bmm (a (B*n, k) @ (k, m) mm took 16 ms on a busy 2-core machine, the bmm 12 us)
+                wide = other.expand((batch,) + tuple(other.shape))
+                total += t @ wide if i == 0 else wide @ t
             continue
 
         def fn(ti, i=i):
