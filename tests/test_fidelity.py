@@ -416,3 +416,42 @@ def test_a_graph_beyond_the_derivation_budget_is_judged_by_finite_differences(mo
     # located by bisection along the disagreeing direction, then confirmed per component
     with pytest.raises(GradientMismatch, match=r"(?s)d\[.*\] / d\[a\[\d+, \d+\]\].*finite differences of the real"):
         gradcheck(lambda a: _Scaled.apply(torch.tanh(a @ a), 1e-6), (x,))
+
+
+def test_random_points_lie_around_each_calls_own_inputs():
+    # a traced graph's model is shared by calls on the same graph; its random points were drawn once,
+    # around the first call's inputs, and reused for every later call (sample blocks cached by seed alone)
+    import numpy as np
+
+    from gradcheck_lab.torch_graph import Leaf, model_of, name_leaves, trace
+
+    leaves = [Leaf("x", "input", 0, (3,), torch.float64)]
+    name_leaves(leaves)
+    traced = trace(torch.tanh, [torch.ones(3, dtype=torch.float64)], leaves, key="around each call's inputs")
+    for centre in (np.array([1.0, 2.0, 3.0]), np.array([100.0, -200.0, 300.0])):
+        theta = model_of(traced, [centre]).sample(16, seed=0).theta  # none spread over magnitudes
+        assert (np.abs(theta - centre) <= 0.1 * np.abs(centre) + 1e-12).all()
+
+
+def test_random_points_where_the_outputs_change_size_are_skipped():
+    # a matcher returns as many matches as it finds: at a point we chose, another number of outputs
+    def matches(a, b):
+        d = torch.cdist(a, b)
+        return d[d < 1.2]
+
+    torch.manual_seed(3)
+    a = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(matches, (a, b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert gradcheck(matches, (a, b), points=16) is True
+    rows = [[a.detach(), b.detach()], [a.detach() * 3, b.detach()]]
+    fid = fidelity_check(matches, rows)
+    assert fid.refused == [0] and fid.unfaithful is None
+
+
+def fidelity_check(call, rows):
+    from gradcheck_lab import fidelity
+
+    return fidelity.check(call, call, rows, 1, torch.float64, lambda j, k: f"output {j}[{k}]")

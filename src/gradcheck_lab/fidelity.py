@@ -97,11 +97,13 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
 
     ``describe(output, k)`` names an output element; ``names`` the two sides in messages. Rows past ``given``
     where ``call`` raises are refused (their indices, counted from the first
-    random row); a raise at the given inputs propagates (the user's own error).
+    random row), and so are rows where its outputs have other sizes than at the given inputs (a matcher
+    that returns as many matches as it finds); a raise at the given inputs propagates (the user's own error).
     """
     import torch
 
     found = Fidelity()
+    shapes = None
     for i, tensors in enumerate(rows):
         with torch.no_grad():
             try:
@@ -109,6 +111,12 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
             except Exception:  # noqa: BLE001 - the user's own check at a point we chose
                 if i < given:
                     raise
+                found.refused.append(i - given)
+                continue
+            if i < given:
+                shapes = [tuple(r.shape) for r in real]
+            elif shapes is not None and [tuple(r.shape) for r in real] != shapes:
+                # outputs of another size there (a matcher's matches): not the same Jacobian, not a point to check
                 found.refused.append(i - given)
                 continue
             try:

@@ -211,6 +211,9 @@ class Model:
     description: str = ""
     dataset: tuple[Mapping[str, Any], ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: Every ``SPREAD_EVERY``-th random point spread over magnitudes (Note [Sampling]); False keeps every
+    #: point in the domain (the drop-in gradcheck's points around the inputs).
+    spread: bool = True
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ building
@@ -542,7 +545,10 @@ class Model:
 
     def _sample_block(self, seed: int, k: int, spread_on: bool) -> tuple[np.ndarray, np.ndarray]:
         cache = self._cache.setdefault("sample_blocks", {})
-        key = (seed, k, spread_on)
+        spread_on = spread_on and self.spread
+        # The domains are part of the key: models made by dataclasses.replace share _cache (a traced graph's
+        # model at new inputs drew its random points around the first call's inputs).
+        key = (seed, k, spread_on, hash(tuple((v.domain, v.max_abs) for v in (*self.params, *self.data_vars))))
         if key in cache:
             return cache[key]
         n = SAMPLE_BLOCK

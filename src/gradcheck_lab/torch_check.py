@@ -72,7 +72,7 @@ import numpy as np
 from .errors import GradcheckError, GradientMismatch, UsageError
 from .torch_graph import Leaf, Traced, Unsupported, element_work, leaf_labels, model_of, name_leaves, trace
 
-__all__ = ["gradcheck", "gradgradcheck", "MAX_JACOBIAN", "RANDOM_COTANGENTS", "POINTS"]
+__all__ = ["gradcheck", "gradgradcheck", "MAX_JACOBIAN", "RANDOM_COTANGENTS", "POINTS", "FAST_POINTS"]
 
 #: Largest number of output elements whose full Jacobian is checked at the given inputs.
 MAX_JACOBIAN = 64
@@ -80,6 +80,8 @@ MAX_JACOBIAN = 64
 RANDOM_COTANGENTS = 8
 #: Random points around the inputs checked by default.
 POINTS = 8
+#: Random points with ``fast_mode=True`` when ``points`` is not given (a suite that asks for speed).
+FAST_POINTS = 2
 
 
 # ---------------------------------------------------------------- the function under test
@@ -507,7 +509,7 @@ def gradcheck(
     check_backward_ad: bool = True,
     fast_mode: bool = False,
     masked: bool | None = None,
-    points: int = POINTS,
+    points: int | None = None,
     seed: int = 0,
     reference: Callable | None = None,
 ) -> bool:
@@ -528,7 +530,8 @@ def gradcheck(
     ``check_undefined_grad``, ``check_batched_grad`` and
     ``check_batched_forward_grad``; ``check_grad_dtypes`` checks each
     gradient's dtype. ``points`` random points around the inputs (seeded by
-    ``seed``) are checked too. ``reference``: a pure-torch implementation of
+    ``seed``; default :data:`POINTS`, :data:`FAST_POINTS` with ``fast_mode``)
+    are checked too. ``reference``: a pure-torch implementation of
     the same forward (called like ``func``; an ``nn.Module`` with the same
     parameters when ``func`` is one) for an opaque op or kernel: the symbolic
     truth is derived from it, after a check that both forwards agree
@@ -540,6 +543,7 @@ def gradcheck(
     >>> gradcheck(lambda t: (t.sin() * t).sum(0), (x,))
     True
     """
+    points = (FAST_POINTS if fast_mode else POINTS) if points is None else points
     _validate(points, seed)
     _requires("check_batched_grad", check_batched_grad, "check_backward_ad", check_backward_ad)
     _requires("check_batched_forward_grad", check_batched_forward_grad, "check_forward_ad", check_forward_ad)
@@ -1210,7 +1214,6 @@ def _fd_confirms(model, batch, bad, got, base, atol, rtol, dtype) -> np.ndarray:
     (``1 - sigmoid(x)`` near 1) grow as it shrinks; a jump inside the steps
     leaves no estimate.
     """
-    from dataclasses import replace
 
     from .engines import finite_diff
 
@@ -1283,9 +1286,10 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
 
     def one_or_nan(x):
         try:
-            return one(x).numpy()
+            y = one(x).numpy()
         except Exception:  # noqa: BLE001 - the user's own domain check inside a stencil: no estimate there
             return np.full(traced.n_out, np.nan)
+        return y if y.size == traced.n_out else np.full(traced.n_out, np.nan)  # another number of outputs there
 
     def outputs(rows: np.ndarray) -> np.ndarray:
         """The user's flat outputs at each distinct row of inputs (the rows of a Jacobian share their points)."""
@@ -1325,18 +1329,18 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         r = 0.1 * abs(t) if t != 0 else 0.1
         # max_abs as the traced model's: the spread random points stay near the inputs (no referee here).
         params.append(Var(n, init=float(t), domain=(float(t - r), float(t + r)), max_abs=max(2 * abs(t), 1.0)))
-    model = Model.from_function(
+    model = replace(Model.from_function(
         predict, params=params, inputs=(),
         target=Var("cotangent", shape=(traced.n_out,), domain=(-1.0, 1.0)),
         loss=lambda ops, yhat, y: yhat, name="traced (no symbolic leg)",
-    )
+    ), spread=False)  # points around the inputs, as the traced path draws them
     cots = _cotangents(traced.n_out, fast_mode, seed)
     batch = model.batch([{"cotangent": c} for c in cots])
     refused: list[int] = []
     if points:
         sample = model.sample(points, seed=seed)
         dt = getattr(torch, target.dtype)
-        refused = [i for i, th in enumerate(sample.theta) if not _runs(target, _leaf_row(target, th, dt))]
+        refused = [i for i, th in enumerate(sample.theta) if not _runs(target, _leaf_row(target, th, dt), traced.n_out)]
         keep = np.array([i for i in range(len(sample)) if i not in set(refused)], dtype=int)
         batch = type(batch).concat([batch, sample.take(keep)])
     from .candidates import as_candidate
@@ -1361,7 +1365,6 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         got = got_all[rows]
         fd = _sharpest(model, sub, columns)
         if columns is not None:  # components not differenced: the candidate's values set the scale, no estimate
-            from dataclasses import replace
 
             fd = replace(fd, values=np.where(np.isnan(fd.values), got, fd.values))
         assert fd.error is not None and fd.lower is not None and fd.upper is not None
@@ -1493,7 +1496,6 @@ def _sharpest(model, batch, columns=None):
     the error bar fell to about 1e-12. Without the symbolic leg these error
     bars are the whole verdict, so the sharper of the two is kept.
     """
-    from dataclasses import replace
 
     from .engines import finite_diff
 
@@ -1510,16 +1512,22 @@ def _sharpest(model, batch, columns=None):
     return best
 
 
-def _runs(target: _Target, tensors: list) -> bool:
-    """The user's function runs at these leaf values (it may refuse a point with its own error)."""
+def _runs(target: _Target, tensors: list, n_out: int) -> bool:
+    """The user's function runs at these leaf values with ``n_out`` float output elements, as at the given inputs.
+
+    It may refuse a point with its own error, or give outputs of another size there (a matcher returns as
+    many matches as it finds): either way the point is skipped, and counted.
+    """
     import torch
 
     try:
         with torch.no_grad():
-            target.call(*tensors)
+            out = target.call(*tensors)
     except Exception:  # noqa: BLE001 - its own domain check ("Some boxes have negative heights")
         return False
-    return True
+    from .torch_graph import _flat_outputs
+
+    return sum(o.numel() for o in _flat_outputs(out) if o.is_floating_point()) == n_out
 
 
 def _vmappable(traced) -> bool:

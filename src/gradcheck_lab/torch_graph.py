@@ -1398,8 +1398,9 @@ def model_of(traced: Traced, values: list[np.ndarray], name: str = "traced") -> 
     The model's derivations (SymPy, compiled functions) are shared by every
     call on the same graph (``_cache``); only the point changes. Random
     points draw each component uniformly from ``t +- SPREAD * |t|`` (``+-
-    SPREAD`` where ``t = 0``): the sign is kept, so a ``log`` or ``sqrt``
-    stays in its domain.
+    SPREAD`` where ``t = 0``), none spread over magnitudes: the sign is
+    kept, so a ``log`` or ``sqrt`` stays in its domain, and a rotation
+    matrix or an image stays near one.
     """
     from dataclasses import replace
 
@@ -1411,7 +1412,7 @@ def model_of(traced: Traced, values: list[np.ndarray], name: str = "traced") -> 
         r = SPREAD * abs(t) if t != 0 else SPREAD
         lo, hi = max(t - r, -big), min(t + r, big)
         params.append(Var(var.name, init=float(t), domain=(lo, hi), max_abs=min(max(2 * abs(t), 1.0), big)))
-    return replace(base, params=tuple(params), name=name)
+    return replace(base, params=tuple(params), name=name, spread=False)
 
 
 def name_leaves(leaves: list[Leaf]) -> None:
