@@ -172,3 +172,26 @@ def test_opens_offline_without_errors(reports, pages, session):
         assert page.locator('figure[data-engine="autograd"] svg').is_visible()
         assert page.locator('div.point[data-source="random"]').count() == len(failing.failures)
         assert page.problems == [] and page.requests == [pages["failing"].resolve().as_uri()]
+
+
+def test_the_histograms_agree_with_the_verdict_on_a_planted_autograd_error():
+    # the symbolic engine's histogram was measured against autograd where no exact value was at hand:
+    # "symbolic: ... 2 beyond tolerance" beside a verdict that blamed autograd alone
+    import re
+
+    from gradcheck_lab import verify
+    from gradcheck_lab.engines import engine
+    from gradcheck_lab.html.verify import verify_fragment
+
+    auto = engine("autograd")
+
+    def planted(model, batch, **kw):
+        g = auto(model, batch, **kw)
+        g.values[::500, 0] *= 1.01
+        return g
+
+    report = verify("mlp", random=2000, engines={"autograd": planted}, H=4)
+    assert not report.ok and "autograd differs" in report.message
+    beyond = dict(re.findall(r"<figcaption>([\w ]+): [\d,]+ components, ([\d,]+) beyond tolerance</figcaption>",
+                             verify_fragment(report)))
+    assert beyond["symbolic"] == "0" and beyond["finite differences"] == "0" and int(beyond["autograd"]) > 0
