@@ -118,3 +118,34 @@ def test_repr_html_renders_in_a_browser(tmp_path):
             assert host == "32px", host  # the browser's default h1: our styles stay inside the fragment
             if name == "caught":
                 assert "backward gives" in page.locator("#caught").inner_text()
+
+
+def test_routed_calls_check_a_modules_inputs_only_as_torch_does():
+    # torch's gradcheck of a module differentiates its inputs; a CNN's weights (1.3M in a public
+    # descriptor network) made a routed call check every one of them
+    class WrongWeight(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return x * w
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            return g * w, g * x * 2  # the weight's gradient is wrong, the input's right
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.rand(3, dtype=torch.float64) + 0.5)
+
+        def forward(self, x):
+            return WrongWeight.apply(x, self.w)
+
+    module, x = Scale(), _x()
+    assert torch.autograd.gradcheck(module, (x,))
+    with gradcheck_lab.routing():
+        assert torch.autograd.gradcheck(module, (x,))
+    with pytest.raises(GradientMismatch, match=r"d\[w"):
+        gradcheck_lab.gradcheck(module, (x,))
+    assert gradcheck_lab.gradcheck(module, (x,), parameters=False)

@@ -11,7 +11,8 @@ Note [Drop-in design]
 ~~~~~~~~~~~~~~~~~~~~~
 * **What is checked**: the floating-point inputs that require grad and, for
   an ``nn.Module``, its parameters that require grad (named as in
-  ``named_parameters()``: ``0.weight``).
+  ``named_parameters()``: ``0.weight``); with ``parameters=False`` (and in
+  routed calls) the inputs only, as torch's gradcheck checks a module.
 * **Outputs**: every floating output element, flattened in order. Each
   checked point is a cotangent ``c``: the model's loss is ``c . f(x)`` and
   its gradient the vector-Jacobian product ``J^T c`` the backward computes.
@@ -90,7 +91,7 @@ FAST_POINTS = 2
 class _Target:
     """The user's callable, its checked leaves and how to call it with new leaf values."""
 
-    def __init__(self, func: Callable, inputs: Sequence[Any]):
+    def __init__(self, func: Callable, inputs: Sequence[Any], parameters: bool = True):
         import torch
 
         if not callable(func):
@@ -105,7 +106,7 @@ class _Target:
             if isinstance(a, torch.Tensor) and a.requires_grad:
                 _check_dtype(a, f"input {i} ({names[i]})")
                 leaves.append(Leaf(names[i], "input", i, tuple(a.shape), a.dtype))
-        if self.module is not None:
+        if self.module is not None and parameters:
             for pname, p in self.module.named_parameters():
                 if p.requires_grad:
                     _check_dtype(p, f"parameter {pname}")
@@ -157,9 +158,10 @@ class _Target:
             for a in self.inputs
         )
         if self.module is not None:
-            consts += tuple(
+            checked = {str(lf.position) for lf in self.leaves if lf.kind == "parameter"}
+            consts += tuple(  # parameters not checked (parameters=False) are constants of the graph
                 (k, _fingerprint(t)) for k, t in (*self.module.named_buffers(), *self.module.named_parameters())
-                if not t.requires_grad
+                if k not in checked
             )
             consts += (self.module.training,)
         return (fkey, consts, tuple((lf.label, lf.shape, str(lf.dtype)) for lf in self.leaves))
@@ -512,6 +514,7 @@ def gradcheck(
     points: int | None = None,
     seed: int = 0,
     reference: Callable | None = None,
+    parameters: bool = True,
 ) -> bool:
     """Check the backward (and optionally forward-mode AD) of ``func`` at ``inputs``; True or GradientMismatch.
 
@@ -535,7 +538,8 @@ def gradcheck(
     the same forward (called like ``func``; an ``nn.Module`` with the same
     parameters when ``func`` is one) for an opaque op or kernel: the symbolic
     truth is derived from it, after a check that both forwards agree
-    (Note [Trace fidelity] in fidelity.py).
+    (Note [Trace fidelity] in fidelity.py). ``parameters=False`` checks an
+    ``nn.Module``'s inputs only, as torch's gradcheck does (routed calls do).
 
     >>> import torch
     >>> from gradcheck_lab import gradcheck
@@ -547,7 +551,7 @@ def gradcheck(
     _validate(points, seed)
     _requires("check_batched_grad", check_batched_grad, "check_backward_ad", check_backward_ad)
     _requires("check_batched_forward_grad", check_batched_forward_grad, "check_forward_ad", check_forward_ad)
-    target = _Target(func, inputs)
+    target = _Target(func, inputs, parameters)
     if not target.leaves:
         return _nothing_to_check(target)
     if not _deterministic(target, nondet_tol):
@@ -1092,6 +1096,7 @@ def gradgradcheck(
     masked: bool = False,
     points: int = POINTS,
     seed: int = 0,
+    parameters: bool = True,
 ) -> bool:
     """Check the double backward of ``func``: a drop-in for :func:`torch.autograd.gradgradcheck`.
 
@@ -1120,7 +1125,7 @@ def gradgradcheck(
     from .hessian import hvp_model
 
     _validate(points, seed)
-    target = _Target(func, inputs)
+    target = _Target(func, inputs, parameters)
     if not target.leaves:
         return _nothing_to_check(target)
     if not _deterministic(target, nondet_tol):
