@@ -844,3 +844,38 @@ def test_max_pool_is_in_the_table_and_a_misrouted_gradient_is_caught():
 def test_a_func_that_is_not_callable_is_a_usage_error():
     with pytest.raises(UsageError, match="Expected func to be a callable"):
         gradcheck("sin", (_t(2),))
+
+
+class _Scaled(torch.autograd.Function):
+    """x * 3 and a statistic of x computed outside autograd (marked non-differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, factor):
+        ctx.factor = factor
+        stat = torch.tensor([x.detach().max().item() * 0.5], dtype=x.dtype)
+        ctx.mark_non_differentiable(stat)
+        return x * 3, stat
+
+    @staticmethod
+    def backward(ctx, g, _):
+        return g * ctx.factor, None
+
+
+def test_outputs_without_grad_are_not_checked_as_torch():
+    # Note [Differentiable outputs]: a threshold read through .item() beside the image (kornia's
+    # otsu_threshold) depends on x, has no gradient in torch, and its finite differences blamed the image's
+    # correct backward; torch's gradcheck checks only the outputs that require grad.
+    x = _t(2, 5)
+
+    def threshold(a):
+        t = torch.tensor([a.detach().max().item() / 2], dtype=a.dtype)  # depends on a, outside autograd
+        return (a > t).to(a.dtype) * a * a, t
+
+    assert gradcheck(threshold, (x,)) is True
+    assert torch.autograd.gradcheck(threshold, (x,)) is True
+    assert gradcheck(_Scaled.apply, (x, 3.0)) is True
+    with pytest.raises(GradientMismatch, match="backward"):  # the differentiable output is still checked
+        gradcheck(_Scaled.apply, (x, 3.0 + 1e-6))
+    # when no output requires grad, every float output is checked (torch expects a zero Jacobian)
+    with pytest.raises(GradientMismatch):
+        gradcheck(lambda a: torch.tensor([a.detach().max().item()], dtype=a.dtype), (x,))

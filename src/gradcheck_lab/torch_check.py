@@ -99,6 +99,8 @@ class _Target:
                              f"but got {type(func).__name__} {func!r:.60}.")
         self.func = func
         self.inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
+        #: Which floating-point outputs are checked (Note [Differentiable outputs]); None: all of them.
+        self.keep: tuple[bool, ...] | None = None
         self.module = func if isinstance(func, torch.nn.Module) else None
         names = _argument_names(func, len(self.inputs))
         leaves: list[Leaf] = []
@@ -146,8 +148,15 @@ class _Target:
         if self.module is not None:
             from torch.func import functional_call
 
-            return functional_call(self.module, params, tuple(args))
-        return self.func(*args)
+            out = functional_call(self.module, params, tuple(args))
+        else:
+            out = self.func(*args)
+        if self.keep is None:
+            return out
+        from .torch_graph import _flat_outputs
+
+        floats = [o for o in _flat_outputs(out) if o.is_floating_point()]
+        return tuple(o for o, k in zip(floats, self.keep) if k)
 
     def key(self):
         from .torch_graph import _fingerprint
@@ -164,6 +173,7 @@ class _Target:
                 if k not in checked
             )
             consts += (self.module.training,)
+        consts += (self.keep,)
         return (fkey, consts, tuple((lf.label, lf.shape, str(lf.dtype)) for lf in self.leaves))
 
     def flat_output(self, out):
@@ -967,19 +977,30 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
 
     from .torch_graph import _flat_outputs
 
-    def run(seed: int):
+    def run(seed: int, values=target.values):
         # Fixed seeds in a forked generator: the verdict does not depend on the caller's RNG state (a
         # dropout of 3 elements drew the same mask twice one time in five), and the caller's state is kept.
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed also queues CUDA seeding, recording a stack
             # trace each time (0.5 ms a call), and would change a caller's CUDA state fork_rng keeps.
             torch.default_generator.manual_seed(seed)
-            return target.call(*target.values)
+            return target.call(*values)
 
+    # Note [Differentiable outputs]: as torch's gradcheck (``_differentiable_outputs``), only outputs
+    # that require grad at the given inputs are checked when some do: a threshold computed through
+    # .item() (kornia's otsu_threshold) is returned beside the image, has no gradient in torch, and
+    # its finite differences blamed a correct backward. When none does, every float output is checked
+    # (torch then expects a zero numerical Jacobian).
+    with torch.enable_grad():
+        leaves = [v.detach().requires_grad_() for v in target.values]
+        floats = [o for o in _flat_outputs(run(RANDOM_SEEDS[0], leaves)) if o.is_floating_point()]
+    if not floats:
+        return False
+    wanted = tuple(bool(o.requires_grad) for o in floats)
+    if any(wanted) and not all(wanted):
+        target.keep = wanted
     with torch.no_grad():
-        first = run(RANDOM_SEEDS[0])
-        if not any(o.is_floating_point() for o in _flat_outputs(first)):
-            return False
+        first = run(RANDOM_SEEDS[0]) if target.keep is not None else [o.detach() for o in floats]
         a = target.flat_output(first).double()
         if a.numel() and not bool(torch.isfinite(a).any()):  # a / 0: SymPy's derivative is zoo, nothing to judge
             raise UsageError(
