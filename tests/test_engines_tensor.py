@@ -87,6 +87,19 @@ def test_jacobian_goes_through_tangents_in_chunks(monkeypatch):
     np.testing.assert_array_equal(whole, chunked)
 
 
+def test_cotangent_products_never_hold_the_whole_jacobian(monkeypatch):
+    f, xs = CASES["conv2d with bias"]
+    graph, _ = tensor_graph(f, xs)
+    _, whole = tensor.jacobian(graph, xs)
+    cots = np.random.default_rng(0).uniform(-1, 1, (3, whole.shape[0]))
+    monkeypatch.setattr(tensor, "CHUNK_ELEMENTS", 1000)  # several blocks of unit tangents
+    sym, scale = tensor.cotangent_products(graph, xs, cots)
+    np.testing.assert_allclose(sym, cots @ whole, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(scale, np.abs(cots) @ np.abs(whole), rtol=1e-13)
+    with pytest.raises(ValueError, match="cotangents"):
+        tensor.cotangent_products(graph, xs, cots[:, :-1])
+
+
 def test_inplace_graph_is_not_covered_and_says_why():
     lstm = torch.nn.LSTM(3, 4).double()
     graph, why = tensor_graph(lambda a: lstm(a)[0], [_rand(2, 1, 3)])
@@ -168,13 +181,29 @@ def test_a_correct_backward_at_real_size_passes_at_tensor_level(dtype, monkeypat
 
 
 @pytest.mark.parametrize("dtype, wrong", [(torch.float64, _Wrong6), (torch.float32, _Wrong3)])
-def test_a_wrong_backward_at_real_size_is_caught(dtype, wrong):
+@pytest.mark.parametrize("fast_mode", [False, True])
+def test_a_wrong_backward_at_real_size_is_caught(dtype, wrong, fast_mode):
+    # fast_mode: the given inputs' 1024 components are checked by projections, as the random points'
     from gradcheck_lab.errors import GradientMismatch
 
     x = _rand(16, 64).to(dtype).requires_grad_()
     with pytest.raises(GradientMismatch), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gradcheck(lambda a: wrong.apply(a * 0.5).sum(0), (x,), points=1)
+        gradcheck(lambda a: wrong.apply(a * 0.5).sum(0), (x,), points=1, fast_mode=fast_mode)
+
+
+def test_fast_mode_projects_the_given_inputs_of_a_wide_function(monkeypatch):
+    from gradcheck_lab import tensor_check
+
+    seen = []
+    real = tensor.cotangent_products
+    monkeypatch.setattr(tensor, "cotangent_products", lambda *a: seen.append(1) or real(*a))
+    x = _rand(16, 64).requires_grad_()
+    assert gradcheck(lambda a: _Tanh.apply(a * 0.5).sum(0), (x,), fast_mode=True)
+    assert seen == []  # 1024 components: projections only
+    assert gradcheck(lambda a: _Tanh.apply(a * 0.5).sum(0), (x[:, :8].detach().requires_grad_(),), fast_mode=True)
+    assert seen  # 128 components: every one, at the given inputs and at the random points
+    assert tensor_check.FULL_JACOBIAN >= 128
 
 
 def test_ops_outside_the_per_element_table_keep_a_symbolic_leg():

@@ -32,12 +32,42 @@ def test_a_recorded_graph_computes_the_function():
     assert torch.allclose(gm(y)[0], f(y)[0])
 
 
-@pytest.mark.parametrize("f", [lambda x: x.clone().mul_(2), lambda x: x * x.sum().item(),
-                               lambda x: x if x.sum() > 0 else -x],
-                         ids=["in place", "item", "data-dependent branch"])
+def _write_through_view(x):
+    h = x * 2
+    h[0].mul_(3)  # changes h through a view
+    return h
+
+
+def _view_then_write(x):
+    h = x * 2
+    v = h.view(-1)
+    h.add_(1)  # v changes too
+    return v
+
+
+@pytest.mark.parametrize("f", [lambda x: x.mul_(2), _write_through_view, _view_then_write,
+                               lambda x: x * x.sum().item(), lambda x: x if x.sum() > 0 else -x],
+                         ids=["in place into an input", "through a view", "with a view alive", "item",
+                              "data-dependent branch"])
 def test_it_declines_what_could_change_the_meaning(f):
     with pytest.raises(Declined):
-        record(f, [_x(3)])
+        record(f, [_x(3, 2).clone()])
+
+
+def test_in_place_ops_on_the_functions_own_tensors_are_recorded_out_of_place():
+    def f(x):
+        h = x.clone().mul_(2)
+        h.relu_()
+        h += x
+        torch.nn.functional.elu(h, inplace=True)
+        return h.sin()
+
+    x = _x(3, 4)
+    gm = record(f, [x])
+    assert {"aten.mul.Tensor", "aten.relu.default", "aten.add.Tensor", "aten.elu.default"} <= _targets(gm)
+    assert not any(t.endswith("_.default") or "_.Tensor" in t for t in _targets(gm))
+    y = _x(3, 4) - 0.5  # the graph is the function at other inputs too
+    assert torch.equal(gm(y)[0], f(y))
 
 
 def test_modules_stay_off_their_fused_fast_paths():

@@ -879,3 +879,25 @@ def test_outputs_without_grad_are_not_checked_as_torch():
     # when no output requires grad, every float output is checked (torch expects a zero Jacobian)
     with pytest.raises(GradientMismatch):
         gradcheck(lambda a: torch.tensor([a.detach().max().item()], dtype=a.dtype), (x,))
+
+
+def _where_sqrt(x):
+    t = x[..., 0] + x[..., 1]  # about 5e-5 at the inputs: negative at some random points around them
+    return torch.where(t > 0.0, torch.sqrt(t.clamp(min=-1.0)), torch.zeros_like(t)) + x.sum(-1)
+
+
+@pytest.mark.parametrize("path", ["tensor", "per-element"])
+def test_nan_gradients_off_the_inputs_are_skipped_with_a_warning(path, monkeypatch):
+    # Note [NaN off the inputs]: kornia's rotation_matrix_to_quaternion, 10% off a rotation matrix
+    from gradcheck_lab import torch_check
+
+    if path == "per-element":
+        monkeypatch.setattr(torch_check, "_tensor_leg", lambda *a, **k: False)
+    x = torch.tensor([[0.001, -0.00095, 1.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_where_sqrt, (x,))
+    with pytest.warns(RuntimeWarning, match="NaN or inf at 2 of 8 random points"):
+        assert gradcheck(_where_sqrt, (x,)) is True
+    with pytest.raises(GradientMismatch), warnings.catch_warnings():  # the other points are still judged
+        warnings.simplefilter("ignore")
+        gradcheck(_wrong(_where_sqrt, 1 + 1e-6), (x,))
+

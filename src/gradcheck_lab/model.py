@@ -214,6 +214,9 @@ class Model:
     #: Every ``SPREAD_EVERY``-th random point spread over magnitudes (Note [Sampling]); False keeps every
     #: point in the domain (the drop-in gradcheck's points around the inputs).
     spread: bool = True
+    #: Points per block of the random sequence (Note [Sampling]); the drop-in's models draw a few points a
+    #: call, and a block of SAMPLE_BLOCK rows of a 1k-element input was most of a small call.
+    block: int = SAMPLE_BLOCK
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ building
@@ -518,7 +521,8 @@ class Model:
 
         Note [Sampling]
         ~~~~~~~~~~~~~~~
-        The sequence is cut into blocks of ``SAMPLE_BLOCK`` points, block
+        The sequence is cut into blocks of ``block`` points (``SAMPLE_BLOCK``
+        unless the model says otherwise), block
         ``k`` drawn from ``numpy.random.default_rng([seed, k])``: a point's
         value depends only on ``seed`` and its index, never on how a run is
         chunked. Each component is uniform in its variable's ``domain``,
@@ -532,13 +536,14 @@ class Model:
         """
         if n < 0 or start < 0:
             raise UsageError(f"Expected non-negative n and start but got n={n}, start={start}.")
-        first, last = start // SAMPLE_BLOCK, (start + n - 1) // SAMPLE_BLOCK if n else start // SAMPLE_BLOCK
+        b = self.block
+        first, last = start // b, (start + n - 1) // b if n else start // b
         thetas, datas = [], []
         for k in range(first, last + 1):
             th, da = self._sample_block(seed, k, spread)
             thetas.append(th)
             datas.append(da)
-        lo = start - first * SAMPLE_BLOCK
+        lo = start - first * b
         theta = np.concatenate(thetas)[lo : lo + n]
         data = np.concatenate(datas)[lo : lo + n]
         return Batch(theta, data)
@@ -548,10 +553,10 @@ class Model:
         spread_on = spread_on and self.spread
         # The domains are part of the key: models made by dataclasses.replace share _cache (a traced graph's
         # model at new inputs drew its random points around the first call's inputs).
-        key = (seed, k, spread_on, hash(tuple((v.domain, v.max_abs) for v in (*self.params, *self.data_vars))))
+        key = (seed, k, spread_on, self.block, hash(tuple((v.domain, v.max_abs) for v in (*self.params, *self.data_vars))))
         if key in cache:
             return cache[key]
-        n = SAMPLE_BLOCK
+        n = self.block
         rng = np.random.default_rng([seed, k])
         spread = ((np.arange(n) % SPREAD_EVERY) == SPREAD_EVERY - 1) & spread_on
 

@@ -11,6 +11,15 @@ recorded ops become the same ``torch.fx`` graph ``make_fx`` gives (aten
 overloads, ``getitem`` for tuple results, tensors that no op produced as
 constants), with each node's real value in ``meta["val"]``.
 
+An in-place op on a tensor the function made itself, that no other
+recorded tensor shares storage with (``ReLU(inplace=True)``, ``ELU(inplace=
+True)``, ``h += x`` on a fresh ``h``), is recorded as its out-of-place op
+(``elu_`` as ``elu``) and the tensor's later uses read that node: with no
+alias there is nothing else the write can change. ALIKED's backbone
+(``ELU(inplace=True)`` between convolutions) was traced by ``make_fx``, whose
+functionalized graph ended in a ``copy_`` the tensor-level rules do not
+cover, and went to finite differences (minutes).
+
 It gives up -- and ``make_fx`` with ``functionalize`` traces instead
 (Note [Functional graphs] in torch_graph.py) -- where its graph could differ
 from the function's meaning: an op that mutates a tensor or returns one of
@@ -50,8 +59,13 @@ def record(call: Callable, real: list, table: dict | None = None):
     keep: list = []  # every tensor seen stays alive, so that no id is reused while recording
     consts: dict[str, Any] = {}
 
+    sharing: dict[int, int] = {}  # storage address -> recorded tensors on it (Note [Recorded graphs], in place)
+
     def bind(t, node) -> None:
-        keep.append(t)
+        if id(t) not in node_of:
+            keep.append(t)
+            key = _storage(t)
+            sharing[key] = sharing.get(key, 0) + 1
         node_of[id(t)] = node
         node.meta["val"] = t
 
@@ -81,9 +95,11 @@ def record(call: Callable, real: list, table: dict | None = None):
                 return r
             schema = getattr(func, "_schema", None)
             name = getattr(func, "__name__", "").split(".")[0]
-            if schema is None or name in _READS or any(a.alias_info is not None and a.alias_info.is_write
-                                                        for a in schema.arguments):
-                raise Declined(f"{func}: reads a value or writes in place")
+            if schema is None or name in _READS:
+                raise Declined(f"{func}: reads a value")
+            writes = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+            if writes:
+                return in_place(func, writes, args, kwargs)
             out = func(*args, **kwargs)
             ins = {id(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
             outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -98,6 +114,20 @@ def record(call: Callable, real: list, table: dict | None = None):
                     if isinstance(o, torch.Tensor):
                         bind(o, graph.call_function(operator.getitem, (node, k)))
             return out
+
+    def in_place(func, writes, args, kwargs):
+        """``self.op_(...)`` on a tensor of the function's own with no alias, recorded as ``op(...)``."""
+        functional = _functional(func)
+        t = args[0] if args else None
+        if (functional is None or writes != [0] or kwargs.get("out") is not None or not isinstance(t, torch.Tensor)
+                or not isinstance(node_of.get(id(t)), torch.fx.Node) or node_of[id(t)].op != "call_function"
+                or sharing.get(_storage(t), 0) != 1 or t._base is not None):
+            raise Declined(f"{func}: writes in place into an input, a constant or an aliased tensor")
+        node = graph.call_function(functional, tree_map(arg, tuple(args)), tree_map(arg, dict(kwargs)))
+        out = func(*args, **kwargs)
+        node_of[id(t)] = node
+        node.meta["val"] = t
+        return out
 
     class Visible(TorchFunctionMode):
         """An active torch-function mode, as under ``make_fx``: modules skip their fused fast paths
@@ -114,3 +144,22 @@ def record(call: Callable, real: list, table: dict | None = None):
     for name, t in consts.items():
         root.register_buffer(name, t)
     return torch.fx.GraphModule(root, graph)
+
+
+def _storage(t) -> int:
+    try:
+        return int(t.untyped_storage().data_ptr())
+    except Exception:  # noqa: BLE001 - a tensor without storage (sparse, nested): its own key
+        return id(t)
+
+
+def _functional(func):
+    """The out-of-place overload of an in-place aten op (``aten.elu_.default`` -> ``aten.elu.default``)."""
+    import torch
+
+    packet = getattr(func, "overloadpacket", None)
+    name = getattr(packet, "__name__", "")
+    if not name.endswith("_") or name.startswith("_"):
+        return None
+    base = getattr(torch.ops.aten, name[:-1], None)
+    return getattr(base, func._overloadname, None) if base is not None else None

@@ -71,7 +71,17 @@ from typing import Any
 import numpy as np
 
 from .errors import GradcheckError, GradientMismatch, UsageError
-from .torch_graph import Leaf, Traced, Unsupported, element_work, leaf_labels, model_of, name_leaves, trace
+from .torch_graph import (
+    DROPIN_BLOCK,
+    Leaf,
+    Traced,
+    Unsupported,
+    element_work,
+    leaf_labels,
+    model_of,
+    name_leaves,
+    trace,
+)
 
 __all__ = ["gradcheck", "gradgradcheck", "MAX_JACOBIAN", "RANDOM_COTANGENTS", "POINTS", "FAST_POINTS"]
 
@@ -578,11 +588,18 @@ def gradcheck(
         dtypes=check_grad_dtypes, batched=check_batched_grad, batched_forward=check_batched_forward_grad,
         masked=bool(masked), raise_exception=raise_exception,
     )
-    if check_backward_ad and not check_forward_ad and _tensor_leg(target, traced, fid, points, seed, fast_mode, atol, rtol):
+    skipped: list[int] = []
+    if check_backward_ad and not check_forward_ad and _tensor_leg(target, traced, fid, points, seed, fast_mode, atol,
+                                                                  rtol, skipped):
         _refused_warning(fid.refused, points)
+        _nan_warning(skipped, points)
         return _structural("gradcheck", target.call, target.values, func, **structural)
     if not isinstance(traced, Unsupported):
         _refused_warning(fid.refused, points)
+        if check_backward_ad and fid.points is not None:
+            nan = _nonfinite_backward(target, fid.points[0][:points], fid.refused, seed)
+            fid.refused = sorted(set(fid.refused) | set(nan))
+            _nan_warning(nan, points)
         try:
             return _traced_check(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed,
                                  fast_mode, check_backward_ad, check_forward_ad, structural)
@@ -651,7 +668,8 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
     from . import fidelity
 
     source = _reference_target(target, reference) if reference is not None else target
-    traced = trace(source.call, target.values, target.leaves, key=source.key())
+    traced = trace(source.call, target.values, target.leaves, key=source.key(),
+                   budget=DERIVATION_BUDGET if reference is None else None)
     name = getattr(target.func, "__qualname__", None) or type(target.func).__name__
     import torch
 
@@ -746,8 +764,11 @@ def _random_points(target: _Target, traced, n: int, seed: int) -> tuple[np.ndarr
     return theta, rng.uniform(-1.0, 1.0, (n, traced.n_out))
 
 
-def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode: bool, atol, rtol) -> bool:
-    """Note [Agreement first] (tensor_check.py): True when all three tensor-level legs agree everywhere."""
+def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode: bool, atol, rtol,
+                skipped: list[int]) -> bool:
+    """Note [Agreement first] (tensor_check.py): True when all three tensor-level legs agree everywhere.
+
+    ``skipped`` gets the random points where the user's backward is not finite (Note [NaN off the inputs])."""
     graph = getattr(traced, "tensor", None)
     if graph is None:
         return False
@@ -761,14 +782,19 @@ def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode:
     theta, data = fid.points if fid.points is not None else _random_points(target, traced, points, seed)
     theta, data = theta[:points], data[:points]
     refused = set(fid.refused)
+    index = []
     for i in range(len(theta)):
         if i not in refused:
             rows.append(_leaf_row(target, theta[i], dt))
             cots.append(data[i][None, :])
+            index.append(i)
+    nan: list[int] = []
     try:
-        return tensor_check.agrees(target, graph, rows, cots, atol, rtol)
+        ok = tensor_check.agrees(target, graph, rows, cots, atol, rtol, fast=fast_mode, skipped=nan)
     except Exception:  # noqa: BLE001 - an uncovered case or the user's code at our points: the full path decides
         return False
+    skipped.extend(index[k - 1] for k in nan)
+    return ok
 
 
 #: Element operations beyond which a graph goes without the symbolic leg (Note [Derivation budget] in
@@ -819,6 +845,50 @@ def _reference_target(target: _Target, reference) -> _Target:
         raise UsageError("Expected reference to be an nn.Module with the same parameters as func (a module) but "
                          f"got {type(reference).__name__}; or freeze the parameters (requires_grad_(False)).")
     return ref
+
+
+def _nonfinite_backward(target: _Target, thetas, refused, seed: int) -> list[int]:
+    """Note [NaN off the inputs]: random points where the forward is finite and the backward is not.
+
+    A conversion meant for rotation matrices (kornia's
+    ``rotation_matrix_to_quaternion``) computes ``sqrt`` of a trace inside
+    ``torch.where``; 10% off a rotation matrix the branch not taken is NaN
+    and so is the gradient (torch's ``where`` sends ``0 * NaN`` to it), while
+    the forward is finite. torch's gradcheck checks the given inputs only and
+    passes. Such points are skipped with a warning that says why, never
+    judged: the function may not be meant for them. At the given inputs a
+    NaN gradient is judged as any other value.
+    """
+    import torch
+
+    dt = getattr(torch, target.dtype)
+    out = []
+    rng = np.random.default_rng([seed, 2026])
+    for i, theta in enumerate(thetas):
+        if i in refused:
+            continue
+        leaves = [t.detach().clone().requires_grad_() for t in _leaf_row(target, theta, dt)]
+        try:
+            with torch.enable_grad():
+                flat = target.flat_output(target.call(*leaves))
+                if not flat.requires_grad or not bool(torch.isfinite(flat).all()):
+                    continue  # judged as the forward's own overflow elsewhere
+                cot = torch.as_tensor(rng.uniform(0.5, 1.0, flat.numel()), dtype=flat.dtype)
+                grads = torch.autograd.grad(flat, leaves, cot, allow_unused=True)
+        except Exception:  # noqa: BLE001 - the user's code at our point: the checks below decide
+            continue
+        if any(g is not None and not bool(torch.isfinite(g).all()) for g in grads):
+            out.append(i)
+    return out
+
+
+def _nan_warning(skipped: list[int], points: int) -> None:
+    if skipped:
+        warnings.warn(
+            f"gradcheck_lab: the backward gives NaN or inf at {len(skipped)} of {points} random points around the "
+            f"inputs (first: random point {min(skipped)}) where the forward is finite; those points were skipped, "
+            "not judged (Note [NaN off the inputs]). If the function is meant for such inputs, look for a "
+            "torch.where whose other branch is NaN there (its gradient is NaN too).", RuntimeWarning, stacklevel=3)
 
 
 def _refused_warning(refused: list[int], points: int) -> None:
@@ -1000,7 +1070,7 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
     if any(wanted) and not all(wanted):
         target.keep = wanted
     with torch.no_grad():
-        first = run(RANDOM_SEEDS[0]) if target.keep is not None else [o.detach() for o in floats]
+        first = run(RANDOM_SEEDS[0])  # as the runs it is compared with: no grad (fused fast paths may differ)
         a = target.flat_output(first).double()
         if a.numel() and not bool(torch.isfinite(a).any()):  # a / 0: SymPy's derivative is zoo, nothing to judge
             raise UsageError(
@@ -1359,7 +1429,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         predict, params=params, inputs=(),
         target=Var("cotangent", shape=(traced.n_out,), domain=(-1.0, 1.0)),
         loss=lambda ops, yhat, y: yhat, name="traced (no symbolic leg)",
-    ), spread=False)  # points around the inputs, as the traced path draws them
+    ), spread=False, block=DROPIN_BLOCK)  # points around the inputs, as the traced path draws them
     cots = _cotangents(traced.n_out, fast_mode, seed)
     batch = model.batch([{"cotangent": c} for c in cots])
     refused: list[int] = []
@@ -1367,6 +1437,10 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         sample = model.sample(points, seed=seed)
         dt = getattr(torch, target.dtype)
         refused = [i for i, th in enumerate(sample.theta) if not _runs(target, _leaf_row(target, th, dt), traced.n_out)]
+        if not forward_ad:
+            nan = _nonfinite_backward(target, sample.theta, refused, seed)
+            _nan_warning(nan, points)
+            refused = sorted(set(refused) | set(nan))
         keep = np.array([i for i in range(len(sample)) if i not in set(refused)], dtype=int)
         batch = type(batch).concat([batch, sample.take(keep)])
     from .candidates import as_candidate

@@ -1051,11 +1051,15 @@ def _remember(cache: OrderedDict, key, value):
 DECOMPOSE_ROUNDS = 4
 
 
-def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = None) -> Traced | Unsupported:
+def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = None,
+          budget: int | None = None) -> Traced | Unsupported:
     """Trace ``call(*args)`` (args: the checked leaves' tensors first, in ``leaves`` order).
 
     ``call`` takes the leaves' tensors as its arguments. With ``key`` (the
-    function, shapes, dtypes and constant values) the graph is cached.
+    function, shapes, dtypes and constant values) the graph is cached. A graph
+    whose nodes hold more than ``budget`` elements is not traced again through
+    decompositions: the per-element leg would exceed its budget anyway (Note
+    [Derivation budget]; ALIKED's backbone was traced five times, 7 s).
     """
     if key is not None and key in _TRACES:
         _TRACES.move_to_end(key)
@@ -1081,6 +1085,8 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     for _ in range(DECOMPOSE_ROUNDS):
         if not isinstance(result, Unsupported) or not result.targets:
             break
+        if budget is not None and _elements(gm) > budget:
+            break
         more = {op: fn for op, fn in get_decompositions(result.targets).items() if op not in table}
         if not more:
             break
@@ -1093,6 +1099,11 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     if isinstance(result, Unsupported):
         result.gm = first  # for the tensor-level engine (engines/tensor.py), which reads what it covers
     return _remember(_TRACES, key, result) if key is not None else result
+
+
+def _elements(gm) -> int:
+    """The elements computed by a graph's ops: a lower bound of its per-element work (Note [Derivation budget])."""
+    return sum(_numel(n.meta.get("val")) for n in gm.graph.nodes if n.op == "call_function")
 
 
 def _make_graph(call: Callable, real: list, table: dict | None = None):
@@ -1392,6 +1403,10 @@ class _RawDerivatives(dict):
 SPREAD = 0.1
 
 
+#: Random points per sampling block of the drop-in's models (Model.block): a call draws a few.
+DROPIN_BLOCK = 16
+
+
 def model_of(traced: Traced, values: list[np.ndarray], name: str = "traced") -> Model:
     """The traced model at the leaves' ``values``: initial values and sampling domains around them.
 
@@ -1412,7 +1427,7 @@ def model_of(traced: Traced, values: list[np.ndarray], name: str = "traced") -> 
         r = SPREAD * abs(t) if t != 0 else SPREAD
         lo, hi = max(t - r, -big), min(t + r, big)
         params.append(Var(var.name, init=float(t), domain=(lo, hi), max_abs=min(max(2 * abs(t), 1.0), big)))
-    return replace(base, params=tuple(params), name=name, spread=False)
+    return replace(base, params=tuple(params), name=name, spread=False, block=DROPIN_BLOCK)
 
 
 def name_leaves(leaves: list[Leaf]) -> None:

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TensorGraph", "Uncovered", "build", "graph_of", "jacobian", "directional", "uncovered", "RULE_CACHE", "CHUNK_ELEMENTS"]
+__all__ = ["TensorGraph", "Uncovered", "build", "graph_of", "jacobian", "cotangent_products", "directional", "uncovered", "RULE_CACHE", "CHUNK_ELEMENTS"]
 
 #: Op signatures whose derived rules are kept (least recently used dropped).
 RULE_CACHE = 512
@@ -361,6 +361,10 @@ def _call(target, args, kwargs, grad: bool = False):
         return _prims_as_aten(name, args, kwargs)
     if name == "detach":  # identity in the forward: the truth differentiates through it, as torch's gradcheck does
         return args[0].view_as(args[0]) if grad else args[0].clone()
+    if name == "copy" and grad:  # a recorded copy_ into a fresh tensor: src in dst's shape (aten.copy has no autograd)
+        dst, src = args[0], args[1]
+        src = src.to(torch.float64) if dst.is_floating_point() else src.to(dst.dtype)
+        return src.expand(dst.shape).clone()
     kwargs = {k: v for k, v in kwargs.items()
               if k not in _DROP_KWARGS or (k == "dtype" and v is not None and not v.is_floating_point)}
     with contextlib.nullcontext() if grad else torch.no_grad():
@@ -847,6 +851,30 @@ def evaluate(graph: TensorGraph, primals: Sequence) -> list:
 
 def jacobian(graph: TensorGraph, values: Sequence) -> tuple[list, np.ndarray]:
     """The graph's float outputs (float64 tensors) and its Jacobian ``(n_out, n_in)`` at leaf ``values``."""
+    outs: list = []
+    cols: list = []
+    for outs_k, _, block in _jacobian_blocks(graph, values):
+        outs = outs_k
+        cols.append(block)
+    jac = np.concatenate(cols, axis=1) if cols else np.zeros((0, 0))
+    return outs, jac
+
+
+def cotangent_products(graph: TensorGraph, values: Sequence, cots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(C J, |C| |J|)`` for cotangents ``C`` ``(k, n_out)``, a block of Jacobian columns at a time: the
+    Jacobian itself is never held (a CNN's 65k outputs by 3k inputs took 1.6 GB)."""
+    n_in = sum(max(math.prod(v.shape), 0) for v in values)
+    sym, scale = np.zeros((len(cots), n_in)), np.zeros((len(cots), n_in))
+    for _, (start, stop), block in _jacobian_blocks(graph, values):
+        if block.shape[0] != cots.shape[1]:
+            raise ValueError(f"cotangents of {cots.shape[1]} outputs for a graph of {block.shape[0]}")
+        sym[:, start:stop] = cots @ block
+        scale[:, start:stop] = np.abs(cots) @ np.abs(block)
+    return sym, scale
+
+
+def _jacobian_blocks(graph: TensorGraph, values: Sequence):
+    """``(outs, (start, stop), J[:, start:stop])`` for consecutive blocks of unit tangents (``CHUNK_ELEMENTS``)."""
     import torch
 
     primals = [v.detach().to("cpu", torch.float64) for v in values]
@@ -854,8 +882,6 @@ def jacobian(graph: TensorGraph, values: Sequence) -> tuple[list, np.ndarray]:
     n_in = sum(sizes)
     widest = max([_numel(n.meta.get("val")) for n in graph.gm.graph.nodes if n.op != "output"] + [1])
     chunk = max(1, min(n_in, CHUNK_ELEMENTS // max(widest, 1)))
-    cols: list = []
-    outs: list = []
     for start in range(0, n_in, chunk):
         stop = min(start + chunk, n_in)
         tangents, off = [], 0
@@ -867,10 +893,8 @@ def jacobian(graph: TensorGraph, values: Sequence) -> tuple[list, np.ndarray]:
             tangents.append(t.reshape((stop - start,) + tuple(p.shape)))
             off += size
         outs, outs_t = forward(graph, primals, tangents)
-        cols.append(torch.cat([t.reshape(stop - start, -1) for t in outs_t], dim=1).numpy().T
-                    if outs_t else np.zeros((0, stop - start)))
-    jac = np.concatenate(cols, axis=1) if cols else np.zeros((0, 0))
-    return outs, jac
+        yield outs, (start, stop), (torch.cat([t.reshape(stop - start, -1) for t in outs_t], dim=1).numpy().T
+                                    if outs_t else np.zeros((0, stop - start)))
 
 
 def directional(graph: TensorGraph, values: Sequence, directions: np.ndarray) -> np.ndarray:
