@@ -62,6 +62,7 @@ CASES = {
     "bilinear interpolation": (lambda a: F.interpolate(a, scale_factor=2, mode="bilinear"), [IMG[:, :, :3, :3]]),
     "grid_sample": (lambda a, g: F.grid_sample(a, g, align_corners=False), [IMG, torch.rand(2, 4, 4, 2, dtype=torch.float64,
                                                                                                  generator=torch.Generator().manual_seed(0)) * 2 - 1]),
+    "cdist p=2 and p=1": (lambda a, b: torch.cdist(a, b) + torch.cdist(a, b, p=1), [_rand(3, 4), _rand(5, 4, seed=1)]),
     "inv, solve, det": (lambda m, v: torch.linalg.inv(m).sum(0) + torch.linalg.solve(m, v).sum(1) + torch.linalg.det(m),
                         [_rand(3, 3) + 3 * torch.eye(3, dtype=torch.float64), _rand(3, 2, seed=1)]),
 }

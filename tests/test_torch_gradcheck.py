@@ -901,3 +901,11 @@ def test_nan_gradients_off_the_inputs_are_skipped_with_a_warning(path, monkeypat
         warnings.simplefilter("ignore")
         gradcheck(_wrong(_where_sqrt, 1 + 1e-6), (x,))
 
+
+
+def test_empty_float_outputs_have_nothing_to_check():
+    # a descriptor matcher that found no match returns (0, 1) distances: torch's gradcheck passes it
+    x = _t(3, 2)
+    with pytest.warns(RuntimeWarning, match="nothing to check"):
+        assert gradcheck(lambda a: (a[a > 100.0].reshape(0, 1) * 2, torch.zeros(0, 2, dtype=torch.long)), (x,)) is True
+    assert torch.autograd.gradcheck(lambda a: a[a > 100.0] * 2, (x,))

@@ -1064,7 +1064,7 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
     with torch.enable_grad():
         leaves = [v.detach().requires_grad_() for v in target.values]
         floats = [o for o in _flat_outputs(run(RANDOM_SEEDS[0], leaves)) if o.is_floating_point()]
-    if not floats:
+    if not floats or not sum(o.numel() for o in floats):  # a matcher that found no match: nothing to check
         return False
     wanted = tuple(bool(o.requires_grad) for o in floats)
     if any(wanted) and not all(wanted):
@@ -1097,7 +1097,8 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
 def _no_float_outputs(target: _Target) -> bool:
     """torch's gradcheck accepts a function without floating-point outputs (indices, masks): so do we."""
     warnings.warn(f"gradcheck_lab: nothing to check: {getattr(target.func, '__qualname__', type(target.func).__name__)} "
-                  "returns no floating-point tensor (torch's gradcheck passes it too).", RuntimeWarning, stacklevel=3)
+                  "returns no floating-point element at the given inputs (torch's gradcheck passes it too).",
+                  RuntimeWarning, stacklevel=3)
     return True
 
 

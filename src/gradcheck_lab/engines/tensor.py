@@ -328,7 +328,8 @@ def graph_of(call: Callable, real: list, gm=None):
             missing = uncovered(gm, live)
             if not missing:
                 return build(gm, live, raw), ""
-            more = {op: fn for op, fn in get_decompositions(missing).items() if op not in table}
+            more = {op: fn for op, fn in {**get_decompositions(missing), **_own_decompositions(missing)}.items()
+                    if op not in table}
             if not more:
                 names = sorted({getattr(t, "__name__", str(t)) for t in missing})
                 return None, f"ops the tensor-level rules do not cover: {', '.join(names)}"
@@ -337,6 +338,28 @@ def graph_of(call: Callable, real: list, gm=None):
     except Exception as exc:  # noqa: BLE001 - any tracing failure: no tensor-level leg
         return None, f"tracing failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
     return None, "decompositions did not converge"
+
+
+def _own_decompositions(ops) -> dict:
+    """Decompositions torch lacks, into ops the rules cover (checked like any graph: Note [Trace fidelity])."""
+    import torch
+
+    own = {torch.ops.aten._cdist_forward.default: _cdist}  # descriptor matchers (kornia's match_smnn)
+    return {op: fn for op, fn in own.items() if op in set(ops)}
+
+
+def _cdist(x1, x2, p, compute_mode=None):
+    """``torch.cdist`` by its definition, ``(sum |x1_i - x2_j|^p)^(1/p)``."""
+    diff = x1.unsqueeze(-2) - x2.unsqueeze(-3)
+    if p == 2:
+        return (diff * diff).sum(-1).sqrt()
+    if p == 1:
+        return diff.abs().sum(-1)
+    if p == float("inf"):
+        return diff.abs().amax(-1)
+    if p == 0:
+        return (diff != 0).to(diff.dtype).sum(-1)
+    return diff.abs().pow(p).sum(-1).pow(1.0 / p)
 
 
 # ---------------------------------------------------------------- forward mode
