@@ -909,3 +909,18 @@ def test_empty_float_outputs_have_nothing_to_check():
     with pytest.warns(RuntimeWarning, match="nothing to check"):
         assert gradcheck(lambda a: (a[a > 100.0].reshape(0, 1) * 2, torch.zeros(0, 2, dtype=torch.long)), (x,)) is True
     assert torch.autograd.gradcheck(lambda a: a[a > 100.0] * 2, (x,))
+
+
+def test_a_function_that_draws_without_changing_its_outputs_is_called_with_one_draw():
+    # kornia's RandomEqualize3D(p=0.5): the draw leaves the given inputs alone, but at a random point above
+    # 1.0 one draw in two applies it and raises its range check; refused once, it must stay refused.
+    def augment(x):
+        if bool(torch.rand(()) < 0.5) and bool(x.max() > 1.0):
+            raise ValueError("Values in the input must lower or equal to 1.0")
+        return x * x.sin()
+
+    x = torch.tensor([0.2, 0.5, 0.99], dtype=torch.float64, requires_grad=True)
+    for seed in range(4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert gradcheck(augment, (x,), seed=seed) is True

@@ -111,6 +111,9 @@ class _Target:
         self.inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
         #: Which floating-point outputs are checked (Note [Differentiable outputs]); None: all of them.
         self.keep: tuple[bool, ...] | None = None
+        #: Every call seeded alike: the function draws random numbers that do not change its outputs at the
+        #: given inputs (Note [Random forwards]), but may elsewhere.
+        self.seeded = False
         self.module = func if isinstance(func, torch.nn.Module) else None
         names = _argument_names(func, len(self.inputs))
         leaves: list[Leaf] = []
@@ -155,18 +158,27 @@ class _Target:
                 args[int(leaf.position)] = t
             else:
                 params[str(leaf.position)] = t
-        if self.module is not None:
-            from torch.func import functional_call
+        if self.seeded:
+            import torch
 
-            out = functional_call(self.module, params, tuple(args))
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(RANDOM_SEEDS[0])
+                out = self._run(args, params)
         else:
-            out = self.func(*args)
+            out = self._run(args, params)
         if self.keep is None:
             return out
         from .torch_graph import _flat_outputs
 
         floats = [o for o in _flat_outputs(out) if o.is_floating_point()]
         return tuple(o for o, k in zip(floats, self.keep) if k)
+
+    def _run(self, args, params):
+        if self.module is not None:
+            from torch.func import functional_call
+
+            return functional_call(self.module, params, tuple(args))
+        return self.func(*args)
 
     def key(self):
         from .torch_graph import _fingerprint
@@ -1047,23 +1059,26 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
 
     from .torch_graph import _flat_outputs
 
-    def run(seed: int, values=target.values):
+    def run(seed: int):
         # Fixed seeds in a forked generator: the verdict does not depend on the caller's RNG state (a
         # dropout of 3 elements drew the same mask twice one time in five), and the caller's state is kept.
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed also queues CUDA seeding, recording a stack
             # trace each time (0.5 ms a call), and would change a caller's CUDA state fork_rng keeps.
             torch.default_generator.manual_seed(seed)
-            return target.call(*values)
+            return target.call(*target.values)
 
     # Note [Differentiable outputs]: as torch's gradcheck (``_differentiable_outputs``), only outputs
     # that require grad at the given inputs are checked when some do: a threshold computed through
     # .item() (kornia's otsu_threshold) is returned beside the image, has no gradient in torch, and
     # its finite differences blamed a correct backward. When none does, every float output is checked
     # (torch then expects a zero numerical Jacobian).
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]):
         leaves = [v.detach().requires_grad_() for v in target.values]
-        floats = [o for o in _flat_outputs(run(RANDOM_SEEDS[0], leaves)) if o.is_floating_point()]
+        torch.default_generator.manual_seed(RANDOM_SEEDS[0])
+        before = torch.default_generator.get_state()
+        floats = [o for o in _flat_outputs(target.call(*leaves)) if o.is_floating_point()]
+        draws = not torch.equal(before, torch.default_generator.get_state())
     if not floats or not sum(o.numel() for o in floats):  # a matcher that found no match: nothing to check
         return False
     wanted = tuple(bool(o.requires_grad) for o in floats)
@@ -1084,6 +1099,10 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
             if worst > nondet_tol:
                 break
         else:
+            # Its draws do not change the outputs here (a random augmentation that left these inputs
+            # alone), but they may elsewhere (it raised its own range check at a random point in one draw
+            # of five): from now on every call draws alike.
+            target.seeded = draws
             return True
     raise UsageError(
         f"Expected {getattr(target.func, '__qualname__', type(target.func).__name__)} to give the same outputs "
