@@ -80,3 +80,25 @@ def test_modules_stay_off_their_fused_fast_paths():
 
     gm = record(f, [_x(1, 3, 4)])
     assert not any("transformer_encoder_layer" in t for t in _targets(gm))
+
+
+def test_constants_made_inside_the_function_are_read_and_written_freely():
+    # kornia's MKD descriptor builds its module inside the call: buffers filled in place, weights converted by
+    # .double() (a .data assignment no op records), and a Gaussian blur that checks bool((sigma > 0).all())
+    def f(x):
+        layer = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            layer.weight[:, :2] = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+        layer = layer.double()
+        sigma = torch.tensor([1.5, 0.5], dtype=x.dtype)
+        if not bool((sigma > 0).all()):
+            raise ValueError("sigma must be positive")
+        return layer(x) * sigma
+
+    x = _x(4, 3)
+    y = _x(4, 3) * 3 - 1
+    torch.manual_seed(0)
+    want = f(y)  # the Linear's random init is part of the function: compare with the same draw
+    torch.manual_seed(0)
+    gm = record(f, [x])
+    assert torch.allclose(gm(y)[0], want)
