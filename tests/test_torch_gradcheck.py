@@ -4,6 +4,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -924,3 +925,51 @@ def test_a_function_that_draws_without_changing_its_outputs_is_called_with_one_d
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert gradcheck(augment, (x,), seed=seed) is True
+
+
+class _SparseLayer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        dense = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+        self.register_buffer("A", dense.to_sparse_csr())  # as cvxpylayers' CvxpyLayer holds its problem data
+
+    def forward(self, x):
+        return self.A @ x
+
+
+def test_a_module_with_sparse_buffers_is_checked():
+    x = _t(3)
+    assert torch.autograd.gradcheck(_SparseLayer(), (x,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert gradcheck(_SparseLayer(), (x,), parameters=False) is True
+
+
+def _solver_sqrt(x0, error=0.0):
+    """sqrt in NumPy with a solver's bias that grows away from ``x0`` (exact there), and the exact backward."""
+
+    class SolverSqrt(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            a = x.detach().numpy()
+            y = torch.from_numpy(np.sqrt(a) + 1e-4 * (a - x0) ** 2)
+            ctx.save_for_backward(x)
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * 0.5 / x.sqrt() * (1 + error)
+
+    return SolverSqrt.apply
+
+
+def test_an_inexact_forward_outside_torch_is_not_failed_off_the_inputs():
+    # Note [Inexact forwards]: cvxpylayers and torchdiffeq compute their forward to a solver's tolerance
+    x0 = np.array([1.0, 2.0, 3.0])
+    x = torch.tensor(x0, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="not at the given inputs"):
+        assert gradcheck(_solver_sqrt(x0), (x,)) is True
+    with pytest.raises(GradientMismatch, match="is wrong"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a wrong backward is still wrong where the forward is exact
+        gradcheck(_solver_sqrt(x0, error=1e-6), (x,))

@@ -1008,6 +1008,8 @@ def _constant(value: Any) -> Any:
 
     if isinstance(value, torch.Tensor):
         arr = value.detach().cpu()
+        if arr.layout != torch.strided:  # a sparse constant (cvxpylayers' problem data): its dense values
+            arr = arr.to_dense()
         if arr.is_floating_point():
             return arr.double().numpy().astype(object)
         return arr.numpy()
@@ -1020,7 +1022,12 @@ def _fingerprint(t) -> str:
     import torch
 
     if isinstance(t, torch.Tensor):
-        data = t.detach().cpu().contiguous()
+        data = t.detach().cpu()
+        if data.layout != torch.strided:  # sparse buffers (cvxpylayers' problem matrices): by their dense values
+            data = data.to_dense()
+        if data.is_conj() or data.is_neg():
+            data = data.resolve_conj().resolve_neg()
+        data = data.contiguous()
         return f"T{tuple(t.shape)}{t.dtype}{t.requires_grad}:" + hashlib.sha1(data.numpy().tobytes()).hexdigest()[:16]
     return repr(t)
 
