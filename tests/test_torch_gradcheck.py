@@ -973,3 +973,23 @@ def test_an_inexact_forward_outside_torch_is_not_failed_off_the_inputs():
     with pytest.raises(GradientMismatch, match="is wrong"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a wrong backward is still wrong where the forward is exact
         gradcheck(_solver_sqrt(x0, error=1e-6), (x,))
+
+
+def _branchy(x):
+    y = x * x.sin()
+    if bool((y > 0).any()):  # a data-dependent branch: finite differences of the real function judge
+        y = torch.relu(y - 0.1) + y
+    return y.sum(-1)
+
+
+def test_the_fallback_keeps_to_its_time_budget(monkeypatch):
+    # Note [Fallback budget]: kornia's Hausdorff loss and MKD descriptor took over 10 minutes
+    from gradcheck_lab import torch_check
+
+    monkeypatch.setattr(torch_check, "FALLBACK_SECONDS", 1e-4)  # one component, one point
+    x = _t(4, 12)
+    with pytest.warns(RuntimeWarning, match="time budget"):
+        assert gradcheck(_branchy, (x,)) is True
+    with pytest.raises(GradientMismatch), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gradcheck(_wrong(_branchy, 1 + 1e-6), (x,))

@@ -1514,6 +1514,9 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     rows = np.flatnonzero(suspect)
     missing = ", ".join(traced.ops) or traced.reason
     resolution = screen_res
+    budget_note = ""
+    if rows.size and columns is None:
+        rows, columns, budget_note = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(values)), seed)
     if rows.size:
         sub = batch.take(rows)
         got = got_all[rows]
@@ -1551,7 +1554,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
                 f"function with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
             )
             return _fail(msg, None, raise_exception)
-        resolution = _resolution(fd.values, tol)
+        resolution = _resolution(fd.values, tol) + budget_note
     refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
     warnings.warn(
         f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
@@ -1640,6 +1643,37 @@ FALLBACK_BISECTIONS = 3
 
 #: Step factors of the fallback's estimates: each component keeps the one with the smallest error bar.
 FALLBACK_LADDERS = (1.0, 2.0**-4)
+
+
+#: Seconds of per-component finite differences the fallback may spend (Note [Fallback budget]).
+FALLBACK_SECONDS = 60.0
+
+
+def _within_budget(rows: np.ndarray, p: int, call, seed: int):
+    """Note [Fallback budget]: the rows and components per-component differences can afford.
+
+    Each component costs about ``2 (2K + 1)`` calls of the function a point
+    (two ladders, Note [Fallback resolution]). kornia's Hausdorff loss (150
+    components, a data-dependent branch, kinks along every direction) and
+    MKD's descriptor (361) took over 10 minutes, where torch's call takes
+    0.1 s. One call is timed; beyond ``FALLBACK_SECONDS`` the given inputs
+    come first and a seeded random subset of components is differenced,
+    and the warning says how many: never a silent pass, never a hang of ours.
+    """
+    import time
+
+    from .engines.finite_diff import K
+
+    start = time.perf_counter()
+    call()
+    per = 2 * (2 * K + 1) * max(time.perf_counter() - start, 1e-6)
+    if per * p * rows.size <= FALLBACK_SECONDS:
+        return rows, None, ""
+    rows = rows[: max(1, min(rows.size, int(FALLBACK_SECONDS // (per * min(p, 8)))))]
+    m = int(max(1, min(p, FALLBACK_SECONDS // (per * rows.size))))
+    columns = sorted(int(c) for c in np.random.default_rng([seed, 31]).choice(p, m, replace=False))
+    return rows, columns, (f"; per-component differences at {m} of {p} components and {rows.size} point(s), "
+                           f"a time budget of {FALLBACK_SECONDS:.0f} s (Note [Fallback budget])")
 
 
 def _sharpest(model, batch, columns=None):
