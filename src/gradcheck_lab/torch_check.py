@@ -894,13 +894,16 @@ def _nonfinite_backward(target: _Target, thetas, refused, seed: int) -> list[int
     return out
 
 
+def _nan_note(skipped: list[int], points: int) -> str:
+    return (f"the backward gives NaN or inf at {len(skipped)} of {points} random points around the inputs (first: "
+            f"random point {min(skipped)}) where the forward is finite; those points were skipped, not judged (Note "
+            "[NaN off the inputs]). If the function is meant for such inputs, look for a torch.where whose other "
+            "branch is NaN there (its gradient is NaN too).") if skipped else ""
+
+
 def _nan_warning(skipped: list[int], points: int) -> None:
     if skipped:
-        warnings.warn(
-            f"gradcheck_lab: the backward gives NaN or inf at {len(skipped)} of {points} random points around the "
-            f"inputs (first: random point {min(skipped)}) where the forward is finite; those points were skipped, "
-            "not judged (Note [NaN off the inputs]). If the function is meant for such inputs, look for a "
-            "torch.where whose other branch is NaN there (its gradient is NaN too).", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"gradcheck_lab: {_nan_note(skipped, points)}", RuntimeWarning, stacklevel=3)
 
 
 def _refused_warning(refused: list[int], points: int) -> None:
@@ -1315,7 +1318,7 @@ def _outside_torch(traced) -> bool:
     return "leaves torch" in reason or "outside torch" in reason or reason.startswith("tracing failed")
 
 
-def _off_inputs_warning(target, bad, got, fd, points, reason: str) -> None:
+def _off_inputs_note(target, bad, got, fd, points) -> str:
     """Note [Inexact forwards]: a disagreement seen only at random points, in a forward that leaves torch.
 
     A convex-optimization layer (cvxpylayers, SCS to about 5e-5) or an
@@ -1333,14 +1336,12 @@ def _off_inputs_warning(target, bad, got, fd, points, reason: str) -> None:
     with np.errstate(all="ignore"):
         rel = np.where(bad, np.abs(got - fd) / np.maximum(np.abs(fd), np.max(np.abs(fd), axis=1, keepdims=True)), 0)
     r = int(np.argmax(rel.max(axis=1)))
-    warnings.warn(
-        f"gradcheck_lab: the backward of {getattr(target.func, '__qualname__', type(target.func).__name__)} differs "
-        f"from finite differences of its forward at {int(bad.any(axis=1).sum())} random point(s) around the inputs "
-        f"(up to {float(rel.max()):.2g} relative, at random point {int(points[r])}) but not at the given inputs. "
-        f"The forward leaves torch ({reason[:160]}); a forward computed only to a tolerance (a solver) differs from "
-        "the exact function its backward differentiates, so this is not judged a failure (Note [Inexact "
-        "forwards]). Check the backward at such inputs with points=0 and those inputs given.",
-        RuntimeWarning, stacklevel=4)
+    return (f"The backward of {getattr(target.func, '__qualname__', type(target.func).__name__)} differs from "
+            f"finite differences of its forward at {int(bad.any(axis=1).sum())} random point(s) around the inputs "
+            f"(up to {float(rel.max()):.2g} relative, at random point {int(points[r])}) but not at the given "
+            "inputs; a forward outside torch computed to a tolerance (a solver) differs from the exact function its "
+            "backward differentiates, so this is not judged a failure (Note [Inexact forwards]). Check the backward "
+            "at such inputs by giving them, with points=0.")
 
 
 def _fd_tol(fd, dtype, atol, rtol) -> np.ndarray:
@@ -1487,13 +1488,14 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     cots = _cotangents(traced.n_out, fast_mode, seed)
     batch = model.batch([{"cotangent": c} for c in cots])
     refused: list[int] = []
+    notes: list[str] = []
     if points:
         sample = model.sample(points, seed=seed)
         dt = getattr(torch, target.dtype)
         refused = [i for i, th in enumerate(sample.theta) if not _runs(target, _leaf_row(target, th, dt), traced.n_out)]
         if not forward_ad:
             nan = _nonfinite_backward(target, sample.theta, refused, seed)
-            _nan_warning(nan, points)
+            notes.append(_nan_note(nan, points))  # in the call's one warning (issue 17: at most one a call)
             refused = sorted(set(refused) | set(nan))
         keep = np.array([i for i in range(len(sample)) if i not in set(refused)], dtype=int)
         batch = type(batch).concat([batch, sample.take(keep)])
@@ -1536,7 +1538,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
             bad = _fd_confirms(model, sub, bad, got, fd.values, atol, rtol, target.dtype)
         given_bad = bool(disagree[: len(cots)].any()) or bool(bad[rows < len(cots)].any())
         if bad.any() and not given_bad and _outside_torch(traced):
-            _off_inputs_warning(target, bad, got, fd.values, rows - len(cots), traced.reason)
+            notes.append(_off_inputs_note(target, bad, got, fd.values, rows - len(cots)))
             bad = np.zeros_like(bad)
         if bad.any():
             r, col = (int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, np.abs(got - fd.values), -1))),
@@ -1558,7 +1560,8 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
     warnings.warn(
         f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
-        f"finite differences of the real function with their error bars only, {resolution}.{refused_note}",
+        f"finite differences of the real function with their error bars only, {resolution}.{refused_note}"
+        + "".join(f" {n}" for n in notes if n),
         RuntimeWarning,
         stacklevel=3,
     )
