@@ -455,3 +455,11 @@ def fidelity_check(call, rows):
     from gradcheck_lab import fidelity
 
     return fidelity.check(call, call, rows, 1, torch.float64, lambda j, k: f"output {j}[{k}]")
+
+
+def test_a_mismatch_is_printed_with_digits_that_differ():
+    # cvxpylayers: "output 0 is 1.000000001, the traced graph gives 1.000000001" said nothing
+    from gradcheck_lab.fidelity import _digits
+
+    assert _digits(1.0000000012, 1.0000000013) == ("1.0000000012", "1.0000000013")
+    assert _digits(0.25, 0.5) == ("0.25", "0.5")

@@ -130,8 +130,8 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
             j, k, a, b = diff
             where = "at the given inputs" if i < given else f"at random point {i - given} around the inputs"
             what = describe(j, k) if k >= 0 else f"output {j}"
-            found.unfaithful = (f"{names[0]} is not {names[1]} {where}: {what} is {a:.10g}, "
-                                f"{names[0]} gives {b:.10g}")
+            found.unfaithful = (f"{names[0]} is not {names[1]} {where}: {what} is {_digits(a, b)[0]}, "
+                                f"{names[0]} gives {_digits(a, b)[1]}")
             return found
     return found
 
@@ -187,3 +187,11 @@ def probe_count(points: int) -> int:
     """Random rows to re-evaluate at: every random point of the check, at least :data:`PROBES`."""
     return max(int(points), PROBES)
 
+
+def _digits(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` with enough digits to differ (10, else up to 17: 1.000000001 twice said nothing)."""
+    for n in (10, 13, 15, 17):
+        sa, sb = f"{a:.{n}g}", f"{b:.{n}g}"
+        if sa != sb:
+            break
+    return sa, sb
