@@ -130,8 +130,8 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
             j, k, a, b = diff
             where = "at the given inputs" if i < given else f"at random point {i - given} around the inputs"
             what = describe(j, k) if k >= 0 else f"output {j}"
-            found.unfaithful = (f"{names[0]} is not {names[1]} {where}: {what} is {_digits(a, b)[0]}, "
-                                f"{names[0]} gives {_digits(a, b)[1]}")
+            sa, sb = _digits(a, b)
+            found.unfaithful = f"{names[0]} is not {names[1]} {where}: {what} is {sa}, {names[0]} gives {sb}"
             return found
     return found
 

@@ -116,7 +116,7 @@ def record(call: Callable, real: list, table: dict | None = None):
                 raise Declined(f"{func}: reads a value that depends on the inputs")
             writes = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
             if writes:
-                return in_place(func, writes, args, kwargs)
+                return in_place(func, writes, args, kwargs, tensors)
             out = func(*args, **kwargs)
             ins = {id(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
             outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -137,12 +137,11 @@ def record(call: Callable, real: list, table: dict | None = None):
                             live.add(id(o))
             return out
 
-    def in_place(func, writes, args, kwargs):
+    def in_place(func, writes, args, kwargs, tensors):
         """``self.op_(...)`` on a tensor of the function's own with no alias, recorded as ``op(...)``; a write
         of constants into a constant (a module built inside the function fills its buffers) runs unrecorded."""
         functional = _functional(func)
         t = args[0] if args else None
-        tensors = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         if not any(id(a) in live for a in tensors):
             out = func(*args, **kwargs)
             written = {_storage(a) for i, a in enumerate(args) if i in writes and isinstance(a, torch.Tensor)}
@@ -157,8 +156,7 @@ def record(call: Callable, real: list, table: dict | None = None):
         node = graph.call_function(functional, tree_map(arg, tuple(args)), tree_map(arg, dict(kwargs)))
         out = func(*args, **kwargs)
         bind(t, node)
-        if any(id(a) in live for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)):
-            live.add(id(t))
+        live.add(id(t))  # some argument depends on an input (the constant case returned above)
         return out
 
     class Visible(TorchFunctionMode):

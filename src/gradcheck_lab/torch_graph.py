@@ -1007,9 +1007,7 @@ def _constant(value: Any) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor):
-        arr = value.detach().cpu()
-        if arr.layout != torch.strided:  # a sparse constant (cvxpylayers' problem data): its dense values
-            arr = arr.to_dense()
+        arr = _dense(value)
         if arr.is_floating_point():
             return arr.double().numpy().astype(object)
         return arr.numpy()
@@ -1018,13 +1016,19 @@ def _constant(value: Any) -> Any:
     return value
 
 
+def _dense(t):
+    """``t`` detached on the CPU, strided: a sparse constant (cvxpylayers' problem matrices) by its dense values."""
+    import torch
+
+    data = t.detach().cpu()
+    return data.to_dense() if data.layout != torch.strided else data
+
+
 def _fingerprint(t) -> str:
     import torch
 
     if isinstance(t, torch.Tensor):
-        data = t.detach().cpu()
-        if data.layout != torch.strided:  # sparse buffers (cvxpylayers' problem matrices): by their dense values
-            data = data.to_dense()
+        data = _dense(t)
         if data.is_conj() or data.is_neg():
             data = data.resolve_conj().resolve_neg()
         data = data.contiguous()
