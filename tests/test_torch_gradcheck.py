@@ -995,3 +995,12 @@ def test_the_fallback_keeps_to_its_time_budget(monkeypatch):
     with pytest.raises(GradientMismatch), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gradcheck(_wrong(_branchy, 1 + 1e-6), (x,))
+
+
+def test_bad_keywords_and_inputs_get_one_clear_error():
+    x = _t(3)
+    with pytest.raises(UsageError, match="parameters to be True or False"):
+        gradcheck(torch.sin, (x,), parameters="yes")
+    nan = torch.tensor([float("nan"), 1.0], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(UsageError, match="finite values"):  # was an OverflowError from the sampler
+        gradcheck(torch.sin, (nan,))

@@ -107,6 +107,8 @@ class _Target:
         if not callable(func):
             raise UsageError(f"Expected func to be a callable (a function, a Function's apply or an nn.Module) "
                              f"but got {type(func).__name__} {func!r:.60}.")
+        if not isinstance(parameters, bool):
+            raise UsageError(f"Expected parameters to be True or False but got parameters={parameters!r}.")
         self.func = func
         self.inputs = tuple(inputs) if isinstance(inputs, (list, tuple)) else (inputs,)
         #: Which floating-point outputs are checked (Note [Differentiable outputs]); None: all of them.
@@ -142,6 +144,11 @@ class _Target:
         dtypes = {str(lf.dtype).replace("torch.", "") for lf in leaves}
         self.dtype = "float32" if "float32" in dtypes else "float64"
         self.values = [self._tensor(lf).detach() for lf in leaves]
+        for lf, v in zip(leaves, self.values):
+            if not bool(torch.isfinite(v).all()):
+                raise UsageError(f"Expected {lf.kind} {lf.label} to hold finite values but it holds NaN or inf "
+                                 f"({int((~torch.isfinite(v)).sum())} of {v.numel()}); a gradient there is not "
+                                 "defined: check at finite inputs.")
 
     def _tensor(self, leaf: Leaf):
         if leaf.kind == "input":
