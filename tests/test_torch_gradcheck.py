@@ -903,6 +903,29 @@ def test_nan_gradients_off_the_inputs_are_skipped_with_a_warning(path, monkeypat
         gradcheck(_wrong(_where_sqrt, 1 + 1e-6), (x,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_nan_gradient_at_the_given_inputs_fails_as_under_torch(dtype):
+    # Note [NaN at the inputs]: the per-element model found the loss undefined there and passed
+    def f(t):
+        return torch.where(t > 0, torch.sqrt(t), torch.zeros_like(t)) * 2
+
+    x = torch.tensor([-1.0, 0.5, 2.0], dtype=dtype, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (x,), raise_exception=False, eps=1e-3 if dtype == torch.float32 else 1e-6,
+                                    atol=1e-2 if dtype == torch.float32 else 1e-5) is False
+    with pytest.raises(GradientMismatch, match=r"t\[0\]\] at the given inputs: it gives nan, finite differences 0"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gradcheck(f, (x,))
+    safe = lambda t: torch.where(t > 0, torch.sqrt(t.clamp(min=1e-12)), torch.zeros_like(t)) * 2  # noqa: E731
+    assert gradcheck(safe, (x,)) is True
+
+
+def test_an_infinite_gradient_at_the_given_inputs_is_said_not_judged():
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match=r"2 component\(s\) at the given inputs were not judged.*gives inf"):
+        assert gradcheck(lambda t: torch.sqrt(t) + t, (x,)) is True
+
+
 
 def test_empty_float_outputs_have_nothing_to_check():
     # a descriptor matcher that found no match returns (0, 1) distances: torch's gradcheck passes it

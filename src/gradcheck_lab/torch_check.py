@@ -205,6 +205,10 @@ class _Target:
         consts += (self.keep,)
         return (fkey, consts, tuple((lf.label, lf.shape, str(lf.dtype)) for lf in self.leaves))
 
+    def theta(self) -> np.ndarray:
+        """The given leaves' values as one flat float64 row (as random points are)."""
+        return np.concatenate([v.detach().double().cpu().numpy().ravel() for v in self.values])
+
     def flat_output(self, out):
         import torch
 
@@ -613,6 +617,10 @@ def gradcheck(
         _refused_warning(fid.refused, points)
         _nan_warning(skipped, points)
         return _structural("gradcheck", target.call, target.values, func, **structural)
+    if not isinstance(traced, Unsupported) and check_backward_ad and _nonfinite_backward(target, [target.theta()], [], seed):
+        # Note [NaN at the inputs]
+        traced = Unsupported([], target.leaves, traced.out_shapes, "the backward is not finite at the given inputs, "
+                             "where the forward is")
     if not isinstance(traced, Unsupported):
         _refused_warning(fid.refused, points)
         if check_backward_ad and fid.points is not None:
@@ -875,8 +883,19 @@ def _nonfinite_backward(target: _Target, thetas, refused, seed: int) -> list[int
     and so is the gradient (torch's ``where`` sends ``0 * NaN`` to it), while
     the forward is finite. torch's gradcheck checks the given inputs only and
     passes. Such points are skipped with a warning that says why, never
-    judged: the function may not be meant for them. At the given inputs a
-    NaN gradient is judged as any other value.
+    judged: the function may not be meant for them.
+
+    Note [NaN at the inputs]: at the given inputs the user asked for that
+    point, and a NaN gradient is judged as torch judges it. The per-element
+    model cannot: ``where(t > 0, sqrt(t), 0)`` at ``t = -1`` has a loss that
+    the referee proves undefined (``sqrt(-1)`` in the branch not taken), so
+    the component was "not judged" and the call passed where torch's fails.
+    Such a call goes to finite differences of the real function (``0 +- 0``
+    there): a finite estimate against a NaN gradient fails; where the
+    estimate is not finite either (``sqrt`` at 0), or the differences see a
+    kink in that input component (``hypot`` at the origin, where the
+    derivative does not exist and torch's own backward gives NaN), those
+    components are not judged, and the warning says so.
     """
     import torch
 
@@ -1433,7 +1452,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     name_leaves(traced.leaves)
     shapes = [lf.shape for lf in traced.leaves]
     names = [lf.var_names for lf in traced.leaves]
-    values = np.concatenate([v.detach().double().numpy().ravel() for v in target.values])
+    values = target.theta()
 
     # Note [Quiet fallback]: vmap only over graphs of aten ops; an opaque custom op runs through vmap's
     # slow fallback, which prints a C++ "performance drop" warning to stderr per call.
@@ -1541,6 +1560,10 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
         inside = (got >= fd.lower - tol) & (got <= fd.upper + tol)
         bad = np.where(kink, ~inside & np.isfinite(tol), bad)
+        # Note [NaN at the inputs]: where an input component sits at a kink of some output, the derivative
+        # does not exist, and NaN or inf is torch's own answer in that column (hypot at the origin gives
+        # 0 * (0/0) for the other outputs' cotangents too): not judged, as the per-element referee says
+        bad &= np.isfinite(got) | ~kink.any(axis=0)[None, :]
         if bad.any():
             bad = _fd_confirms(model, sub, bad, got, fd.values, atol, rtol, target.dtype)
         given_bad = bool(disagree[: len(cots)].any()) or bool(bad[rows < len(cots)].any())
@@ -1564,6 +1587,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
             )
             return _fail(msg, None, raise_exception)
         resolution = _resolution(fd.values, tol) + budget_note
+        notes.append(_unjudged_note(traced, model, batch, rows, got, tol, len(cots)))
     refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
     warnings.warn(
         f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
@@ -1573,6 +1597,18 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         stacklevel=3,
     )
     return True
+
+
+def _unjudged_note(traced, model, batch, rows: np.ndarray, got: np.ndarray, tol: np.ndarray, given: int) -> str:
+    """Components at the given inputs without a finite estimate (``sqrt`` at 0): said, not passed silently."""
+    at_given = ~np.isfinite(tol) & (rows < given)[:, None]
+    if not at_given.any():
+        return ""
+    r, col = (int(k) for k in np.argwhere(at_given)[0])
+    var = model.params[col].name
+    return (f"{int(at_given.sum())} component(s) at the given inputs were not judged: the finite differences have "
+            f"no finite estimate there (first: d[{_describe_cotangent(traced, batch.data[int(rows[r])])}] / "
+            f"d[{leaf_labels(traced).get(var, var)}], the backward gives {got[r, col]:.10g}).")
 
 
 def _screen(model, batch, got: np.ndarray, dtype: str, atol, rtol, seed: int):
