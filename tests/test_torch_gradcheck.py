@@ -1027,3 +1027,16 @@ def test_bad_keywords_and_inputs_get_one_clear_error():
     nan = torch.tensor([float("nan"), 1.0], dtype=torch.float64, requires_grad=True)
     with pytest.raises(UsageError, match="finite values"):  # was an OverflowError from the sampler
         gradcheck(torch.sin, (nan,))
+
+
+def test_warnings_point_at_the_callers_line():
+    # the fallback's warning is raised four frames deep; routed calls add the wrapper: both at the test's line
+    from gradcheck_lab import routing
+
+    x = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gradcheck(lambda t: torch.sqrt(t) + t, (x,))
+        with routing():
+            torch.autograd.gradcheck(lambda t: torch.sqrt(t) + t, (x,))
+    assert caught and {w.filename for w in caught} == {__file__}

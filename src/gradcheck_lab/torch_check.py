@@ -98,6 +98,19 @@ FAST_POINTS = 2
 # ---------------------------------------------------------------- the function under test
 
 
+def _warn(message: str) -> None:
+    """A RuntimeWarning at the user's line: the first frame outside gradcheck_lab (routed calls included)."""
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame: Any = sys._getframe(1)
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, RuntimeWarning, stacklevel=level)
+
+
 class _Target:
     """The user's callable, its checked leaves and how to call it with new leaf values."""
 
@@ -526,12 +539,9 @@ def _fail(message: str, report, raise_exception: bool) -> bool:
 def _own_engines(report) -> None:
     ours = [e for e in report.at_fault if e != "candidate"]
     if ours:
-        warnings.warn(
+        _warn(
             f"gradcheck_lab: the project's own engines disagree ({', '.join(ours)}); the verdict on your "
-            f"backward stands, but please report this: {report.message}",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+            f"backward stands, but please report this: {report.message}")
 
 
 # ---------------------------------------------------------------- gradcheck
@@ -617,7 +627,16 @@ def gradcheck(
         _refused_warning(fid.refused, points)
         _nan_warning(skipped, points)
         return _structural("gradcheck", target.call, target.values, func, **structural)
-    if not isinstance(traced, Unsupported) and check_backward_ad and _nonfinite_backward(target, [target.theta()], [], seed):
+    return _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed, fast_mode,
+                   check_backward_ad, check_forward_ad, structural)
+
+
+def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed, fast_mode,
+            check_backward_ad, check_forward_ad, structural) -> bool:
+    """The full path, where the tensor leg did not pass the call: the per-element symbolic and referee legs
+    on a faithful graph, else finite differences of the real function (``_fallback``)."""
+    if not isinstance(traced, Unsupported) and check_backward_ad and _nonfinite_backward(target, [target.theta()],
+                                                                                         [], seed):
         # Note [NaN at the inputs]
         traced = Unsupported([], target.leaves, traced.out_shapes, "the backward is not finite at the given inputs, "
                              "where the forward is")
@@ -929,18 +948,18 @@ def _nan_note(skipped: list[int], points: int) -> str:
 
 def _nan_warning(skipped: list[int], points: int) -> None:
     if skipped:
-        warnings.warn(f"gradcheck_lab: {_nan_note(skipped, points)}", RuntimeWarning, stacklevel=3)
+        _warn(f"gradcheck_lab: {_nan_note(skipped, points)}")
 
 
 def _refused_warning(refused: list[int], points: int) -> None:
     if refused:
-        warnings.warn(f"gradcheck_lab: {len(refused)} of {points} random points refused by the function (it raised "
-                      "its own error there); they were skipped.", RuntimeWarning, stacklevel=3)
+        _warn(f"gradcheck_lab: {len(refused)} of {points} random points refused by the function (it raised "
+                      "its own error there); they were skipped.")
 
 
 def _nothing_to_check(target) -> bool:
-    warnings.warn(f"gradcheck_lab: nothing to check: the {target.empty} tensor(s) that require grad have no "
-                  "elements (torch's gradcheck passes them too).", RuntimeWarning, stacklevel=3)
+    _warn(f"gradcheck_lab: nothing to check: the {target.empty} tensor(s) that require grad have no "
+                  "elements (torch's gradcheck passes them too).")
     return True
 
 
@@ -988,9 +1007,8 @@ def _structural(what, user_fn, values, func, *, backward, forward, undefined, dt
                               lambda h: h(fn, outputs, leaves)))
         else:
             what_inf = "outputs" if not finite_out else "gradients"
-            warnings.warn("gradcheck_lab: the zero-cotangent and undefined-gradient tests were not performed: "
-                          f"the {what_inf} are not finite at the given inputs (0 * inf is NaN).",
-                          RuntimeWarning, stacklevel=3)
+            _warn("gradcheck_lab: the zero-cotangent and undefined-gradient tests were not performed: "
+                          f"the {what_inf} are not finite at the given inputs (0 * inf is NaN).")
     if forward and undefined and outputs:
         tests.append(("check_undefined_grad", "_test_undefined_forward_mode", lambda h: h(fn, outputs, leaves)))
     name = getattr(func, "__qualname__", None) or type(func).__name__
@@ -1006,8 +1024,7 @@ def _structural(what, user_fn, values, func, *, backward, forward, undefined, dt
     for keyword, helper_name, run in tests:
         helper = getattr(tg, helper_name, None)
         if helper is None:  # another torch version: the helper moved
-            warnings.warn(f"gradcheck_lab: {keyword}: torch {torch.__version__} has no {helper_name}; not performed.",
-                          RuntimeWarning, stacklevel=3)
+            _warn(f"gradcheck_lab: {keyword}: torch {torch.__version__} has no {helper_name}; not performed.")
             continue
         try:
             run(helper)
@@ -1046,11 +1063,10 @@ def _check(model, pts, points, seed, cand, dtype, atol, rtol, refused=()):
     except Exception as exc:  # noqa: BLE001 - the user's code at a point we chose (BCE's input past 1)
         if not _user_code_raised(exc):
             raise  # ours: Note [Internal failures]
-        warnings.warn(
+        _warn(
             f"gradcheck_lab: your function raised {type(exc).__name__} at a random point around the inputs "
             f"({str(exc).splitlines()[0] if str(exc) else 'no message'}); only the given inputs were checked. "
-            "Pass points=0 to skip the random points.", RuntimeWarning, stacklevel=3,
-        )
+            "Pass points=0 to skip the random points.")
     return run(0)
 
 
@@ -1144,9 +1160,8 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
 
 def _no_float_outputs(target: _Target) -> bool:
     """torch's gradcheck accepts a function without floating-point outputs (indices, masks): so do we."""
-    warnings.warn(f"gradcheck_lab: nothing to check: {getattr(target.func, '__qualname__', type(target.func).__name__)} "
-                  "returns no floating-point element at the given inputs (torch's gradcheck passes it too).",
-                  RuntimeWarning, stacklevel=3)
+    _warn(f"gradcheck_lab: nothing to check: {getattr(target.func, '__qualname__', type(target.func).__name__)} "
+                  "returns no floating-point element at the given inputs (torch's gradcheck passes it too).")
     return True
 
 
@@ -1260,6 +1275,9 @@ def gradgradcheck(
     >>> gradgradcheck(lambda t: t.exp() * t, (x,))
     True
     """
+    # the caller's keywords, for torch's own gradgradcheck where ours has no symbolic leg
+    theirs = {k: v for k, v in locals().items() if k not in ("func", "inputs", "grad_outputs", "eps", "atol", "rtol",
+                                                             "points", "seed", "parameters")}
     import torch
 
     from .hessian import hvp_model
@@ -1273,34 +1291,17 @@ def gradgradcheck(
     traced, fid = _truth(target, points, seed, None, raise_exception)
     if isinstance(traced, Unsupported):
         # No symbolic leg for second derivatives: torch's own gradgradcheck judges, and says so.
-        warnings.warn(f"gradcheck_lab: symbolic and referee legs missing ({traced.reason or ', '.join(traced.ops)}); "
-                      "the double backward was checked by torch.autograd.gradgradcheck itself.", RuntimeWarning,
-                      stacklevel=2)
-        return torch.autograd.gradgradcheck(
-            func, inputs, grad_outputs, eps=1e-6 if eps is None else eps, atol=1e-5 if atol is None else atol,
-            rtol=1e-3 if rtol is None else rtol, gen_non_contig_grad_outputs=gen_non_contig_grad_outputs,
-            raise_exception=raise_exception, nondet_tol=nondet_tol, check_undefined_grad=check_undefined_grad,
-            check_grad_dtypes=check_grad_dtypes, check_batched_grad=check_batched_grad,
-            check_fwd_over_rev=check_fwd_over_rev, check_rev_over_rev=check_rev_over_rev, fast_mode=fast_mode,
-            masked=masked,
-        )
+        _warn(f"gradcheck_lab: symbolic and referee legs missing ({traced.reason or ', '.join(traced.ops)}); "
+              "the double backward was checked by torch.autograd.gradgradcheck itself.")
+        return torch.autograd.gradgradcheck(func, inputs, grad_outputs, eps=1e-6 if eps is None else eps,
+                                            atol=1e-5 if atol is None else atol, rtol=1e-3 if rtol is None else rtol,
+                                            **theirs)
     assert traced is not None
     _refused_warning(fid.refused, points)
     base = model_of(traced, [v.detach().double().numpy() for v in target.values])
     derived = hvp_model(base)
+    cot, pts = _hvp_points(base, derived, traced, grad_outputs, fast_mode, seed)
     direction = derived.inputs[-1].name
-    if grad_outputs is not None:
-        gos = grad_outputs if isinstance(grad_outputs, (list, tuple)) else (grad_outputs,)
-        cot = list(torch.cat([g.detach().double().reshape(-1) for g in gos]).numpy())
-    else:
-        cot = _cotangents(traced.n_out, True, seed)[0]
-    p = base.n_params
-    dirs = (
-        [[1.0 if i == j else 0.0 for i in range(p)] for j in range(p)]
-        if p <= MAX_JACOBIAN and not fast_mode
-        else [list(np.random.default_rng(seed + 1).uniform(-1, 1, p)) for _ in range(RANDOM_COTANGENTS)]
-    )
-    pts = [{"cotangent": cot, direction: u} for u in dirs]
     modes = []
     if check_rev_over_rev:
         modes.append(("double backward", _double_backward_candidate(target, direction, gen_non_contig_grad_outputs)))
@@ -1315,20 +1316,46 @@ def gradgradcheck(
             return _fail(msg.replace("d[the outputs projected on a random cotangent]", "d[u . d(c . f)/dx]"), report,
                          raise_exception)
         _own_engines(report)
+    return _structural(
+        "gradgradcheck", _first_derivative(target, cot), target.values, func, backward=check_rev_over_rev,
+        forward=check_fwd_over_rev, undefined=check_undefined_grad, dtypes=check_grad_dtypes,
+        batched=check_batched_grad, batched_forward=False, masked=bool(masked), raise_exception=raise_exception,
+    )
+
+
+def _hvp_points(base, derived, traced, grad_outputs, fast_mode: bool, seed: int):
+    """The cotangent ``c`` (the caller's ``grad_outputs`` or a seeded one) and the given points of the
+    double backward: ``u`` over every input component up to ``MAX_JACOBIAN``, else random directions."""
+    import torch
+
+    if grad_outputs is not None:
+        gos = grad_outputs if isinstance(grad_outputs, (list, tuple)) else (grad_outputs,)
+        cot = list(torch.cat([g.detach().double().reshape(-1) for g in gos]).numpy())
+    else:
+        cot = _cotangents(traced.n_out, True, seed)[0]
+    p = base.n_params
+    dirs = (
+        [[1.0 if i == j else 0.0 for i in range(p)] for j in range(p)]
+        if p <= MAX_JACOBIAN and not fast_mode
+        else [list(np.random.default_rng(seed + 1).uniform(-1, 1, p)) for _ in range(RANDOM_COTANGENTS)]
+    )
+    direction = derived.inputs[-1].name
+    return cot, [{"cotangent": cot, direction: u} for u in dirs]
+
+
+def _first_derivative(target: _Target, cot) -> Callable:
+    """The first derivative ``d(c . f)/dx`` with its graph: torch's gradgradcheck checks it like a function."""
+    import torch
+
     cot_t = torch.tensor(cot, dtype=getattr(torch, target.dtype))
 
     def first(*leaves):
-        """The first derivative ``d(c . f)/dx`` with its graph: torch's gradgradcheck checks it like a function."""
         leaves = tuple(t if t.requires_grad else t.requires_grad_() for t in leaves)  # its tests detach some
         flat = target.flat_output(target.call(*leaves))
         grads = torch.autograd.grad(flat, leaves, cot_t, create_graph=True, allow_unused=True)
         return tuple(g for g in grads if g is not None)
 
-    return _structural(
-        "gradgradcheck", first, target.values, func, backward=check_rev_over_rev, forward=check_fwd_over_rev,
-        undefined=check_undefined_grad, dtypes=check_grad_dtypes, batched=check_batched_grad, batched_forward=False,
-        masked=bool(masked), raise_exception=raise_exception,
-    )
+    return first
 
 
 # ---------------------------------------------------------------- ops outside the table
@@ -1445,6 +1472,54 @@ def _split(x, shapes) -> list:
 
 def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, seed, fast_mode, forward_ad) -> bool:
     """Autograd of the user's code against finite differences with their error bars (no symbolic leg)."""
+    model, one = _fallback_model(target, traced)
+    cots = _cotangents(traced.n_out, fast_mode, seed)
+    batch, refused, notes = _fallback_batch(target, traced, model, cots, points, seed, forward_ad)
+    from .candidates import as_candidate
+
+    cand = _forward_candidate(target, model) if forward_ad else _backward_candidate(target)
+    got_all = np.asarray(as_candidate(cand).gradients(model, batch, dtype=target.dtype).values)
+    suspect, disagree, worst, resolution, dirs = _screen(model, batch, got_all, target.dtype, atol, rtol, seed)
+    columns = None
+    for row in np.flatnonzero(disagree)[:FALLBACK_BISECTIONS]:
+        col = _bisect(model, batch, int(row), got_all, dirs[row, worst[row]], target.dtype, atol, rtol)
+        if col is not None:
+            suspect = np.zeros_like(suspect)
+            suspect[row], columns = True, [col]  # confirmed (or cleared) per component below
+            break
+    else:
+        suspect &= ~disagree  # no component found behind the disagreement: not confirmed
+    rows = np.flatnonzero(suspect)
+    missing = ", ".join(traced.ops) or traced.reason
+    budget_note = ""
+    if rows.size and columns is None:
+        import torch
+
+        rows, columns, budget_note = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(
+            target.theta())), seed)
+    if rows.size:
+        sub, got = batch.take(rows), got_all[rows]
+        fd, tol, bad = _fallback_judge(target, traced, model, sub, got, columns, atol, rtol)
+        given_bad = bool(disagree[: len(cots)].any()) or bool(bad[rows < len(cots)].any())
+        if bad.any() and not given_bad and _outside_torch(traced):
+            notes.append(_off_inputs_note(target, bad, got, fd.values, rows - len(cots)))
+            bad = np.zeros_like(bad)
+        if bad.any():
+            return _fail(_fallback_message(target, traced, model, batch, rows, got, fd, bad, len(cots), missing,
+                                           forward_ad), None, raise_exception)
+        resolution = _resolution(fd.values, tol) + budget_note
+        notes.append(_unjudged_note(traced, model, batch, rows, got, tol, len(cots)))
+    refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
+    _warn(
+        f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
+        f"finite differences of the real function with their error bars only, {resolution}.{refused_note}"
+        + "".join(f" {n}" for n in notes if n))
+    return True
+
+
+def _fallback_model(target, traced: Unsupported):
+    """The fallback's model: the user's real function, its cotangent products read by finite differences,
+    and ``one``, the function at one flat row of inputs."""
     import torch
 
     from .model import Model, Var
@@ -1452,7 +1527,6 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     name_leaves(traced.leaves)
     shapes = [lf.shape for lf in traced.leaves]
     names = [lf.var_names for lf in traced.leaves]
-    values = target.theta()
 
     # Note [Quiet fallback]: vmap only over graphs of aten ops; an opaque custom op runs through vmap's
     # slow fallback, which prints a C++ "performance drop" warning to stderr per call.
@@ -1502,7 +1576,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         return np.einsum("mo,mo->m", outputs(rows), cots).reshape(shape)
 
     params = []
-    for n, t in zip([n for ns in names for n in ns], values):
+    for n, t in zip([n for ns in names for n in ns], target.theta()):
         r = 0.1 * abs(t) if t != 0 else 0.1
         # max_abs as the traced model's: the spread random points stay near the inputs (no referee here).
         params.append(Var(n, init=float(t), domain=(float(t - r), float(t + r)), max_abs=max(2 * abs(t), 1.0)))
@@ -1511,7 +1585,14 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         target=Var("cotangent", shape=(traced.n_out,), domain=(-1.0, 1.0)),
         loss=lambda ops, yhat, y: yhat, name="traced (no symbolic leg)",
     ), spread=False, block=DROPIN_BLOCK)  # points around the inputs, as the traced path draws them
-    cots = _cotangents(traced.n_out, fast_mode, seed)
+    return model, one
+
+
+def _fallback_batch(target, traced, model, cots, points: int, seed: int, forward_ad: bool):
+    """The given inputs at each cotangent, then the random points the function accepts: ``(batch, refused,
+    notes)``, refused holding the points it raised at or (backward) where its gradient is NaN."""
+    import torch
+
     batch = model.batch([{"cotangent": c} for c in cots])
     refused: list[int] = []
     notes: list[str] = []
@@ -1525,78 +1606,49 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
             refused = sorted(set(refused) | set(nan))
         keep = np.array([i for i in range(len(sample)) if i not in set(refused)], dtype=int)
         batch = type(batch).concat([batch, sample.take(keep)])
-    from .candidates import as_candidate
+    return batch, refused, notes
 
-    cand = _forward_candidate(target, model) if forward_ad else _backward_candidate(target)
-    got_all = np.asarray(as_candidate(cand).gradients(model, batch, dtype=target.dtype).values)
-    suspect, disagree, worst, screen_res, dirs = _screen(model, batch, got_all, target.dtype, atol, rtol, seed)
-    columns = None
-    for row in np.flatnonzero(disagree)[:FALLBACK_BISECTIONS]:
-        col = _bisect(model, batch, int(row), got_all, dirs[row, worst[row]], target.dtype, atol, rtol)
-        if col is not None:
-            suspect = np.zeros_like(suspect)
-            suspect[row], columns = True, [col]  # confirmed (or cleared) per component below
-            break
-    else:
-        suspect &= ~disagree  # no component found behind the disagreement: not confirmed
-    rows = np.flatnonzero(suspect)
-    missing = ", ".join(traced.ops) or traced.reason
-    resolution = screen_res
-    budget_note = ""
-    if rows.size and columns is None:
-        rows, columns, budget_note = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(values)), seed)
-    if rows.size:
-        sub = batch.take(rows)
-        got = got_all[rows]
-        fd = _sharpest(model, sub, columns)
-        if columns is not None:  # components not differenced: the candidate's values set the scale, no estimate
 
-            fd = replace(fd, values=np.where(np.isnan(fd.values), got, fd.values))
-        assert fd.error is not None and fd.lower is not None and fd.upper is not None
-        tol = _fd_tol(fd, target.dtype, atol, rtol)
-        with np.errstate(invalid="ignore"):
-            bad = ~(np.abs(got - fd.values) <= tol) & np.isfinite(tol)
-        bad &= _forward_finite(target, shapes, sub.theta)[:, None]  # not judged where the forward overflows
-        kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
-        inside = (got >= fd.lower - tol) & (got <= fd.upper + tol)
-        bad = np.where(kink, ~inside & np.isfinite(tol), bad)
-        # Note [NaN at the inputs]: where an input component sits at a kink of some output, the derivative
-        # does not exist, and NaN or inf is torch's own answer in that column (hypot at the origin gives
-        # 0 * (0/0) for the other outputs' cotangents too): not judged, as the per-element referee says
-        bad &= np.isfinite(got) | ~kink.any(axis=0)[None, :]
-        if bad.any():
-            bad = _fd_confirms(model, sub, bad, got, fd.values, atol, rtol, target.dtype)
-        given_bad = bool(disagree[: len(cots)].any()) or bool(bad[rows < len(cots)].any())
-        if bad.any() and not given_bad and _outside_torch(traced):
-            notes.append(_off_inputs_note(target, bad, got, fd.values, rows - len(cots)))
-            bad = np.zeros_like(bad)
-        if bad.any():
-            r, col = (int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, np.abs(got - fd.values), -1))),
-                                                       bad.shape))
-            row = int(rows[r])
-            labels = leaf_labels(traced)
-            var = model.params[col].name
-            where = "at the given inputs" if row < len(cots) else f"at random point {row - len(cots)} around the inputs"
-            msg = (
-                f"gradcheck_lab.gradcheck: the {'forward-mode AD' if forward_ad else 'backward'} of "
-                f"{getattr(target.func, '__qualname__', type(target.func).__name__)} is wrong.\n"
-                f"  d[{_describe_cotangent(traced, batch.data[row])}] / d[{labels.get(var, var)}] {where}: it gives "
-                f"{got[r, col]:.10g}, finite differences {fd.values[r, col]:.10g} +- {fd.error[r, col]:.2g}.\n"
-                f"  Symbolic and referee legs missing: {missing}; checked against finite differences of the real "
-                f"function with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
-            )
-            return _fail(msg, None, raise_exception)
-        resolution = _resolution(fd.values, tol) + budget_note
-        notes.append(_unjudged_note(traced, model, batch, rows, got, tol, len(cots)))
-    refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
-    warnings.warn(
-        f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
-        f"finite differences of the real function with their error bars only, {resolution}.{refused_note}"
-        + "".join(f" {n}" for n in notes if n),
-        RuntimeWarning,
-        stacklevel=3,
+def _fallback_judge(target, traced, model, sub, got: np.ndarray, columns, atol, rtol):
+    """Finite differences of the real function at the suspect rows ``sub``: ``(fd, tol, bad)``, ``bad`` the
+    components whose candidate value ``got`` they confirm wrong."""
+    fd = _sharpest(model, sub, columns)
+    if columns is not None:  # components not differenced: the candidate's values set the scale, no estimate
+        fd = replace(fd, values=np.where(np.isnan(fd.values), got, fd.values))
+    assert fd.error is not None and fd.lower is not None and fd.upper is not None
+    tol = _fd_tol(fd, target.dtype, atol, rtol)
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(got - fd.values) <= tol) & np.isfinite(tol)
+    bad &= _forward_finite(target, [lf.shape for lf in traced.leaves], sub.theta)[:, None]  # forward overflows
+    kink = fd.kink if fd.kink is not None else np.zeros_like(bad)
+    inside = (got >= fd.lower - tol) & (got <= fd.upper + tol)
+    bad = np.where(kink, ~inside & np.isfinite(tol), bad)
+    # Note [NaN at the inputs]: where an input component sits at a kink of some output, the derivative
+    # does not exist, and NaN or inf is torch's own answer in that column (hypot at the origin gives
+    # 0 * (0/0) for the other outputs' cotangents too): not judged, as the per-element referee says
+    bad &= np.isfinite(got) | ~kink.any(axis=0)[None, :]
+    if bad.any():
+        bad = _fd_confirms(model, sub, bad, got, fd.values, atol, rtol, target.dtype)
+    return fd, tol, bad
+
+
+def _fallback_message(target, traced, model, batch, rows, got, fd, bad, given: int, missing: str,
+                      forward_ad: bool) -> str:
+    """The failure message of the fallback: the worst confirmed component, both values and where."""
+    r, col = (int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, np.abs(got - fd.values), -1))),
+                                               bad.shape))
+    row = int(rows[r])
+    labels = leaf_labels(traced)
+    var = model.params[col].name
+    where = "at the given inputs" if row < given else f"at random point {row - given} around the inputs"
+    return (
+        f"gradcheck_lab.gradcheck: the {'forward-mode AD' if forward_ad else 'backward'} of "
+        f"{getattr(target.func, '__qualname__', type(target.func).__name__)} is wrong.\n"
+        f"  d[{_describe_cotangent(traced, batch.data[row])}] / d[{labels.get(var, var)}] {where}: it gives "
+        f"{got[r, col]:.10g}, finite differences {fd.values[r, col]:.10g} +- {fd.error[r, col]:.2g}.\n"
+        f"  Symbolic and referee legs missing: {missing}; checked against finite differences of the real "
+        f"function with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
     )
-    return True
 
 
 def _unjudged_note(traced, model, batch, rows: np.ndarray, got: np.ndarray, tol: np.ndarray, given: int) -> str:
