@@ -54,126 +54,167 @@ _READS = frozenset({"_local_scalar_dense", "is_nonzero", "item", "equal", "allcl
 def record(call: Callable, real: list, table: dict | None = None):
     """A ``torch.fx.GraphModule`` of ``call(*real)``, recorded from the real call; :class:`Declined` if it cannot."""
     import torch
-    from torch.overrides import TorchFunctionMode
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten, tree_map
+    from torch.utils._pytree import tree_flatten
 
-    graph = torch.fx.Graph()
-    node_of: dict[int, Any] = {}
-    keep: list = []  # every tensor seen stays alive, so that no id is reused while recording
-    consts: dict[str, Any] = {}
+    rec = _Recording(table)
+    for i, t in enumerate(real):
+        rec.bind(t, rec.graph.placeholder(f"arg{i}_1"))
+        rec.live.add(id(t))
+    visible, recorder = _modes()
+    with visible(), recorder(rec):
+        result = call(*real)
+    flat = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
+    rec.graph.output([rec.arg(t) for t in flat])
+    root = torch.nn.Module()
+    for name, t in rec.consts.items():
+        root.register_buffer(name, t)
+    return torch.fx.GraphModule(root, rec.graph)
 
-    sharing: dict[int, int] = {}  # storage address -> recorded tensors on it (Note [Recorded graphs], in place)
-    live: set[int] = set()  # ids of the tensors that depend on an input
-    sig: dict[int, tuple] = {}  # id -> (dtype, shape, storage) when bound: a change no op recorded shows
 
-    def bind(t, node) -> None:
-        if id(t) not in node_of:
-            keep.append(t)
+class _Recording:
+    """The graph being recorded and what it knows of the tensors it saw (Note [Recorded graphs])."""
+
+    def __init__(self, table: dict | None):
+        import torch
+
+        self.table = table
+        self.graph = torch.fx.Graph()
+        self.node_of: dict[int, Any] = {}
+        self.keep: list = []  # every tensor seen stays alive, so that no id is reused while recording
+        self.consts: dict[str, Any] = {}
+        self.sharing: dict[int, int] = {}  # storage address -> recorded tensors on it (in place)
+        self.live: set[int] = set()  # ids of the tensors that depend on an input
+        self.sig: dict[int, tuple] = {}  # id -> (dtype, shape, storage) when bound: a change no op recorded shows
+
+    def bind(self, t, node) -> None:
+        if id(t) not in self.node_of:
+            self.keep.append(t)
             key = _storage(t)
-            sharing[key] = sharing.get(key, 0) + 1
-        node_of[id(t)] = node
-        sig[id(t)] = _signature(t)
+            self.sharing[key] = self.sharing.get(key, 0) + 1
+        self.node_of[id(t)] = node
+        self.sig[id(t)] = _signature(t)
         node.meta["val"] = t
 
-    for i, t in enumerate(real):
-        bind(t, graph.placeholder(f"arg{i}_1"))
-        live.add(id(t))
+    def arg(self, a):
+        """The node of ``a`` (a tensor; other arguments pass through); a constant if no recorded op made it."""
+        import torch
 
-    def arg(a):
         if not isinstance(a, torch.Tensor):
             return a
-        n = node_of.get(id(a))
-        if n is not None and sig.get(id(a)) != _signature(a):  # changed by no recorded op (module.double()'s .data =)
-            if id(a) in live:
+        n = self.node_of.get(id(a))
+        if n is not None and self.sig.get(id(a)) != _signature(a):  # changed by no recorded op (.data =)
+            if id(a) in self.live:
                 raise Declined("a tensor that depends on the inputs changed outside the dispatcher")
             n = None
         if n is None:  # made outside the dispatcher (a closure's weight, torch.from_numpy): a constant
-            name = f"_tensor_constant{len(consts)}"
-            consts[name] = a.detach().clone()  # its value now: the function may write into it later
-            n = graph.get_attr(name)
-            bind(a, n)
+            name = f"_tensor_constant{len(self.consts)}"
+            self.consts[name] = a.detach().clone()  # its value now: the function may write into it later
+            n = self.graph.get_attr(name)
+            self.bind(a, n)
         return n
 
-    class Recorder(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if table and func in table:
-                with self:
-                    return table[func](*args, **kwargs)
-            with self:  # a composite op called from inside a decomposition: its own ops, as make_fx records them
-                r = func.decompose(*args, **kwargs)
-            if r is not NotImplemented:
-                return r
-            schema = getattr(func, "_schema", None)
-            name = getattr(func, "__name__", "").split(".")[0]
-            if name == "lift_fresh":  # torch.tensor(...) inside the function: a constant, bound where it is used
-                return func(*args, **kwargs)
-            tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-            if name in _READS and not any(id(t) in live for t in tensors):
-                return func(*args, **kwargs)  # a constant's value (a kernel's sigma checked > 0): the same anywhere
-            if schema is None or name in _READS:
-                raise Declined(f"{func}: reads a value that depends on the inputs")
-            writes = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
-            if writes:
-                return in_place(func, writes, args, kwargs, tensors)
-            out = func(*args, **kwargs)
-            ins = {id(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-            outs = out if isinstance(out, (tuple, list)) else (out,)
-            if any(isinstance(o, torch.Tensor) and id(o) in ins for o in outs):
-                raise Declined(f"{func}: returns its own argument")
-            node = graph.call_function(func, tree_map(arg, tuple(args)), tree_map(arg, dict(kwargs)))
-            depends = any(id(t) in live for t in tensors)
-            if isinstance(out, torch.Tensor):
-                bind(out, node)
-                if depends:
-                    live.add(id(out))
-            elif isinstance(out, (tuple, list)):
-                node.meta["val"] = out
-                for k, o in enumerate(out):
-                    if isinstance(o, torch.Tensor):
-                        bind(o, graph.call_function(operator.getitem, (node, k)))
-                        if depends:
-                            live.add(id(o))
-            return out
+    def dispatch(self, mode, func, args, kwargs):
+        """One aten op of the real call: run it and record it, or decline (Note [Recorded graphs])."""
+        import torch
+        from torch.utils._pytree import tree_flatten
 
-    def in_place(func, writes, args, kwargs, tensors):
-        """``self.op_(...)`` on a tensor of the function's own with no alias, recorded as ``op(...)``; a write
-        of constants into a constant (a module built inside the function fills its buffers) runs unrecorded."""
-        functional = _functional(func)
-        t = args[0] if args else None
-        if not any(id(a) in live for a in tensors):
-            out = func(*args, **kwargs)
-            written = {_storage(a) for i, a in enumerate(args) if i in writes and isinstance(a, torch.Tensor)}
-            for a in keep:  # it and its aliases are constants again, bound at their next use with their new value
-                if _storage(a) in written:
-                    node_of.pop(id(a), None)
-            return out
-        if (functional is None or writes != [0] or kwargs.get("out") is not None or not isinstance(t, torch.Tensor)
-                or not isinstance(node_of.get(id(t)), torch.fx.Node) or node_of[id(t)].op != "call_function"
-                or sharing.get(_storage(t), 0) != 1 or t._base is not None):
-            raise Declined(f"{func}: writes in place into an input, a constant or an aliased tensor")
-        node = graph.call_function(functional, tree_map(arg, tuple(args)), tree_map(arg, dict(kwargs)))
+        if self.table and func in self.table:
+            with mode:
+                return self.table[func](*args, **kwargs)
+        with mode:  # a composite op called from inside a decomposition: its own ops, as make_fx records them
+            r = func.decompose(*args, **kwargs)
+        if r is not NotImplemented:
+            return r
+        schema = getattr(func, "_schema", None)
+        name = getattr(func, "__name__", "").split(".")[0]
+        if name == "lift_fresh":  # torch.tensor(...) inside the function: a constant, bound where it is used
+            return func(*args, **kwargs)
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if name in _READS and not any(id(t) in self.live for t in tensors):
+            return func(*args, **kwargs)  # a constant's value (a kernel's sigma checked > 0): the same anywhere
+        if schema is None or name in _READS:
+            raise Declined(f"{func}: reads a value that depends on the inputs")
+        writes = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+        if writes:
+            return self.in_place(func, writes, args, kwargs, tensors)
         out = func(*args, **kwargs)
-        bind(t, node)
-        live.add(id(t))  # some argument depends on an input (the constant case returned above)
+        ins = {id(t) for t in tensors}
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if any(isinstance(o, torch.Tensor) and id(o) in ins for o in outs):
+            raise Declined(f"{func}: returns its own argument")
+        self.bind_result(func, args, kwargs, out, any(id(t) in self.live for t in tensors))
         return out
 
-    class Visible(TorchFunctionMode):
-        """An active torch-function mode, as under ``make_fx``: modules skip their fused fast paths
-        (``TransformerEncoderLayer`` in eval mode would run as one opaque ``_transformer_encoder_layer_fwd``)."""
+    def bind_result(self, func, args, kwargs, out, depends: bool) -> None:
+        """Record ``func``'s node and bind its tensor results (``getitem`` nodes for a tuple)."""
+        import torch
+        from torch.utils._pytree import tree_map
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
+        node = self.graph.call_function(func, tree_map(self.arg, tuple(args)), tree_map(self.arg, dict(kwargs)))
+        if isinstance(out, torch.Tensor):
+            self.bind(out, node)
+            if depends:
+                self.live.add(id(out))
+        elif isinstance(out, (tuple, list)):
+            node.meta["val"] = out
+            for k, o in enumerate(out):
+                if isinstance(o, torch.Tensor):
+                    self.bind(o, self.graph.call_function(operator.getitem, (node, k)))
+                    if depends:
+                        self.live.add(id(o))
 
-    with Visible(), Recorder():
-        result = call(*real)
-    flat = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
-    graph.output([arg(t) for t in flat])
-    root = torch.nn.Module()
-    for name, t in consts.items():
-        root.register_buffer(name, t)
-    return torch.fx.GraphModule(root, graph)
+    def in_place(self, func, writes, args, kwargs, tensors):
+        """``self.op_(...)`` on a tensor of the function's own with no alias, recorded as ``op(...)``; a write
+        of constants into a constant (a module built inside the function fills its buffers) runs unrecorded."""
+        import torch
+        from torch.utils._pytree import tree_map
+
+        functional = _functional(func)
+        t = args[0] if args else None
+        if not any(id(a) in self.live for a in tensors):
+            out = func(*args, **kwargs)
+            written = {_storage(a) for i, a in enumerate(args) if i in writes and isinstance(a, torch.Tensor)}
+            for a in self.keep:  # it and its aliases are constants again, bound at their next use with their new value
+                if _storage(a) in written:
+                    self.node_of.pop(id(a), None)
+            return out
+        if (functional is None or writes != [0] or kwargs.get("out") is not None or not isinstance(t, torch.Tensor)
+                or not isinstance(self.node_of.get(id(t)), torch.fx.Node) or self.node_of[id(t)].op != "call_function"
+                or self.sharing.get(_storage(t), 0) != 1 or t._base is not None):
+            raise Declined(f"{func}: writes in place into an input, a constant or an aliased tensor")
+        node = self.graph.call_function(functional, tree_map(self.arg, tuple(args)), tree_map(self.arg, dict(kwargs)))
+        out = func(*args, **kwargs)
+        self.bind(t, node)
+        self.live.add(id(t))  # some argument depends on an input (the constant case returned above)
+        return out
+
+
+_MODES: list = []
+
+
+def _modes():
+    """The two torch modes of a recording, defined once (torch is imported lazily)."""
+    if not _MODES:
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Visible(TorchFunctionMode):
+            """An active torch-function mode, as under ``make_fx``: modules skip their fused fast paths
+            (``TransformerEncoderLayer`` in eval mode would run as one opaque ``_transformer_encoder_layer_fwd``)."""
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+        class Recorder(TorchDispatchMode):
+            def __init__(self, rec: _Recording):
+                super().__init__()
+                self.rec = rec
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                return self.rec.dispatch(self, func, args, kwargs or {})
+
+        _MODES.extend([Visible, Recorder])
+    return _MODES[0], _MODES[1]
 
 
 def _storage(t) -> int:
