@@ -742,7 +742,7 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
             fid.refused = [i for i in fid.refused if i < points]
             if fid.unfaithful is None:
                 return traced, fid
-            traced = replace(traced, tensor=None, reason=_unfaithful_reason(target, fid))
+            traced = replace(traced, tensor=None, reason=_unfaithful_reason(target, fid), outside=True)
             return traced, fid
         if traced.reason.startswith("tracing failed"):
             where = fidelity.leaks(target.call, target.values)
@@ -768,7 +768,7 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
         _fail(msg, None, raise_exception)
         return None, fid
     if fid.unfaithful is not None:
-        return Unsupported([], target.leaves, traced.out_shapes, _unfaithful_reason(target, fid)), fid
+        return Unsupported([], target.leaves, traced.out_shapes, _unfaithful_reason(target, fid), outside=True), fid
     if traced.tensor is not None and traced.tensor.gm is not traced.gm:
         # The tensor-level engine reads torch's decompositions of some ops: shown to be the function too.
         again = fidelity.check(source.call, traced.tensor.gm, rows, 1, dt, describe)
@@ -1367,8 +1367,7 @@ FALLBACK_LOOKS = (2.0**-4, 2.0**-8, 2.0**-12, 2.0**4)
 
 def _outside_torch(traced) -> bool:
     """Whether the forward was shown to leave torch (NumPy, a solver, a C kernel, data-dependent control flow)."""
-    reason = getattr(traced, "reason", "") or ""
-    return "leaves torch" in reason or "outside torch" in reason or reason.startswith("tracing failed")
+    return bool(getattr(traced, "outside", False))
 
 
 def _off_inputs_note(target, bad, got, fd, points) -> str:

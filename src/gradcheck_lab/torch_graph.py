@@ -983,6 +983,7 @@ class Unsupported:
     tensor: Any = None  # the graph for the tensor-level engine, where its rules cover the ops
     tensor_reason: str = ""
     gm: Any = None  # the traced graph, where tracing succeeded
+    outside: bool = False  # the forward was shown to leave torch (tracing failed, or the graph is not the function)
 
     @property
     def n_out(self) -> int:
@@ -1085,8 +1086,8 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     try:
         gm = _make_graph(call, real)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means no symbolic leg
-        return _remember(_TRACES, key, Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")) if key else \
-            Unsupported([], leaves, out_shapes, f"tracing failed: {exc}")
+        failed = Unsupported([], leaves, out_shapes, f"tracing failed: {exc}", outside=True)
+        return _remember(_TRACES, key, failed) if key else failed
     result = _analyse(gm, real, leaves, out_shapes)
     # Note [Decomposing unsupported ops]: an op outside the table (batch_norm, conv, ...) is traced
     # again through torch's own decomposition of it (torch._decomp), until the graph is all supported.
