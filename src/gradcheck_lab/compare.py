@@ -63,7 +63,10 @@ from .engines.finite_diff import DIRECTIONAL_MIN_P
 from .errors import UsageError
 from .model import Batch, Model
 from .tolerance import EPS, FD_SAFETY, OWN_SAFETY, engine_tolerance, fd_tolerance, rounding_scale
+from .verdicts import AGREE, CLASSES, KINK, MISMATCH, NOT_JUDGED, PRIORITY, REASONS, UNSTABLE, not_judged_note
 
+# The verdict vocabulary (AGREE ... KINK, CLASSES, PRIORITY, REASONS) is defined in verdicts.py, which
+# imports nothing, and re-exported here, where it has always been imported from.
 __all__ = [
     "Comparison",
     "compare",
@@ -75,14 +78,10 @@ __all__ = [
     "KINK",
     "CLASSES",
     "PRIORITY",
+    "REASONS",
     "PROJECT_ENGINES",
 ]
 
-#: Per-engine and per-component verdict codes (Note [Verdict]).
-AGREE, MISMATCH, UNSTABLE, NOT_JUDGED, KINK = 0, 1, 2, 3, 4
-CLASSES = {AGREE: "agree", MISMATCH: "mismatch", UNSTABLE: "unstable", NOT_JUDGED: "not_judged", KINK: "kink"}
-#: The class a point or a component with several engines' classes takes: the first present.
-PRIORITY = (MISMATCH, UNSTABLE, KINK, NOT_JUDGED, AGREE)
 #: The project's own engines: their overflow is "unstable", a candidate's is a mismatch.
 PROJECT_ENGINES = ("symbolic", "autograd", "finite_differences")
 
@@ -90,20 +89,6 @@ PROJECT_ENGINES = ("symbolic", "autograd", "finite_differences")
 FD_SECOND_LOOK = 2.0**-4
 #: Disagreeing points of a chunk proven before majority may decide for engines proven at fault.
 PROBE_ROWS = 8
-
-#: Why a component was not judged, for the notes.
-REASONS = {
-    "undefined": "the loss is undefined (not real) there",
-    "beyond": "the exact gradient is infinite or beyond float64's range",
-    "unresolved": "the referee could not certify the exact value within its budget",
-    "budget": "the referee's budget for this run was spent (disagreement not proven)",
-    "range": "the point lies outside float32's range (an input overflows to inf there)",
-    "range32": "the exact gradient (or the model's own float32 computation of it) lies beyond float32's range",
-    "underflow32": "the exact gradient lies below float32's normal range and the float32 value within it of 0",
-    "overflow": "the candidate's own float64 arithmetic (or the model's) overflows on the way to a representable gradient",
-    "model_lost": "autograd of the model itself, in the candidate's precision, gives no finite value there",
-    "kink_rounding": "rounding the inputs to float32 moves them onto or across a relu/abs kink",
-}
 
 
 @dataclass
@@ -425,7 +410,7 @@ def compare(
 
     verdict = _component_classes(state, kink)
     for reason, count in reasons.items():
-        notes.append(f"{count} component(s) not judged for some engine: {REASONS[reason]}.")
+        notes.append(not_judged_note(reason, count))
     return Comparison(
         model=model,
         batch=batch,

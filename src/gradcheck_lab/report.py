@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .engines import ENGINE_LABELS
+from .verdicts import AGREE, CLASSES, MISMATCH, PRIORITY, UNSTABLE, not_judged_note
 
 __all__ = ["Report", "PointCheck", "ParamCheck", "PairWorst", "Accumulator", "SCHEMA", "pair_name", "RATIO_EDGES", "MAGNITUDE_EDGES"]
 
@@ -176,8 +177,6 @@ def _floats(a) -> list:
 
 def _param_checks(cmp, rows: list[int], labels: list[str]) -> list[list[ParamCheck]]:
     """Every component of each point in ``rows``, read as whole arrays (one conversion per engine)."""
-    from .compare import CLASSES, MISMATCH
-
     res = cmp.results
     names = list(res)
     fd = res["finite_differences"]
@@ -220,8 +219,6 @@ def _param_checks(cmp, rows: list[int], labels: list[str]) -> list[list[ParamChe
 
 def point_checks(cmp, rows: list[int], source: str, offset: int = 0) -> list[PointCheck]:
     """Points ``rows`` of a comparison in full, point ``n`` labelled as point ``offset + n`` of ``source``."""
-    from .compare import CLASSES, PRIORITY
-
     out = []
     for n, checks in zip(rows, _param_checks(cmp, rows, cmp.model.param_labels)):
         row = set(int(c) for c in cmp.verdict[n])
@@ -322,8 +319,6 @@ class Accumulator:
 
     def add(self, source: str, cmp, offset: int = 0) -> None:
         """Fold in one comparison whose point ``n`` is point ``offset + n`` of ``source``."""
-        from .compare import CLASSES, MISMATCH, UNSTABLE
-
         if not self.engines:
             self.engines = list(cmp.results)
             for e in self.engines:
@@ -386,8 +381,6 @@ class Accumulator:
         (The symbolic engine's histogram was measured against autograd everywhere: a planted autograd
         error showed as "symbolic: 2 beyond tolerance" beside a verdict that blamed autograd alone.)
         """
-        from .compare import AGREE
-
         others = [o for o in ("symbolic", "autograd") if o != engine and o in cmp.results]
         ref = np.full(cmp.exact.shape, np.nan)  # no exact value and no exact engine in agreement: not drawn
         for o in reversed(others):  # the first other exact engine in agreement wins
@@ -425,8 +418,6 @@ class Accumulator:
             self.hist_pairs[key] = self.hist_pairs.get(key, 0) + counts[k]
 
     def _faults(self, source, cmp, offset) -> None:
-        from .compare import MISMATCH
-
         bad_rows = np.flatnonzero((cmp.verdict == MISMATCH).any(axis=1))
         if not len(bad_rows):
             return
@@ -462,8 +453,6 @@ class Accumulator:
     def report(self, *, dtype: str, device: str, seed: int | None,
                derivatives: dict[str, str] | Callable[[], dict[str, str]],
                seconds: float = 0.0, strict: bool = False) -> Report:
-        from .compare import REASONS
-
         model = self.model
         at_fault = [e for e in self.engines if self.mismatches.get(e)]
         failures = list(self.failures)
@@ -473,7 +462,7 @@ class Accumulator:
                 failures.append(pc)
         notes = list(self.notes)
         for reason, count in self.reasons.items():
-            notes.append(f"{count} component(s) not judged for some engine: {REASONS[reason]}.")
+            notes.append(not_judged_note(reason, count))
         for e, count in self.unstable.items():
             if count:
                 notes.append(
