@@ -196,57 +196,26 @@ def _verify(
         raise UsageError(f"Expected order 1 (gradient) or 2 (Hessian) but got order={order!r}.")
     started = time.perf_counter()
     model = resolve_model(model, **options)
-    if isinstance(random, bool) or not isinstance(random, (int, np.integer)) or random < 0:
-        raise UsageError(f"Expected random to be a non-negative integer but got random={random!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UsageError(f"Expected seed to be a non-negative integer but got seed={seed!r}.")
-    if isinstance(referee_points, bool) or not isinstance(referee_points, (int, np.integer)) or referee_points < 0:
-        raise UsageError(f"Expected referee_points to be a non-negative integer but got referee_points={referee_points!r}.")
-    if not isinstance(referee_seconds, (int, float)) or not referee_seconds >= 0:
-        raise UsageError(f"Expected referee_seconds to be a number >= 0 but got referee_seconds={referee_seconds!r}.")
+    _check_run_arguments(random, seed, referee_points, referee_seconds)
     cand = as_candidate(candidate) if candidate is not None else None
 
     acc = Accumulator(model, detail=detail)
     budget = RefereeBudget(points=int(referee_points), seconds=float(referee_seconds))
+
+    def run(batch: Batch, referee_rows: np.ndarray | None = None):
+        return _compare(model, batch, dtype, device, cand, engines, budget, strict, referee_rows=referee_rows)
+
     if points is None:
         points = list(model.dataset)
     size = chunk_size(model)
     first = 0  # random points already checked together with the given ones
     if points:
-        batch = model.batch(list(points), params)
-        forced = np.ones(len(batch), dtype=bool)
-        if random and len(batch) + random <= size and not detail:
-            # The drop-in gradcheck's small checks: one run over the given and the random points
-            # together pays for the engines' set-up once. The random points keep their own referee
-            # budget (not forced) and are the same points as in a separate run. (verify itself keeps
-            # two runs: the screening probes' noise, and so the given points' tolerances, would
-            # otherwise depend on how many random points share their batch.)
-            first = int(random)
-            forced = np.concatenate([forced, np.zeros(first, dtype=bool)])
-            batch = Batch.concat([batch, _without(model.sample(first, seed=int(seed), start=0), refused, 0)])
-            first = len(batch) - len(forced) + first
-            forced = forced[: len(batch)]
-        cmp = _compare(model, batch, dtype, device, cand, engines, budget, strict, referee_rows=forced)
-        if first:
-            given, drawn = cmp.split(len(forced) - first)
-            acc.add("data", given)
-            acc.add("random", drawn)
-            if progress:
-                progress(first, first)
-        else:
-            acc.add("data", cmp)
+        first = _check_given(acc, run, model, points, params, random=random, seed=seed, refused=refused, size=size,
+                             detail=detail, progress=progress)
     elif params:
         raise UsageError("Expected points to go with params, but points=[] (random points draw their own parameters).")
     if random and not first:
-        random = int(random)
-        for start in range(0, random, size):
-            stop = min(start + size, random)
-            sample = _without(model.sample(stop - start, seed=int(seed), start=start), refused, start)
-            if not len(sample):
-                continue
-            acc.add("random", _compare(model, sample, dtype, device, cand, engines, budget, strict), offset=start)
-            if progress:
-                progress(stop, random)
+        _check_random(acc, run, model, int(random), seed=seed, refused=refused, size=size, progress=progress)
     if not points and not random:
         raise UsageError("Expected at least one point: pass points or random > 0.")
     return acc.report(
@@ -257,6 +226,62 @@ def _verify(
         seconds=time.perf_counter() - started,
         strict=strict,
     )
+
+
+def _check_run_arguments(random: Any, seed: Any, referee_points: Any, referee_seconds: Any) -> None:
+    """Raise :class:`UsageError` unless the counts and the referee's budget are what :func:`verify` takes."""
+    if isinstance(random, bool) or not isinstance(random, (int, np.integer)) or random < 0:
+        raise UsageError(f"Expected random to be a non-negative integer but got random={random!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"Expected seed to be a non-negative integer but got seed={seed!r}.")
+    if isinstance(referee_points, bool) or not isinstance(referee_points, (int, np.integer)) or referee_points < 0:
+        raise UsageError(f"Expected referee_points to be a non-negative integer but got referee_points={referee_points!r}.")
+    if not isinstance(referee_seconds, (int, float)) or not referee_seconds >= 0:
+        raise UsageError(f"Expected referee_seconds to be a number >= 0 but got referee_seconds={referee_seconds!r}.")
+
+
+def _check_given(acc, run, model: Model, points, params, *, random, seed, refused, size, detail, progress) -> int:
+    """Check the given ``points`` (every one refereed) into ``acc``.
+
+    Returns how many random points were checked in the same run (0 unless
+    ``detail=False`` and all fit one chunk).
+    """
+    batch = model.batch(list(points), params)
+    forced = np.ones(len(batch), dtype=bool)
+    first = 0
+    if random and len(batch) + random <= size and not detail:
+        # The drop-in gradcheck's small checks: one run over the given and the random points
+        # together pays for the engines' set-up once. The random points keep their own referee
+        # budget (not forced) and are the same points as in a separate run. (verify itself keeps
+        # two runs: the screening probes' noise, and so the given points' tolerances, would
+        # otherwise depend on how many random points share their batch.)
+        first = int(random)
+        forced = np.concatenate([forced, np.zeros(first, dtype=bool)])
+        batch = Batch.concat([batch, _without(model.sample(first, seed=int(seed), start=0), refused, 0)])
+        first = len(batch) - len(forced) + first
+        forced = forced[: len(batch)]
+    cmp = run(batch, referee_rows=forced)
+    if first:
+        given, drawn = cmp.split(len(forced) - first)
+        acc.add("data", given)
+        acc.add("random", drawn)
+        if progress:
+            progress(first, first)
+    else:
+        acc.add("data", cmp)
+    return first
+
+
+def _check_random(acc, run, model: Model, random: int, *, seed, refused, size, progress) -> None:
+    """Check ``random`` random points into ``acc``, a chunk of ``size`` at a time."""
+    for start in range(0, random, size):
+        stop = min(start + size, random)
+        sample = _without(model.sample(stop - start, seed=int(seed), start=start), refused, start)
+        if not len(sample):
+            continue
+        acc.add("random", run(sample), offset=start)
+        if progress:
+            progress(stop, random)
 
 
 def _verify_hessian(

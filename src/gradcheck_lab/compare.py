@@ -63,7 +63,10 @@ from .engines.finite_diff import DIRECTIONAL_MIN_P
 from .errors import UsageError
 from .model import Batch, Model
 from .tolerance import EPS, FD_SAFETY, OWN_SAFETY, engine_tolerance, fd_tolerance, rounding_scale
+from .verdicts import AGREE, CLASSES, KINK, MISMATCH, NOT_JUDGED, PRIORITY, REASONS, UNSTABLE, not_judged_note
 
+# The verdict vocabulary (AGREE ... KINK, CLASSES, PRIORITY, REASONS) is defined in verdicts.py, which
+# imports nothing, and re-exported here, where it has always been imported from.
 __all__ = [
     "Comparison",
     "compare",
@@ -75,14 +78,10 @@ __all__ = [
     "KINK",
     "CLASSES",
     "PRIORITY",
+    "REASONS",
     "PROJECT_ENGINES",
 ]
 
-#: Per-engine and per-component verdict codes (Note [Verdict]).
-AGREE, MISMATCH, UNSTABLE, NOT_JUDGED, KINK = 0, 1, 2, 3, 4
-CLASSES = {AGREE: "agree", MISMATCH: "mismatch", UNSTABLE: "unstable", NOT_JUDGED: "not_judged", KINK: "kink"}
-#: The class a point or a component with several engines' classes takes: the first present.
-PRIORITY = (MISMATCH, UNSTABLE, KINK, NOT_JUDGED, AGREE)
 #: The project's own engines: their overflow is "unstable", a candidate's is a mismatch.
 PROJECT_ENGINES = ("symbolic", "autograd", "finite_differences")
 
@@ -90,20 +89,6 @@ PROJECT_ENGINES = ("symbolic", "autograd", "finite_differences")
 FD_SECOND_LOOK = 2.0**-4
 #: Disagreeing points of a chunk proven before majority may decide for engines proven at fault.
 PROBE_ROWS = 8
-
-#: Why a component was not judged, for the notes.
-REASONS = {
-    "undefined": "the loss is undefined (not real) there",
-    "beyond": "the exact gradient is infinite or beyond float64's range",
-    "unresolved": "the referee could not certify the exact value within its budget",
-    "budget": "the referee's budget for this run was spent (disagreement not proven)",
-    "range": "the point lies outside float32's range (an input overflows to inf there)",
-    "range32": "the exact gradient (or the model's own float32 computation of it) lies beyond float32's range",
-    "underflow32": "the exact gradient lies below float32's normal range and the float32 value within it of 0",
-    "overflow": "the candidate's own float64 arithmetic (or the model's) overflows on the way to a representable gradient",
-    "model_lost": "autograd of the model itself, in the candidate's precision, gives no finite value there",
-    "kink_rounding": "rounding the inputs to float32 moves them onto or across a relu/abs kink",
-}
 
 
 @dataclass
@@ -240,6 +225,10 @@ def compare(
     engine, and ``candidate_rounding(batch, seed)`` re-runs it perturbed
     (Note [Own rounding]). ``referee_rows`` marks points the referee must
     always evaluate; ``budget`` bounds it for the rest.
+
+    The stages: :func:`_run_engines`, :func:`_screen` (and :func:`_kink_suspects`),
+    :func:`_prove_disagreements` (the referee, then :func:`_judge_exact`),
+    :func:`_decide_by_majority`, :func:`_assemble`.
     """
     if dtype not in EPS:
         raise UsageError(f"Expected dtype in {tuple(EPS)} but got dtype={dtype!r}.")
@@ -248,8 +237,88 @@ def compare(
         if name not in table:
             raise UsageError(f"Expected an engine name in {ENGINE_NAMES} but got {name!r}.")
         table[name] = fn
-    budget = budget if budget is not None else RefereeBudget()
+    results, scale = _run_engines(model, batch, table, engines or {}, dtype=dtype, device=device,
+                                  candidate=candidate, referee_rows=referee_rows)
+    run = _Judging(model=model, batch=batch, results=results, tol=_tolerances(results, scale), scale=scale,
+                   budget=budget if budget is not None else RefereeBudget(), fd_fn=table["finite_differences"],
+                   device=device, candidate_rounding=candidate_rounding, strict=strict)
+    _screen(run)
+    kink_bad = _kink_suspects(run)
+    unproven = _prove_disagreements(run, referee_rows, kink_bad)
+    _decide_by_majority(run, unproven)
+    return _assemble(run)
 
+
+@dataclass
+class _Judging:
+    """One comparison under way: what the stages of :func:`compare` read, and the arrays they fill in.
+
+    ``kink``, ``state``, ``judged``, ``exact``, ``refereed``, ``own`` and
+    ``reasons`` are updated in place, stage by stage (Note [Verdict]).
+    """
+
+    model: Model
+    batch: Batch
+    results: dict[str, Gradients]
+    tol: dict[str, np.ndarray]
+    scale: np.ndarray
+    budget: RefereeBudget
+    fd_fn: Callable  # the finite-difference engine (its second look is only for the real one)
+    device: str
+    candidate_rounding: Callable | None
+    strict: bool
+    kink: np.ndarray = field(init=False)  # (N, P) bool
+    state: dict[str, np.ndarray] = field(init=False)  # engine -> (N, P) int8 verdict code
+    judged: dict[str, np.ndarray] = field(init=False)  # engine -> (N, P) bool: takes part there
+    disagree: np.ndarray = field(init=False)  # (N, P) bool: some pair disagreed at screening
+    exact: np.ndarray = field(init=False)  # (N, P) float64 where certified, else nan
+    refereed: np.ndarray = field(init=False)  # (N,) bool
+    own: dict[str, np.ndarray] = field(init=False)  # engine -> (N, P) own-rounding estimate
+    reasons: dict[str, int] = field(default_factory=dict)  # not-judged reason -> components
+
+    def __post_init__(self) -> None:
+        n, p = self.batch.theta.shape
+        fd = self.results["finite_differences"]
+        self.kink = fd.kink.copy() if fd.kink is not None else np.zeros((n, p), dtype=bool)
+        self.state = {name: np.full((n, p), AGREE, dtype=np.int8) for name in self.results}
+        self.judged = {}
+        self.disagree = np.zeros((n, p), dtype=bool)
+        self.exact = np.full((n, p), np.nan)
+        self.refereed = np.zeros(n, dtype=bool)
+        self.own = {name: np.full((n, p), np.nan) for name in self.results}
+
+    def at(self, rows: np.ndarray, part: np.ndarray) -> np.ndarray:
+        """(N, P) bool: ``part`` (its rows are points ``rows``), False at every other point."""
+        mark = np.zeros(self.kink.shape, dtype=bool)
+        mark[rows] = part
+        return mark
+
+    def not_judged(self, name: str, where: np.ndarray, reason: str) -> None:
+        """Engine ``name`` is not judged at ``where`` (components not already so count for ``reason``)."""
+        where = where & (self.state[name] != NOT_JUDGED)
+        if where.any():
+            self.state[name][where] = NOT_JUDGED
+            self.reasons[reason] = self.reasons.get(reason, 0) + int(where.sum())
+
+    def exclude(self, name: str, rows: np.ndarray, part: np.ndarray, reason: str) -> None:
+        """Engine ``name`` takes no further part at ``part`` of points ``rows``: not judged where it agreed."""
+        if part.any():
+            mark = self.at(rows, part)
+            self.not_judged(name, mark & (self.state[name] == AGREE), reason)
+            self.judged[name][mark] = False
+
+
+def _check_shape(name: str, res: Gradients, n: int, p: int) -> None:
+    if res.values.shape != (n, p):
+        raise UsageError(f"Expected engine {name} to return gradients of shape {(n, p)} but got {res.values.shape}.")
+
+
+def _run_engines(model, batch, table, overrides, *, dtype, device, candidate, referee_rows):
+    """Every engine's values on ``batch``, and the rounding scale of Note [Tolerance model].
+
+    Finite differences run last: on a wide model they look only where the
+    others' projections disagree (:func:`_directional_fd`).
+    """
     n, p = batch.theta.shape
     results: dict[str, Gradients] = {}
     results["symbolic"] = table["symbolic"](model, batch, dtype="float64", device=device)
@@ -257,190 +326,195 @@ def compare(
     if candidate is not None:
         results["candidate"] = candidate
     for name, res in results.items():
-        if res.values.shape != (n, p):
-            raise UsageError(
-                f"Expected engine {name} to return gradients of shape {(n, p)} but got {res.values.shape}."
-            )
-
-    # ---------------------------------------------------------------- screening
+        _check_shape(name, res, n, p)
     scale = rounding_scale(model, batch, results["symbolic"].values)
     fd_fn = table["finite_differences"]
-    if p > DIRECTIONAL_MIN_P and "finite_differences" not in (engines or {}):
+    if p > DIRECTIONAL_MIN_P and "finite_differences" not in overrides:
         fd_res = _directional_fd(model, batch, results, scale, referee_rows, fd_fn)
     else:
         fd_res = fd_fn(model, batch, dtype="float64", device=device)
-    if fd_res.values.shape != (n, p):
-        raise UsageError(
-            f"Expected engine finite_differences to return gradients of shape {(n, p)} but got {fd_res.values.shape}."
-        )
+    _check_shape("finite_differences", fd_res, n, p)
     results = {"symbolic": results["symbolic"], "autograd": results["autograd"], "finite_differences": fd_res,
                **({"candidate": candidate} if candidate is not None else {})}
+    return results, scale
+
+
+def _tolerances(results: dict[str, Gradients], scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Every engine's screening tolerance: its error bar if it has one, else that of its dtype(s)."""
     tol: dict[str, np.ndarray] = {}
     for name, res in results.items():
         if res.error is not None:
             tol[name] = fd_tolerance(res.error, scale)
         else:
             tol[name] = _screen_tolerance(res, scale).copy()
+    return tol
 
-    fd = results["finite_differences"]
-    kink = fd.kink.copy() if fd.kink is not None else np.zeros((n, p), dtype=bool)
-    state = {name: np.full((n, p), AGREE, dtype=np.int8) for name in results}
-    reasons: dict[str, int] = {}
-    notes: list[str] = []
 
-    def not_judged(name: str, where: np.ndarray, reason: str) -> None:
-        where = where & (state[name] != NOT_JUDGED)
-        if where.any():
-            state[name][where] = NOT_JUDGED
-            reasons[reason] = reasons.get(reason, 0) + int(where.sum())
-
+def _screen(run: _Judging) -> None:
+    """Screening (Note [Verdict]): where each engine takes part, and where some pair disagrees."""
+    n, p = run.kink.shape
     # Engines in float32 cannot hold some points, and differentiate at the
     # float32-rounded point: where that lies across a kink, their value is no evidence.
     from .engines.finite_diff import kinks_moved_by_rounding
 
-    for name, res in results.items():
+    for name, res in run.results.items():
         if res.dtype != "float64" and name != "finite_differences":
-            not_judged(name, np.broadcast_to(_outside_range(batch, res.dtype)[:, None], (n, p)), "range")
-            moved = kinks_moved_by_rounding(model, batch, res.dtype)
-            not_judged(name, np.broadcast_to(moved[:, None], (n, p)), "kink_rounding")
+            run.not_judged(name, np.broadcast_to(_outside_range(run.batch, res.dtype)[:, None], (n, p)), "range")
+            moved = kinks_moved_by_rounding(run.model, run.batch, res.dtype)
+            run.not_judged(name, np.broadcast_to(moved[:, None], (n, p)), "kink_rounding")
     # Finite differences without an estimate (a kink or pole inside the stencil) take no part.
-    judged = {name: (state[name] != NOT_JUDGED) & ~np.isinf(tol[name]) for name in results}
+    judged = run.judged = {name: (run.state[name] != NOT_JUDGED) & ~np.isinf(run.tol[name]) for name in run.results}
 
-    disagree = np.zeros((n, p), dtype=bool)
-    for a, b in combinations(results, 2):
+    disagree = run.disagree
+    for a, b in combinations(run.results, 2):
         with np.errstate(invalid="ignore"):
-            ok = np.abs(results[a].values - results[b].values) <= tol[a] + tol[b]
-        disagree |= ~ok & judged[a] & judged[b] & ~kink
+            ok = np.abs(run.results[a].values - run.results[b].values) <= run.tol[a] + run.tol[b]
+        disagree |= ~ok & judged[a] & judged[b] & ~run.kink
     # A non-finite value is a disagreement even where no other engine is judged.
-    for name, res in results.items():
-        disagree |= ~np.isfinite(res.values) & judged[name] & ~kink
+    for name, res in run.results.items():
+        disagree |= ~np.isfinite(res.values) & judged[name] & ~run.kink
 
-    # Kinks: judge each engine against the subgradient interval. Finite differences
-    # flag kinks by a heuristic (Note [Kinks]): a value outside the interval is only a
-    # mismatch once the referee confirms the kink; where it proves the loss
-    # differentiable there, the component is judged against the exact value instead.
-    kink_bad = {name: np.zeros((n, p), dtype=bool) for name in results}
-    if kink.any():
-        for name, res in results.items():
-            inside = _within(res.values, fd.lower, fd.upper, tol[name] if name != "finite_differences" else 0.0)
-            kink_bad[name] = kink & ~inside & judged[name]
+
+def _kink_suspects(run: _Judging) -> dict[str, np.ndarray]:
+    """engine -> (N, P) bool: outside the subgradient interval of a kink finite differences flagged.
+
+    Kinks: judge each engine against the subgradient interval. Finite differences
+    flag kinks by a heuristic (Note [Kinks]): a value outside the interval is only a
+    mismatch once the referee confirms the kink; where it proves the loss
+    differentiable there, the component is judged against the exact value instead.
+    """
+    fd = run.results["finite_differences"]
+    kink_bad = {name: np.zeros(run.kink.shape, dtype=bool) for name in run.results}
+    if run.kink.any():
+        for name, res in run.results.items():
+            inside = _within(res.values, fd.lower, fd.upper, run.tol[name] if name != "finite_differences" else 0.0)
+            kink_bad[name] = run.kink & ~inside & run.judged[name]
+    return kink_bad
+
+
+def _prove_disagreements(run: _Judging, referee_rows: np.ndarray | None,
+                         kink_bad: dict[str, np.ndarray]) -> np.ndarray:
+    """The proof stage (Note [Verdict]); returns the (N,) points whose disagreements it left unproven.
+
+    The referee takes the given points and the suspected kinks whatever the
+    budget, then the disagreements the budget allows.
+    """
+    n = run.kink.shape[0]
+    budget = run.budget
     kink_rows = np.zeros(n, dtype=bool)
     for bad in kink_bad.values():
         kink_rows |= bad.any(axis=1)
-
-    # ---------------------------------------------------------------- proof
-    exact = np.full((n, p), np.nan)
-    refereed = np.zeros(n, dtype=bool)
-    own = {name: np.full((n, p), np.nan) for name in results}
-
-    def prove(rows: np.ndarray, deadline: float) -> None:
-        if not len(rows):
-            return
-        started = time.perf_counter()
-        try:
-            _prove(rows, deadline)
-        finally:
-            budget.spent += time.perf_counter() - started
-
-    def _prove(rows: np.ndarray, deadline: float) -> None:
-        sub = batch.take(rows)
-        need = np.full((len(rows), p), np.inf)
-        for name in results:
-            need = np.minimum(need, np.where(judged[name][rows], tol[name][rows], np.inf))
-        need = np.where(np.isfinite(need), need * 2.0**-6, 0.0)
-        cert = _referee.certify(model, sub, need=need, deadline=deadline)
-        refereed[rows] = True
-        st = cert.status
-        ex = np.where(st == _referee.CERTIFIED, cert.value, np.nan)
-        exact[rows] = ex
-        for name in results:
-            j = judged[name][rows]
-            mark = np.zeros((n, p), dtype=bool)
-            for reason, code in (("undefined", _referee.UNDEFINED), ("beyond", _referee.BEYOND),
-                                 ("unresolved", _referee.UNRESOLVED)):
-                mark[:] = False
-                mark[rows] = (st == code) & j & ~kink[rows]
-                not_judged(name, mark, reason)
-            # At a kink whose closed form is undefined (d|x| written as x/sqrt(x**2): 0/0 at the
-            # origin), a non-finite value is what that formula gives: no evidence either way.
-            # A finite value is still held to the kink's subgradient interval.
-            mark[:] = False
-            mark[rows] = (st == _referee.UNDEFINED) & j & kink[rows] & ~np.isfinite(results[name].values[rows])
-            not_judged(name, mark, "undefined")
-        # A kink finite differences flagged where the referee certifies a derivative: no kink.
-        kink[rows] &= ~(st == _referee.CERTIFIED)
-        # A kink the referee proves (an argument exactly 0) that finite differences did not flag.
-        ref_kink = st == _referee.KINK
-        if ref_kink.any():
-            extra = np.zeros((n, p), dtype=bool)
-            extra[rows] = ref_kink & ~kink[rows]
-            kink[:] = kink | extra
-        _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch, dtype, device,
-                     candidate_rounding, strict, not_judged, fd_fn)
-        for name in results:
-            if (state[name] == MISMATCH).any():
-                budget.proven.add(name)
-
     forced = referee_rows if referee_rows is not None else np.zeros(n, dtype=bool)
     forced = forced | kink_rows
-    prove(np.flatnonzero(forced), budget.deadline + 60.0)
-    for name in results:  # outside the subgradient interval of a kink the referee did not disprove
-        state[name][kink_bad[name] & kink & (state[name] == AGREE)] = MISMATCH
-    optional = np.flatnonzero(disagree.any(axis=1) & ~forced)
+    _prove(run, np.flatnonzero(forced), budget.deadline + 60.0)
+    for name, state in run.state.items():  # outside the subgradient interval of a kink the referee did not disprove
+        state[kink_bad[name] & run.kink & (state == AGREE)] = MISMATCH
+    optional = np.flatnonzero(run.disagree.any(axis=1) & ~forced)
     # The first few disagreements are proven; after that, a disagreement that only an engine
     # already proven at fault in this run explains (the others agree among themselves) is
     # left to majority: a failing run costs little more than a passing one.
     first = optional[: budget.take(min(len(optional), PROBE_ROWS), minimum=PROBE_ROWS)]
-    prove(first, budget.deadline)
+    _prove(run, first, budget.deadline)
     rest = np.setdiff1d(optional, first)
-    explained = _explained_by(results, tol, judged, disagree, budget.proven)
+    explained = _explained_by(run.results, run.tol, run.judged, run.disagree, budget.proven)
     todo = rest[~explained[rest]]
     allowed = budget.take(len(todo))
-    prove(todo[:allowed], budget.deadline)
+    _prove(run, todo[:allowed], budget.deadline)
     unproven = np.zeros(n, dtype=bool)
     unproven[rest[explained[rest]]] = True
     unproven[todo[allowed:]] = True
+    return unproven
 
-    # Disagreements the referee could not take: majority, only for an engine already proven at fault.
-    if unproven.any():
-        for name, res in results.items():
-            rows_u = unproven[:, None] & disagree & judged[name] & (state[name] == AGREE)
-            if not rows_u.any():
+
+def _prove(run: _Judging, rows: np.ndarray, deadline: float) -> None:
+    """Referee points ``rows`` and judge every engine there; the time spent counts against the budget."""
+    if not len(rows):
+        return
+    started = time.perf_counter()
+    try:
+        _referee_points(run, rows, deadline)
+    finally:
+        run.budget.spent += time.perf_counter() - started
+
+
+def _referee_points(run: _Judging, rows: np.ndarray, deadline: float) -> None:
+    """The certified exact value at points ``rows``, kinks corrected by it, and every engine judged against it."""
+    sub = run.batch.take(rows)
+    need = np.full((len(rows), run.kink.shape[1]), np.inf)
+    for name in run.results:
+        need = np.minimum(need, np.where(run.judged[name][rows], run.tol[name][rows], np.inf))
+    need = np.where(np.isfinite(need), need * 2.0**-6, 0.0)
+    cert = _referee.certify(run.model, sub, need=need, deadline=deadline)
+    run.refereed[rows] = True
+    st = cert.status
+    ex = np.where(st == _referee.CERTIFIED, cert.value, np.nan)
+    run.exact[rows] = ex
+    kink = run.kink
+    for name, res in run.results.items():
+        j = run.judged[name][rows]
+        for reason, code in (("undefined", _referee.UNDEFINED), ("beyond", _referee.BEYOND),
+                             ("unresolved", _referee.UNRESOLVED)):
+            run.not_judged(name, run.at(rows, (st == code) & j & ~kink[rows]), reason)
+        # At a kink whose closed form is undefined (d|x| written as x/sqrt(x**2): 0/0 at the
+        # origin), a non-finite value is what that formula gives: no evidence either way.
+        # A finite value is still held to the kink's subgradient interval.
+        undefined = (st == _referee.UNDEFINED) & j & kink[rows] & ~np.isfinite(res.values[rows])
+        run.not_judged(name, run.at(rows, undefined), "undefined")
+    # A kink finite differences flagged where the referee certifies a derivative: no kink.
+    kink[rows] &= ~(st == _referee.CERTIFIED)
+    # A kink the referee proves (an argument exactly 0) that finite differences did not flag.
+    ref_kink = st == _referee.KINK
+    if ref_kink.any():
+        kink[:] = kink | run.at(rows, ref_kink & ~kink[rows])
+    _judge_exact(run, rows, ex)
+    for name in run.results:
+        if (run.state[name] == MISMATCH).any():
+            run.budget.proven.add(name)
+
+
+def _decide_by_majority(run: _Judging, unproven: np.ndarray) -> None:
+    """Disagreements the referee could not take: majority, only for an engine already proven at fault."""
+    if not unproven.any():
+        return
+    results, tol, judged, state = run.results, run.tol, run.judged, run.state
+    for name, res in results.items():
+        rows_u = unproven[:, None] & run.disagree & judged[name] & (state[name] == AGREE)
+        if not rows_u.any():
+            continue
+        lonely = np.ones(rows_u.shape, dtype=bool)
+        for o in results:
+            if o == name:
                 continue
-            lonely = np.ones((n, p), dtype=bool)
-            for o in results:
-                if o == name:
-                    continue
-                with np.errstate(invalid="ignore"):
-                    lonely &= ~(np.abs(res.values - results[o].values) <= tol[name] + tol[o]) | ~judged[o]
-            if name in budget.proven:
-                blame = rows_u & lonely
-                if name in PROJECT_ENGINES and not strict:  # overflow of our own engines: unstable
-                    state[name][blame & ~np.isfinite(res.values)] = UNSTABLE
-                    blame &= np.isfinite(res.values)
-                state[name][blame] = MISMATCH
-                not_judged(name, rows_u & ~lonely, "budget")
-            else:
-                not_judged(name, rows_u, "budget")
+            with np.errstate(invalid="ignore"):
+                lonely &= ~(np.abs(res.values - results[o].values) <= tol[name] + tol[o]) | ~judged[o]
+        if name in run.budget.proven:
+            blame = rows_u & lonely
+            if name in PROJECT_ENGINES and not run.strict:  # overflow of our own engines: unstable
+                state[name][blame & ~np.isfinite(res.values)] = UNSTABLE
+                blame &= np.isfinite(res.values)
+            state[name][blame] = MISMATCH
+            run.not_judged(name, rows_u & ~lonely, "budget")
+        else:
+            run.not_judged(name, rows_u, "budget")
 
-    verdict = _component_classes(state, kink)
-    for reason, count in reasons.items():
-        notes.append(f"{count} component(s) not judged for some engine: {REASONS[reason]}.")
+
+def _assemble(run: _Judging) -> Comparison:
+    """The finished comparison: one class per component, a note per reason for not judging."""
     return Comparison(
-        model=model,
-        batch=batch,
-        results=results,
-        tol=tol,
-        scale=scale,
-        exact=exact,
-        refereed=refereed,
-        kink=kink,
-        state=state,
-        verdict=verdict,
-        disagree=disagree,
-        own=own,
-        reasons=reasons,
-        notes=notes,
+        model=run.model,
+        batch=run.batch,
+        results=run.results,
+        tol=run.tol,
+        scale=run.scale,
+        exact=run.exact,
+        refereed=run.refereed,
+        kink=run.kink,
+        state=run.state,
+        verdict=_component_classes(run.state, run.kink),
+        disagree=run.disagree,
+        own=run.own,
+        reasons=run.reasons,
+        notes=[not_judged_note(reason, count) for reason, count in run.reasons.items()],
     )
 
 
@@ -513,119 +587,131 @@ def _component_classes(state: dict[str, np.ndarray], kink: np.ndarray) -> np.nda
     return out
 
 
-def _judge_exact(results, rows, ex, tol, judged, state, own, kink, model, batch, dtype, device,
-                 candidate_rounding, strict, not_judged, fd_fn=None) -> None:
-    """Each engine against the certified exact value at ``rows`` (Note [Verdict])."""
-    have = np.isfinite(ex) & ~kink[rows]
-    big32 = float(np.finfo(np.float32).max)
-    for name, res in results.items():
-        # A float32 engine cannot hold an exact value beyond float32's range: not judged there.
+def _judge_exact(run: _Judging, rows: np.ndarray, ex: np.ndarray) -> None:
+    """Each engine against the certified exact value ``ex`` at points ``rows`` (Note [Verdict])."""
+    have = np.isfinite(ex) & ~run.kink[rows]
+    for name, res in run.results.items():
         f32 = res.f32[rows] if res.f32 is not None else np.full(ex.shape, res.dtype == "float32")
-        beyond32 = f32 & have & (np.abs(ex) > big32)
-        if beyond32.any():
-            mark = np.zeros(state[name].shape, dtype=bool)
-            mark[rows] = beyond32
-            not_judged(name, mark & (state[name] == AGREE), "range32")
-            judged[name][mark] = False
-        # ... nor one below float32's normal range: within that of it, a float32 value is as close as float32 gets.
         g = res.values[rows]
-        tiny32 = float(np.finfo(np.float32).tiny)
-        with np.errstate(invalid="ignore"):
-            below32 = f32 & have & (np.abs(ex) < tiny32) & (np.abs(g) <= tiny32)
-        if below32.any():
-            mark = np.zeros(state[name].shape, dtype=bool)
-            mark[rows] = below32
-            not_judged(name, mark & (state[name] == AGREE), "underflow32")
-            judged[name][mark] = False
-        if name not in PROJECT_ENGINES:
-            # Where autograd of the model itself, in the candidate's precision, gives no finite value
-            # (BCE of a sigmoid that rounded to 1: log(1 - p) = -inf), that arithmetic cannot compute
-            # the gradient there: the candidate's value is no evidence either way.
-            same = f32 == (results["autograd"].dtype == "float32")
-            lost = same & have & ~np.isfinite(results["autograd"].values[rows]) & judged[name][rows]
-            if lost.any():
-                mark = np.zeros(state[name].shape, dtype=bool)
-                mark[rows] = lost
-                not_judged(name, mark & (state[name] == AGREE), "model_lost")
-                judged[name][mark] = False
-        j = judged[name][rows] & have & (state[name][rows] == AGREE)
+        _exclude_unjudgeable(run, name, rows, ex, g, f32, have)
+        j = run.judged[name][rows] & have & (run.state[name][rows] == AGREE)
         with np.errstate(invalid="ignore"):
             dev = np.abs(g - ex)
-        off = j & ~(dev <= tol[name][rows])
+        off = j & ~(dev <= run.tol[name][rows])
         if not off.any():
             continue
         nonfinite = off & ~np.isfinite(g)
         finite_off = off & np.isfinite(g)
-        st = state[name][rows]  # a copy (fancy indexing): written back below
+        st = run.state[name][rows]  # a copy (fancy indexing): written back below
         if nonfinite.any():
-            project = name in PROJECT_ENGINES
-            if not project:
-                # Where autograd of the model itself, in the candidate's precision, overflows too, the
-                # point is beyond what that arithmetic computes: the candidate's overflow is not judged.
-                same = f32 == (results["autograd"].dtype == "float32")
-                beyond = nonfinite & same & ~np.isfinite(results["autograd"].values[rows])
-                # ... and where the candidate's own arithmetic overflows on the way to a representable
-                # result (its Monte Carlo run tainted by overflow: an unbounded estimate), in float32
-                # as in float64 (2 (e - y) e x with e = 1e154, for an exact -1.6e308).
-                # Only an infinite value can be such an overflow: a NaN stays a mismatch.
-                rest = nonfinite & ~beyond & np.isinf(g)
-                if rest.any():
-                    pts = np.flatnonzero(rest.any(axis=1))
-                    est = _own_rounding(name, model, batch.take(rows[pts]), res, g[pts], dtype=res.dtype,
-                                        device=device, candidate_rounding=candidate_rounding)
-                    over = np.zeros_like(rest)
-                    over[pts] = rest[pts] & np.isinf(est)
-                    beyond = beyond | over
-                for reason, part in (("range32", beyond & f32), ("overflow", beyond & ~f32)):
-                    if part.any():
-                        mark = np.zeros(state[name].shape, dtype=bool)
-                        mark[rows] = part
-                        not_judged(name, mark, reason)
-                if beyond.any():
-                    st = state[name][rows]
-                    nonfinite = nonfinite & ~beyond
-            st[nonfinite] = MISMATCH if (strict or not project) else UNSTABLE
-        if finite_off.any() and name == "finite_differences" and fd_fn is _real_fd():
-            # Finite differences off the exact value beyond their error bar: truncation they
-            # underestimated, or a bug? A second look with 16x smaller steps decides: if that
-            # agrees with the exact value within its own bar, the first estimate was
-            # truncation-limited (unstable), not wrong.
-            pts = np.flatnonzero(finite_off.any(axis=1))
-            again = fd_fn(model, batch.take(rows[pts]), shrink=FD_SECOND_LOOK)
-            with np.errstate(invalid="ignore"):
-                fine = np.abs(again.values - ex[pts]) <= FD_SAFETY * again.error + tol[name][rows][pts]
-            sub_st = st[pts]
-            explained_fd = finite_off[pts] & fine
-            sub_st[explained_fd] = MISMATCH if strict else UNSTABLE
-            st[pts] = sub_st
-            finite_off = finite_off.copy()
-            finite_off[pts] &= ~fine
+            st = _judge_nonfinite(run, name, rows, g, f32, nonfinite, st)
+        if finite_off.any() and name == "finite_differences" and run.fd_fn is _real_fd():
+            finite_off = _fd_second_look(run, rows, ex, finite_off, st)
         if finite_off.any():
-            pts = np.flatnonzero(finite_off.any(axis=1))
-            sub = batch.take(rows[pts])
-            est = _own_rounding(name, model, sub, res, g[pts], dtype=res.dtype, device=device,
-                                        candidate_rounding=candidate_rounding)
-            o = own[name]
-            block = o[rows[pts]]
-            block[:] = est
-            o[rows[pts]] = block
-            allowed = tol[name][rows][pts]
-            if name == "finite_differences" and res.error is not None:
-                allowed = np.maximum(allowed, FD_SAFETY * res.error[rows[pts]] + OWN_SAFETY * est)
-            else:
-                allowed = np.maximum(allowed, OWN_SAFETY * est)
-            d = dev[pts]
-            explained = d <= allowed
-            eps = _eps_of(res)
-            eps = eps[rows[pts]] if isinstance(eps, np.ndarray) else eps
-            with np.errstate(invalid="ignore", divide="ignore"):
-                lost_half = d > np.sqrt(eps) * np.abs(ex[pts])
-            fo = finite_off[pts]
-            sub_st = st[pts]
-            sub_st[fo & explained & lost_half] = MISMATCH if strict else UNSTABLE
-            sub_st[fo & ~explained] = MISMATCH
-            st[pts] = sub_st
-        state[name][rows] = st
+            _judge_by_own_rounding(run, name, rows, ex, dev, finite_off, st)
+        run.state[name][rows] = st
+
+
+def _exclude_unjudgeable(run: _Judging, name: str, rows, ex, g, f32, have) -> None:
+    """Where engine ``name``'s arithmetic cannot give the exact value ``ex``, it is not judged (nor judged later)."""
+    # A float32 engine cannot hold an exact value beyond float32's range: not judged there.
+    big32 = float(np.finfo(np.float32).max)
+    run.exclude(name, rows, f32 & have & (np.abs(ex) > big32), "range32")
+    # ... nor one below float32's normal range: within that of it, a float32 value is as close as float32 gets.
+    tiny32 = float(np.finfo(np.float32).tiny)
+    with np.errstate(invalid="ignore"):
+        below32 = f32 & have & (np.abs(ex) < tiny32) & (np.abs(g) <= tiny32)
+    run.exclude(name, rows, below32, "underflow32")
+    if name not in PROJECT_ENGINES:
+        # Where autograd of the model itself, in the candidate's precision, gives no finite value
+        # (BCE of a sigmoid that rounded to 1: log(1 - p) = -inf), that arithmetic cannot compute
+        # the gradient there: the candidate's value is no evidence either way.
+        same = f32 == (run.results["autograd"].dtype == "float32")
+        lost = same & have & ~np.isfinite(run.results["autograd"].values[rows]) & run.judged[name][rows]
+        run.exclude(name, rows, lost, "model_lost")
+
+
+def _judge_nonfinite(run: _Judging, name: str, rows, g, f32, nonfinite, st) -> np.ndarray:
+    """Verdicts ``st`` (at ``rows``) where engine ``name`` gives no finite value but the exact one is finite.
+
+    Returns ``st`` updated (re-read from the state where some component became not judged).
+    """
+    project = name in PROJECT_ENGINES
+    if not project:
+        res = run.results[name]
+        # Where autograd of the model itself, in the candidate's precision, overflows too, the
+        # point is beyond what that arithmetic computes: the candidate's overflow is not judged.
+        same = f32 == (run.results["autograd"].dtype == "float32")
+        beyond = nonfinite & same & ~np.isfinite(run.results["autograd"].values[rows])
+        # ... and where the candidate's own arithmetic overflows on the way to a representable
+        # result (its Monte Carlo run tainted by overflow: an unbounded estimate), in float32
+        # as in float64 (2 (e - y) e x with e = 1e154, for an exact -1.6e308).
+        # Only an infinite value can be such an overflow: a NaN stays a mismatch.
+        rest = nonfinite & ~beyond & np.isinf(g)
+        if rest.any():
+            pts = np.flatnonzero(rest.any(axis=1))
+            est = _own_rounding(name, run.model, run.batch.take(rows[pts]), res, g[pts], dtype=res.dtype,
+                                device=run.device, candidate_rounding=run.candidate_rounding)
+            over = np.zeros_like(rest)
+            over[pts] = rest[pts] & np.isinf(est)
+            beyond = beyond | over
+        for reason, part in (("range32", beyond & f32), ("overflow", beyond & ~f32)):
+            if part.any():
+                run.not_judged(name, run.at(rows, part), reason)
+        if beyond.any():
+            st = run.state[name][rows]
+            nonfinite = nonfinite & ~beyond
+    st[nonfinite] = MISMATCH if (run.strict or not project) else UNSTABLE
+    return st
+
+
+def _fd_second_look(run: _Judging, rows, ex, finite_off, st) -> np.ndarray:
+    """Finite differences off the exact value beyond their error bar: truncation they underestimated, or a bug?
+
+    A second look with 16x smaller steps decides: if that agrees with the
+    exact value within its own bar, the first estimate was truncation-limited
+    (unstable in ``st``), not wrong. Returns the components still off.
+    """
+    pts = np.flatnonzero(finite_off.any(axis=1))
+    again = run.fd_fn(run.model, run.batch.take(rows[pts]), shrink=FD_SECOND_LOOK)
+    with np.errstate(invalid="ignore"):
+        fine = np.abs(again.values - ex[pts]) <= FD_SAFETY * again.error + run.tol["finite_differences"][rows][pts]
+    sub_st = st[pts]
+    explained_fd = finite_off[pts] & fine
+    sub_st[explained_fd] = MISMATCH if run.strict else UNSTABLE
+    st[pts] = sub_st
+    finite_off = finite_off.copy()
+    finite_off[pts] &= ~fine
+    return finite_off
+
+
+def _judge_by_own_rounding(run: _Judging, name: str, rows, ex, dev, finite_off, st) -> None:
+    """Verdicts ``st`` where engine ``name`` is off the exact value: its own rounding explains it, or not."""
+    res = run.results[name]
+    pts = np.flatnonzero(finite_off.any(axis=1))
+    sub = run.batch.take(rows[pts])
+    est = _own_rounding(name, run.model, sub, res, res.values[rows][pts], dtype=res.dtype, device=run.device,
+                        candidate_rounding=run.candidate_rounding)
+    o = run.own[name]
+    block = o[rows[pts]]
+    block[:] = est
+    o[rows[pts]] = block
+    allowed = run.tol[name][rows][pts]
+    if name == "finite_differences" and res.error is not None:
+        allowed = np.maximum(allowed, FD_SAFETY * res.error[rows[pts]] + OWN_SAFETY * est)
+    else:
+        allowed = np.maximum(allowed, OWN_SAFETY * est)
+    d = dev[pts]
+    explained = d <= allowed
+    eps = _eps_of(res)
+    eps = eps[rows[pts]] if isinstance(eps, np.ndarray) else eps
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lost_half = d > np.sqrt(eps) * np.abs(ex[pts])
+    fo = finite_off[pts]
+    sub_st = st[pts]
+    sub_st[fo & explained & lost_half] = MISMATCH if run.strict else UNSTABLE
+    sub_st[fo & ~explained] = MISMATCH
+    st[pts] = sub_st
 
 
 def _own_rounding(

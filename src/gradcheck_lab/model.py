@@ -316,40 +316,11 @@ class Model:
         ('y_hat = w1*x**2 + w2*x + b', ['w1', 'w2', 'b'])
         """
         # model imports expr, never the reverse (tests/test_imports.py).
-        from .expr import check_names, evaluate, names_used, parse, split_names, unparse
+        from .expr import evaluate, unparse
 
-        scalar = [k for k in LOSSES if k != "cross_entropy"]
-        if loss is not None and loss not in scalar:
-            why = "; cross_entropy needs a vector of class probabilities" if loss == "cross_entropy" else ""
-            raise ExpressionError(
-                f"Expected loss in {', '.join(scalar)}, or loss=None when the expression is the loss itself, "
-                f"but got loss={loss!r}{why}."
-            )
+        _check_expr_loss(loss)
         inits = params if isinstance(params, Mapping) else {}
-        pnames = check_names(split_names(params, "params"))
-        if not pnames:
-            raise ExpressionError("Expected at least one parameter (e.g. params='w,b') but got none.")
-        if not isinstance(target, str):
-            raise ExpressionError(f"Expected target as a name such as 'y' but got target={target!r}.")
-        inames = check_names(split_names(inputs, "inputs"))
-        declared = check_names([*pnames, *inames, target])
-        tree = parse(expr, declared)
-        used = names_used(tree)
-        unused = [p for p in pnames if p not in used]
-        if unused:
-            raise ExpressionError(
-                f"Expected every parameter to appear in the expression but got no use of "
-                f"{', '.join(map(repr, unused))}; its gradient would be zero everywhere: use it or remove it "
-                "from params.",
-                expr,
-            )
-        if loss is not None and target in used:
-            raise ExpressionError(
-                f"Expected a prediction of parameters and inputs but got the target {target!r} at column "
-                f"{used[target]}; pass loss=None if the expression is the loss itself.",
-                expr,
-                used[target],
-            )
+        tree, pnames, inames = _parse_expr(expr, params, inputs, target, loss)
         text = unparse(tree)
 
         def predict(ops: Any, p: Any, v: Any, _tree: Any = tree) -> Any:
@@ -637,3 +608,49 @@ class Model:
             "n_params": self.n_params,
             "options": dict(self.options),
         }
+
+
+def _check_expr_loss(loss: str | None) -> None:
+    """Raise :class:`ExpressionError` unless ``loss`` is one :meth:`Model.from_expr` takes."""
+    scalar = [k for k in LOSSES if k != "cross_entropy"]
+    if loss is not None and loss not in scalar:
+        why = "; cross_entropy needs a vector of class probabilities" if loss == "cross_entropy" else ""
+        raise ExpressionError(
+            f"Expected loss in {', '.join(scalar)}, or loss=None when the expression is the loss itself, "
+            f"but got loss={loss!r}{why}."
+        )
+
+
+def _parse_expr(expr: str, params: Any, inputs: Any, target: Any, loss: str | None) -> tuple[Any, tuple[str, ...], tuple[str, ...]]:
+    """:meth:`Model.from_expr`'s expression parsed, with the parameter and input names it declares.
+
+    Raises :class:`ExpressionError` for bad names, an unused parameter, or the
+    target in a prediction.
+    """
+    from .expr import check_names, names_used, parse, split_names
+
+    pnames = check_names(split_names(params, "params"))
+    if not pnames:
+        raise ExpressionError("Expected at least one parameter (e.g. params='w,b') but got none.")
+    if not isinstance(target, str):
+        raise ExpressionError(f"Expected target as a name such as 'y' but got target={target!r}.")
+    inames = check_names(split_names(inputs, "inputs"))
+    declared = check_names([*pnames, *inames, target])
+    tree = parse(expr, declared)
+    used = names_used(tree)
+    unused = [p for p in pnames if p not in used]
+    if unused:
+        raise ExpressionError(
+            f"Expected every parameter to appear in the expression but got no use of "
+            f"{', '.join(map(repr, unused))}; its gradient would be zero everywhere: use it or remove it "
+            "from params.",
+            expr,
+        )
+    if loss is not None and target in used:
+        raise ExpressionError(
+            f"Expected a prediction of parameters and inputs but got the target {target!r} at column "
+            f"{used[target]}; pass loss=None if the expression is the loss itself.",
+            expr,
+            used[target],
+        )
+    return tree, pnames, inames

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .engines import ENGINE_LABELS
+from .verdicts import AGREE, CLASSES, MISMATCH, PRIORITY, UNSTABLE, not_judged_note
 
 __all__ = ["Report", "PointCheck", "ParamCheck", "PairWorst", "Accumulator", "SCHEMA", "pair_name", "RATIO_EDGES", "MAGNITUDE_EDGES"]
 
@@ -176,8 +177,6 @@ def _floats(a) -> list:
 
 def _param_checks(cmp, rows: list[int], labels: list[str]) -> list[list[ParamCheck]]:
     """Every component of each point in ``rows``, read as whole arrays (one conversion per engine)."""
-    from .compare import CLASSES, MISMATCH
-
     res = cmp.results
     names = list(res)
     fd = res["finite_differences"]
@@ -220,8 +219,6 @@ def _param_checks(cmp, rows: list[int], labels: list[str]) -> list[list[ParamChe
 
 def point_checks(cmp, rows: list[int], source: str, offset: int = 0) -> list[PointCheck]:
     """Points ``rows`` of a comparison in full, point ``n`` labelled as point ``offset + n`` of ``source``."""
-    from .compare import CLASSES, PRIORITY
-
     out = []
     for n, checks in zip(rows, _param_checks(cmp, rows, cmp.model.param_labels)):
         row = set(int(c) for c in cmp.verdict[n])
@@ -322,8 +319,6 @@ class Accumulator:
 
     def add(self, source: str, cmp, offset: int = 0) -> None:
         """Fold in one comparison whose point ``n`` is point ``offset + n`` of ``source``."""
-        from .compare import CLASSES, MISMATCH, UNSTABLE
-
         if not self.engines:
             self.engines = list(cmp.results)
             for e in self.engines:
@@ -386,8 +381,6 @@ class Accumulator:
         (The symbolic engine's histogram was measured against autograd everywhere: a planted autograd
         error showed as "symbolic: 2 beyond tolerance" beside a verdict that blamed autograd alone.)
         """
-        from .compare import AGREE
-
         others = [o for o in ("symbolic", "autograd") if o != engine and o in cmp.results]
         ref = np.full(cmp.exact.shape, np.nan)  # no exact value and no exact engine in agreement: not drawn
         for o in reversed(others):  # the first other exact engine in agreement wins
@@ -425,8 +418,6 @@ class Accumulator:
             self.hist_pairs[key] = self.hist_pairs.get(key, 0) + counts[k]
 
     def _faults(self, source, cmp, offset) -> None:
-        from .compare import MISMATCH
-
         bad_rows = np.flatnonzero((cmp.verdict == MISMATCH).any(axis=1))
         if not len(bad_rows):
             return
@@ -462,55 +453,16 @@ class Accumulator:
     def report(self, *, dtype: str, device: str, seed: int | None,
                derivatives: dict[str, str] | Callable[[], dict[str, str]],
                seconds: float = 0.0, strict: bool = False) -> Report:
-        from .compare import REASONS
-
+        """The :class:`Report` of every comparison folded in so far."""
         model = self.model
         at_fault = [e for e in self.engines if self.mismatches.get(e)]
-        failures = list(self.failures)
-        for e in at_fault:
-            pc = self.worst_fault[e][2] if e in self.worst_fault else None
-            if pc is not None and pc.source != "data" and all((p.source, p.index) != (pc.source, pc.index) for p in failures):
-                failures.append(pc)
-        notes = list(self.notes)
-        for reason, count in self.reasons.items():
-            notes.append(f"{count} component(s) not judged for some engine: {REASONS[reason]}.")
-        for e, count in self.unstable.items():
-            if count:
-                notes.append(
-                    f"{ENGINE_LABELS[e]} is numerically unstable at {count} point(s): its own rounding explains the "
-                    f"deviation, but it lost more than half its digits there"
-                    + (" (strict: counted as mismatches)" if strict else "")
-                    + "."
-                )
-        unstable_any = any(self.unstable.values())
+        failures = self._failures(at_fault)
+        notes = self._notes(strict)
         if at_fault and self.pending:  # detail=False: the given points in full, now that they are needed
             for cmp, source, offset in self.pending:
                 self.data_points.extend(point_checks(cmp, list(range(len(cmp.batch))), source, offset))
             self.pending = []
-        if at_fault:
-            message = "\n".join(self.worst_fault[e][1] for e in at_fault if e in self.worst_fault)
-            verdict = "mismatch"
-        else:
-            total = self.total
-            message = (
-                f"all {len(self.engines)} engines agree on {total} point{'s' if total != 1 else ''} x "
-                f"{model.n_params} parameter{'s' if model.n_params != 1 else ''}"
-                + (", the exact referee confirming the data points" if self.n_data else "")
-                + (f" ({self.kinks} kink{'s' if self.kinks != 1 else ''}: derivative undefined, subgradients accepted)" if self.kinks else "")
-                + (f"; {self.counts.get('unstable', 0)} component(s) numerically unstable (see notes)" if unstable_any else "")
-                + ("; some components were not judged (see notes)" if self.reasons else "")
-            )
-            verdict = "unstable" if unstable_any else "agree"
-        summary = [self.pair_best[pair_name(a, b)][1] if pair_name(a, b) in self.pair_best else
-                   PairWorst(pair_name(a, b), None, None, None, None, None, None)
-                   for k, a in enumerate(self.engines) for b in self.engines[k + 1 :]]
-        histograms = {
-            "ratio_edges": RATIO_EDGES,
-            "engines": {e: [int(x) for x in np.asarray(h).tolist()] for e, h in self.hist_engines.items()},
-            "pairs": {k: [int(x) for x in np.asarray(h).tolist()] for k, h in self.hist_pairs.items()},
-            "magnitude_edges": MAGNITUDE_EDGES,
-            "magnitude": {e: np.asarray(h).astype(int).tolist() for e, h in self.hist_mag.items()},
-        }
+        verdict, message = self._verdict(at_fault)
         return Report(
             model=model.name,
             formula=model.formula,
@@ -525,7 +477,7 @@ class Accumulator:
             engines=self.engines,
             data_points=self.data_points,
             random_points=self.random_n,
-            summary=summary,
+            summary=self._summary(),
             mismatches=dict(self.mismatches),
             kinks=self.kinks,
             failures=failures,
@@ -537,6 +489,62 @@ class Accumulator:
             counts=dict(self.counts),
             engine_counts={e: dict(c) for e, c in self.engine_counts.items()},
             unstable=dict(self.unstable),
-            histograms=histograms,
+            histograms=self._histograms_json(),
             strict=strict,
         )
+
+    def _failures(self, at_fault: list[str]) -> list[PointCheck]:
+        """The first failing points, and each engine's worst fault's point if it is not among them."""
+        failures = list(self.failures)
+        for e in at_fault:
+            pc = self.worst_fault[e][2] if e in self.worst_fault else None
+            if pc is not None and pc.source != "data" and all((p.source, p.index) != (pc.source, pc.index) for p in failures):
+                failures.append(pc)
+        return failures
+
+    def _notes(self, strict: bool) -> list[str]:
+        """The chunks' notes, then one per reason for not judging, then one per unstable engine."""
+        notes = list(self.notes)
+        for reason, count in self.reasons.items():
+            notes.append(not_judged_note(reason, count))
+        for e, count in self.unstable.items():
+            if count:
+                notes.append(
+                    f"{ENGINE_LABELS[e]} is numerically unstable at {count} point(s): its own rounding explains the "
+                    f"deviation, but it lost more than half its digits there"
+                    + (" (strict: counted as mismatches)" if strict else "")
+                    + "."
+                )
+        return notes
+
+    def _verdict(self, at_fault: list[str]) -> tuple[str, str]:
+        """The verdict and its message: each engine at fault with its worst fault, or what agreed."""
+        if at_fault:
+            return "mismatch", "\n".join(self.worst_fault[e][1] for e in at_fault if e in self.worst_fault)
+        model, total = self.model, self.total
+        unstable_any = any(self.unstable.values())
+        message = (
+            f"all {len(self.engines)} engines agree on {total} point{'s' if total != 1 else ''} x "
+            f"{model.n_params} parameter{'s' if model.n_params != 1 else ''}"
+            + (", the exact referee confirming the data points" if self.n_data else "")
+            + (f" ({self.kinks} kink{'s' if self.kinks != 1 else ''}: derivative undefined, subgradients accepted)" if self.kinks else "")
+            + (f"; {self.counts.get('unstable', 0)} component(s) numerically unstable (see notes)" if unstable_any else "")
+            + ("; some components were not judged (see notes)" if self.reasons else "")
+        )
+        return ("unstable" if unstable_any else "agree"), message
+
+    def _summary(self) -> list[PairWorst]:
+        """The worst discrepancy of every engine pair (none where no point compared them)."""
+        return [self.pair_best[pair_name(a, b)][1] if pair_name(a, b) in self.pair_best else
+                PairWorst(pair_name(a, b), None, None, None, None, None, None)
+                for k, a in enumerate(self.engines) for b in self.engines[k + 1 :]]
+
+    def _histograms_json(self) -> dict[str, Any]:
+        """The histograms as JSON-ready lists, with their bin edges."""
+        return {
+            "ratio_edges": RATIO_EDGES,
+            "engines": {e: [int(x) for x in np.asarray(h).tolist()] for e, h in self.hist_engines.items()},
+            "pairs": {k: [int(x) for x in np.asarray(h).tolist()] for k, h in self.hist_pairs.items()},
+            "magnitude_edges": MAGNITUDE_EDGES,
+            "magnitude": {e: np.asarray(h).astype(int).tolist() for e, h in self.hist_mag.items()},
+        }

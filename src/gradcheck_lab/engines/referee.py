@@ -913,69 +913,92 @@ def certify(
     >>> bool((ex.lo == ex.value).all() and (ex.hi == ex.value).all())  # exact here
     True
     """
-    from flint import arb, ctx
+    from flint import ctx
 
     n, p = batch.theta.shape
-    need_arr = np.broadcast_to(np.asarray(0.0 if need is None else need, dtype=float), (n, p))
-    lo = np.full((n, p), -np.inf)
-    hi = np.full((n, p), np.inf)
-    value = np.full((n, p), np.nan)
-    status = np.full((n, p), UNRESOLVED, dtype=np.int8)
-    bits = np.zeros(n, dtype=np.int64)
+    cert = _Certification(n, p, need, rel, max_bits, deadline)
     if n == 0:
-        return Exact(lo, hi, value, status, bits)
+        return cert.exact()
     fn = _compiled(model)
     saved = ctx.prec
-
-    def record(rows, outs_rows, prec):
-        """Judge the outputs of ``rows`` at ``prec`` at once; True where a row still has open components."""
-        last = prec >= max_bits or (deadline is not None and time.perf_counter() > deadline)
-        flat = [o for outs in outs_rows for o in outs]
-        st, l_, h_, v_ = _judge(flat, need_arr[rows].ravel(), rel, last)
-        k = len(rows)
-        st, l_, h_, v_ = st.reshape(k, p), l_.reshape(k, p), h_.reshape(k, p), v_.reshape(k, p)
-        # Keep the narrowest proven bounds seen so far (each pass is a proof).
-        lo[rows] = np.maximum(lo[rows], l_)
-        hi[rows] = np.minimum(hi[rows], h_)
-        done = open_[rows] & (st >= 0)
-        # A certified component's value comes from the most precise pass (its midpoint is the closest).
-        better = done | (st == CERTIFIED) | (st == BEYOND)
-        status[rows] = np.where(better, st, status[rows])
-        value[rows] = np.where(better, v_, value[rows])
-        open_[rows] &= ~done
-        bits[rows] = prec
-        return open_[rows].any(axis=1) & (not last)
-
-    open_ = np.ones((n, p), dtype=bool)
     try:
         first = min(START_BITS, max_bits)
         ctx.prec = first
         for start in range(0, n, _BLOCK):
-            # The first precision for a block of points at once (one vectorised judgement) ...
-            rows, outs_rows, args_rows = [], [], []
-            for row in range(start, min(start + _BLOCK, n)):
-                if deadline is not None and time.perf_counter() > deadline:
-                    break  # not evaluated: UNRESOLVED, lo/hi infinite, bits 0
-                args = [arb(float(a)) for a in batch.theta[row]] + [arb(float(a)) for a in batch.data[row]]
-                rows.append(row)
-                args_rows.append(args)
-                outs_rows.append(fn(args, first))
-            if not rows:
+            if not _certify_block(cert, fn, batch, range(start, min(start + _BLOCK, n)), first):
                 break
-            more = record(np.asarray(rows), outs_rows, first)
-            # ... then Ziv's escalation, point by point, for the few that need it.
-            for row, args, again in zip(rows, args_rows, more):
-                prec = first
-                while again:
-                    prec = min(2 * prec, max_bits)
-                    ctx.prec = prec
-                    again = record(np.asarray([row]), [fn(args, prec)], prec)[0]
-                ctx.prec = first
     finally:
         ctx.prec = saved
-    kinkish = (status == KINK) | (status == UNDEFINED)
-    lo[kinkish], hi[kinkish] = -np.inf, np.inf
-    return Exact(lo, hi, value, status, bits)
+    return cert.exact()
+
+
+class _Certification:
+    """The enclosures of one :func:`certify` call, narrowed pass by pass (each pass is a proof)."""
+
+    def __init__(self, n: int, p: int, need, rel: float, max_bits: int, deadline: float | None):
+        self.p, self.rel, self.max_bits, self.deadline = p, rel, max_bits, deadline
+        self.need = np.broadcast_to(np.asarray(0.0 if need is None else need, dtype=float), (n, p))
+        self.lo = np.full((n, p), -np.inf)
+        self.hi = np.full((n, p), np.inf)
+        self.value = np.full((n, p), np.nan)
+        self.status = np.full((n, p), UNRESOLVED, dtype=np.int8)
+        self.bits = np.zeros(n, dtype=np.int64)
+        self.open = np.ones((n, p), dtype=bool)
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def record(self, rows, outs_rows, prec) -> np.ndarray:
+        """Judge the outputs of ``rows`` at ``prec`` at once; True where a row still has open components."""
+        last = prec >= self.max_bits or self.past_deadline()
+        flat = [o for outs in outs_rows for o in outs]
+        st, l_, h_, v_ = _judge(flat, self.need[rows].ravel(), self.rel, last)
+        k, p = len(rows), self.p
+        st, l_, h_, v_ = st.reshape(k, p), l_.reshape(k, p), h_.reshape(k, p), v_.reshape(k, p)
+        # Keep the narrowest proven bounds seen so far (each pass is a proof).
+        self.lo[rows] = np.maximum(self.lo[rows], l_)
+        self.hi[rows] = np.minimum(self.hi[rows], h_)
+        done = self.open[rows] & (st >= 0)
+        # A certified component's value comes from the most precise pass (its midpoint is the closest).
+        better = done | (st == CERTIFIED) | (st == BEYOND)
+        self.status[rows] = np.where(better, st, self.status[rows])
+        self.value[rows] = np.where(better, v_, self.value[rows])
+        self.open[rows] &= ~done
+        self.bits[rows] = prec
+        return self.open[rows].any(axis=1) & (not last)
+
+    def exact(self) -> Exact:
+        """The result: no bounds where the status is a kink or undefined."""
+        kinkish = (self.status == KINK) | (self.status == UNDEFINED)
+        self.lo[kinkish], self.hi[kinkish] = -np.inf, np.inf
+        return Exact(self.lo, self.hi, self.value, self.status, self.bits)
+
+
+def _certify_block(cert: _Certification, fn, batch: Batch, block: range, first: int) -> bool:
+    """Certify the points of ``block``; False where the deadline let none of them be evaluated."""
+    from flint import arb, ctx
+
+    # The first precision for a block of points at once (one vectorised judgement) ...
+    rows, outs_rows, args_rows = [], [], []
+    for row in block:
+        if cert.past_deadline():
+            break  # not evaluated: UNRESOLVED, lo/hi infinite, bits 0
+        args = [arb(float(a)) for a in batch.theta[row]] + [arb(float(a)) for a in batch.data[row]]
+        rows.append(row)
+        args_rows.append(args)
+        outs_rows.append(fn(args, first))
+    if not rows:
+        return False
+    more = cert.record(np.asarray(rows), outs_rows, first)
+    # ... then Ziv's escalation, point by point, for the few that need it.
+    for row, args, again in zip(rows, args_rows, more):
+        prec = first
+        while again:
+            prec = min(2 * prec, cert.max_bits)
+            ctx.prec = prec
+            again = cert.record(np.asarray([row]), [fn(args, prec)], prec)[0]
+        ctx.prec = first
+    return True
 
 
 def gradients(model: Model, batch: Batch) -> np.ndarray:

@@ -42,29 +42,53 @@ def _with_values(n) -> str:
 
 
 def _steps(tr, expression, checks) -> list[dict[str, Any]]:
+    """Every step of the stepper: the leaves, the forward pass, the backward pass, the gradients."""
     nodes = tr.nodes
     idx = {id(n): k for k, n in enumerate(nodes)}
     leaves = [k for k, n in enumerate(nodes) if n.kind != "op"]
     ops = [k for k, n in enumerate(nodes) if n.kind == "op"]
-    steps: list[dict[str, Any]] = []
+    return [
+        _start_step(nodes, leaves, ops),
+        *_forward_steps(nodes, idx, ops, expression),
+        *_backward_steps(nodes, idx, ops, expression),
+        _done_step(nodes, leaves, checks),
+    ]
+
+
+def _node_step(phase: str, k: int, title: str, lines: list[str], n, idx, sets: list) -> dict[str, Any]:
+    """The step at operation node ``k`` (``n``), its inputs and their edges highlighted."""
+    return {
+        "phase": phase,
+        "node": k,
+        "title": title,
+        "lines": lines,
+        "hi": [idx[id(i)] for i in n.inputs],
+        "edges": [[idx[id(i)], k] for i in n.inputs],
+        "set": sets,
+    }
+
+
+def _start_step(nodes, leaves: list[int], ops: list[int]) -> dict[str, Any]:
     params = [nodes[k] for k in leaves if nodes[k].kind == "param"]
     inputs = [nodes[k] for k in leaves if nodes[k].kind == "input"]
-    steps.append(
-        {
-            "phase": "start",
-            "node": None,
-            "title": "Start: the leaves of the graph",
-            "lines": [
-                "Parameters: " + (", ".join(f"{n.name} = {num(n.value)}" for n in params) or "none"),
-                "Inputs and target: " + (", ".join(f"{n.name} = {num(n.value)}" for n in inputs) or "none"),
-                f"Next: the forward pass computes the {len(ops)} operation node{'s' if len(ops) != 1 else ''}, "
-                "one at a time, from the leaves to the loss.",
-            ],
-            "hi": leaves,
-            "edges": [],
-            "set": [[k, "v", num(nodes[k].value)] for k in leaves],
-        }
-    )
+    return {
+        "phase": "start",
+        "node": None,
+        "title": "Start: the leaves of the graph",
+        "lines": [
+            "Parameters: " + (", ".join(f"{n.name} = {num(n.value)}" for n in params) or "none"),
+            "Inputs and target: " + (", ".join(f"{n.name} = {num(n.value)}" for n in inputs) or "none"),
+            f"Next: the forward pass computes the {len(ops)} operation node{'s' if len(ops) != 1 else ''}, "
+            "one at a time, from the leaves to the loss.",
+        ],
+        "hi": leaves,
+        "edges": [],
+        "set": [[k, "v", num(nodes[k].value)] for k in leaves],
+    }
+
+
+def _forward_steps(nodes, idx, ops: list[int], expression) -> list[dict[str, Any]]:
+    steps = []
     for j, k in enumerate(ops, 1):
         n = nodes[k]
         lines = [f"{n.name} = {expression(n)} = {_with_values(n)} = {num(n.value)}"]
@@ -74,18 +98,14 @@ def _steps(tr, expression, checks) -> list[dict[str, Any]]:
             lines.append(f"Note: {n.note}.")
         if n.name == "loss":
             lines.append("The forward pass is done: the loss is computed. Next: the backward pass, from the loss back.")
-        steps.append(
-            {
-                "phase": "forward",
-                "node": k,
-                "title": f"Forward {j} of {len(ops)}: {n.name} = {expression(n)}",
-                "lines": lines,
-                "hi": [idx[id(i)] for i in n.inputs],
-                "edges": [[idx[id(i)], k] for i in n.inputs],
-                "set": [[k, "v", num(n.value)]],
-            }
-        )
-    # Backward: replay the tracer's reverse pass with running sums.
+        title = f"Forward {j} of {len(ops)}: {n.name} = {expression(n)}"
+        steps.append(_node_step("forward", k, title, lines, n, idx, [[k, "v", num(n.value)]]))
+    return steps
+
+
+def _backward_steps(nodes, idx, ops: list[int], expression) -> list[dict[str, Any]]:
+    """Replay the tracer's reverse pass with running sums."""
+    steps = []
     running = [0.0] * len(nodes)
     if ops:
         running[ops[-1]] = 1.0
@@ -109,17 +129,12 @@ def _steps(tr, expression, checks) -> list[dict[str, Any]]:
             )
             lines.append(f"{i.name} receives upstream × local = {_paren(up)} × {_paren(d)} = {num(got)}; {total}")
             sets.append([c, "g", num(running[c])])
-        steps.append(
-            {
-                "phase": "backward",
-                "node": k,
-                "title": f"Backward {j} of {len(ops)}: {n.name} = {expression(n)}",
-                "lines": lines,
-                "hi": [idx[id(i)] for i in n.inputs],
-                "edges": [[idx[id(i)], k] for i in n.inputs],
-                "set": sets,
-            }
-        )
+        title = f"Backward {j} of {len(ops)}: {n.name} = {expression(n)}"
+        steps.append(_node_step("backward", k, title, lines, n, idx, sets))
+    return steps
+
+
+def _done_step(nodes, leaves: list[int], checks) -> dict[str, Any]:
     lines = []
     for c in checks:
         verdict = "undefined here (kink)" if c["kink"] else "agrees" if c["ok"] else "DIFFERS"
@@ -127,18 +142,15 @@ def _steps(tr, expression, checks) -> list[dict[str, Any]]:
             f"∂loss/∂{c['param']} = {num(c['trace'])} (this trace); closed form {num(c['symbolic'])}, "
             f"referee {num(c['referee'])}: {verdict}"
         )
-    steps.append(
-        {
-            "phase": "done",
-            "node": None,
-            "title": "Done: the gradient of every parameter",
-            "lines": lines or ["The model has no parameters."],
-            "hi": [k for k in leaves if nodes[k].kind == "param"],
-            "edges": [],
-            "set": [],
-        }
-    )
-    return steps
+    return {
+        "phase": "done",
+        "node": None,
+        "title": "Done: the gradient of every parameter",
+        "lines": lines or ["The model has no parameters."],
+        "hi": [k for k in leaves if nodes[k].kind == "param"],
+        "edges": [],
+        "set": [],
+    }
 
 
 _JS = r"""

@@ -151,81 +151,10 @@ def train_page(result, model) -> str:
     pos = {i: k for k, i in enumerate(both)}
 
     def ratio_ok(i):
-        r = sym[pos[i]]
-        t = tol[pos[i]]
-        g = np.asarray(steps[i].grads, dtype=float)
-        with np.errstate(all="ignore"):
-            ratio = np.abs(g - r) / np.maximum(t, np.finfo(float).tiny)
-        if mm is None or i + 1 < mm.step:
-            # Training's own verdict: these steps passed (a parameter below a kink is not judged).
-            return ratio, np.ones(len(labels), dtype=bool)
-        return ratio, np.asarray([lab != mm.param and bool(r <= 1) for lab, r in zip(labels, ratio)])
+        return _ratio_ok(result, sym[pos[i]], tol[pos[i]], i)
 
-    def fmt(v):
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(num(x) for x in v) + "]"
-        return num(v)
-
-    replay = []
-    for i in idx_chart:
-        s = steps[i]
-        ratio, ok = ratio_ok(i)
-        note = "every gradient within tolerance of the closed form"
-        if not ok.all():
-            note = f"MISMATCH for {mm.param}: training stopped at this step. {mm.hint}" if mm else "MISMATCH"
-        replay.append(
-            {
-                "step": s.step, "epoch": s.epoch, "sample": s.sample, "x": fmt(s.x), "y": fmt(s.y),
-                "loss": num(s.loss), "params": [num(v) for v in s.params], "grads": [num(v) for v in s.grads],
-                "sym": [num(v) for v in sym[pos[i]]], "ratio": [num(v, 3) for v in ratio], "ok": [bool(o) for o in ok],
-                "note": note,
-            }
-        )
-    xs = [s.step for s in steps]
-    pick_xs = [xs[i] for i in idx_chart]
-    losses = [steps[i].loss for i in idx_chart]
-    per = len(result.data)
-    marks = []
-    if mm is not None:
-        marks.append((mm.step, f"step {mm.step}: mismatch", "#c92a2a"))
-    # Log scale only when the loss spans more than two decades (a shorter span would get one tick).
-    logy = all(v > 0 for v in losses) and max(losses) > 100 * min(losses)
-    epoch_x = [(e + 1) * per for e in range(len(result.epoch_losses))]
-    pick_e = _pick(len(epoch_x), MAX_POINTS, [])
-    loss_chart = line_chart(
-        [("loss per sample", pick_xs, losses), ("epoch's last sample (dots)", [epoch_x[k] for k in pick_e], [result.epoch_losses[k] for k in pick_e])],
-        xlabel="step", ylabel="loss" + (" (log scale)" if logy else ""), logy=logy, marks=marks, chart_id="loss-chart", cursor=True,
-    )
-    traj = [(lab, pick_xs, [steps[i].params[k] for i in idx_chart]) for k, lab in enumerate(labels[:8])]
-    param_chart = line_chart(traj, xlabel="step", ylabel="parameter value", marks=marks, chart_id="param-chart", cursor=True)
-
-    facts = [
-        ("model", result.model), ("learning rate", num(result.lr)), ("epochs", str(result.epochs)),
-        ("dtype", result.dtype), ("samples per epoch", str(per)), ("steps run", str(n)),
-        ("zero .grad after each step", "yes" if result.zero_grad else "no (--no-zero-grad)"),
-        ("initial", ", ".join(f"{k} = {num(v)}" for k, v in zip(labels, result.initial_params))),
-    ]
-    if result.prediction_after is not None:
-        facts.append(("prediction at " + ", ".join(f"{k} = {fmt(v)}" for k, v in result.at.items()),
-                      f"{fmt(result.prediction_before)} before, {fmt(result.prediction_after)} after"))
-    if mm is None:
-        banner = (
-            f'<div class="banner ok">All {result.checked_steps} steps checked: autograd ({esc(result.dtype)}) agrees with '
-            "the closed form at every step, within the rounding of the dtype (Note [Tolerance model]).</div>"
-        )
-    else:
-        banner = (
-            f'<div class="banner bad">Training stopped at step {mm.step}: autograd\'s gradient for {esc(mm.param)} is '
-            f"not the closed form's.</div>"
-            f'<div class="mismatch" id="mismatch"><pre>{esc(mm.message())}</pre></div>'
-        )
-        if not result.zero_grad:
-            banner += (
-                f'<p>With <code>--no-zero-grad</code>, <code>.grad</code> is never zeroed: each <code>backward()</code> '
-                f"adds this step's gradient to what is already there. Step {mm.step} is the first at which the accumulated "
-                "<code>.grad</code> (this step's gradient plus every earlier one) departs from the true gradient; "
-                "it is marked in red on the charts and in the table.</p>"
-            )
+    replay = _replay(result, idx_chart, sym, pos, ratio_ok)
+    loss_chart, param_chart = _charts(result, idx_chart)
     start = len(replay) - 1 if mm is None else next(k for k, r in enumerate(replay) if r["step"] == mm.step)
     body = [
         f"<h1>{esc(result.model)}: training replayed</h1>",
@@ -233,8 +162,8 @@ def train_page(result, model) -> str:
         "<code>p.data -= lr * p.grad.data</code>, "
         + ("<code>p.grad.data.zero_()</code>" if result.zero_grad else "<b>without</b> <code>p.grad.data.zero_()</code>")
         + "; every step's gradient checked against the closed form.</p>",
-        '<div class="facts">' + "".join(f"<div><b>{esc(k)}</b>{esc(v)}</div>" for k, v in facts) + "</div>",
-        banner,
+        '<div class="facts">' + "".join(f"<div><b>{esc(k)}</b>{esc(v)}</div>" for k, v in _facts(result)) + "</div>",
+        _banner(result),
         "<h2>Loss and parameters</h2>",
         '<div class="charts">'
         f"<figure>{loss_chart}<figcaption>The loss of each sample, before its update; dots: each epoch's last "
@@ -256,11 +185,109 @@ def train_page(result, model) -> str:
         f"{esc(result.to_dict()['check']['tolerance'])}; above 1 fails."
         + (f" {n - len(idx_rows)} of {n} steps are not listed (evenly thinned; the first, last and failed steps are)." if len(idx_rows) < n else "")
         + "</p>",
-        _table(result, steps, idx_rows, sym, tol, pos, ratio_ok, fmt),
+        _table(result, steps, idx_rows, sym, tol, pos, ratio_ok, _fmt),
     ]
     data = json_script("train-data", {"params": labels, "steps": replay, "start": start})
     title = f"{result.model}: training replayed"
     return page(title, "\n".join(body), css=_CSS, script=_JS, data=data)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(num(x) for x in v) + "]"
+    return num(v)
+
+
+def _ratio_ok(result, r, t, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step ``i``'s |diff| / tol per parameter (closed form ``r``, tolerance ``t``), and which passed."""
+    mm = result.mismatch
+    g = np.asarray(result.steps[i].grads, dtype=float)
+    with np.errstate(all="ignore"):
+        ratio = np.abs(g - r) / np.maximum(t, np.finfo(float).tiny)
+    if mm is None or i + 1 < mm.step:
+        # Training's own verdict: these steps passed (a parameter below a kink is not judged).
+        return ratio, np.ones(len(result.param_labels), dtype=bool)
+    return ratio, np.asarray([lab != mm.param and bool(r <= 1) for lab, r in zip(result.param_labels, ratio)])
+
+
+def _replay(result, idx_chart: list[int], sym, pos, ratio_ok) -> list[dict]:
+    """The steps the page's replay walks through, as its script reads them."""
+    mm = result.mismatch
+    replay = []
+    for i in idx_chart:
+        s = result.steps[i]
+        ratio, ok = ratio_ok(i)
+        note = "every gradient within tolerance of the closed form"
+        if not ok.all():
+            note = f"MISMATCH for {mm.param}: training stopped at this step. {mm.hint}" if mm else "MISMATCH"
+        replay.append(
+            {
+                "step": s.step, "epoch": s.epoch, "sample": s.sample, "x": _fmt(s.x), "y": _fmt(s.y),
+                "loss": num(s.loss), "params": [num(v) for v in s.params], "grads": [num(v) for v in s.grads],
+                "sym": [num(v) for v in sym[pos[i]]], "ratio": [num(v, 3) for v in ratio], "ok": [bool(o) for o in ok],
+                "note": note,
+            }
+        )
+    return replay
+
+
+def _charts(result, idx_chart: list[int]) -> tuple[str, str]:
+    """The loss chart and the parameters' chart (the failed step marked on both)."""
+    steps, mm = result.steps, result.mismatch
+    xs = [s.step for s in steps]
+    pick_xs = [xs[i] for i in idx_chart]
+    losses = [steps[i].loss for i in idx_chart]
+    per = len(result.data)
+    marks = []
+    if mm is not None:
+        marks.append((mm.step, f"step {mm.step}: mismatch", "#c92a2a"))
+    # Log scale only when the loss spans more than two decades (a shorter span would get one tick).
+    logy = all(v > 0 for v in losses) and max(losses) > 100 * min(losses)
+    epoch_x = [(e + 1) * per for e in range(len(result.epoch_losses))]
+    pick_e = _pick(len(epoch_x), MAX_POINTS, [])
+    loss_chart = line_chart(
+        [("loss per sample", pick_xs, losses), ("epoch's last sample (dots)", [epoch_x[k] for k in pick_e], [result.epoch_losses[k] for k in pick_e])],
+        xlabel="step", ylabel="loss" + (" (log scale)" if logy else ""), logy=logy, marks=marks, chart_id="loss-chart", cursor=True,
+    )
+    traj = [(lab, pick_xs, [steps[i].params[k] for i in idx_chart]) for k, lab in enumerate(result.param_labels[:8])]
+    param_chart = line_chart(traj, xlabel="step", ylabel="parameter value", marks=marks, chart_id="param-chart", cursor=True)
+    return loss_chart, param_chart
+
+
+def _facts(result) -> list[tuple[str, str]]:
+    facts = [
+        ("model", result.model), ("learning rate", num(result.lr)), ("epochs", str(result.epochs)),
+        ("dtype", result.dtype), ("samples per epoch", str(len(result.data))), ("steps run", str(len(result.steps))),
+        ("zero .grad after each step", "yes" if result.zero_grad else "no (--no-zero-grad)"),
+        ("initial", ", ".join(f"{k} = {num(v)}" for k, v in zip(result.param_labels, result.initial_params))),
+    ]
+    if result.prediction_after is not None:
+        facts.append(("prediction at " + ", ".join(f"{k} = {_fmt(v)}" for k, v in result.at.items()),
+                      f"{_fmt(result.prediction_before)} before, {_fmt(result.prediction_after)} after"))
+    return facts
+
+
+def _banner(result) -> str:
+    """All steps agreed, or where training stopped and why."""
+    mm = result.mismatch
+    if mm is None:
+        return (
+            f'<div class="banner ok">All {result.checked_steps} steps checked: autograd ({esc(result.dtype)}) agrees with '
+            "the closed form at every step, within the rounding of the dtype (Note [Tolerance model]).</div>"
+        )
+    banner = (
+        f'<div class="banner bad">Training stopped at step {mm.step}: autograd\'s gradient for {esc(mm.param)} is '
+        f"not the closed form's.</div>"
+        f'<div class="mismatch" id="mismatch"><pre>{esc(mm.message())}</pre></div>'
+    )
+    if not result.zero_grad:
+        banner += (
+            f'<p>With <code>--no-zero-grad</code>, <code>.grad</code> is never zeroed: each <code>backward()</code> '
+            f"adds this step's gradient to what is already there. Step {mm.step} is the first at which the accumulated "
+            "<code>.grad</code> (this step's gradient plus every earlier one) departs from the true gradient; "
+            "it is marked in red on the charts and in the table.</p>"
+        )
+    return banner
 
 
 def _table(result, steps, idx_rows, sym, tol, pos, ratio_ok, fmt) -> str:

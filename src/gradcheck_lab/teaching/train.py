@@ -323,7 +323,45 @@ def train(
     from ..ops import backend
 
     ops = backend("torch")
-    dt = getattr(torch, dtype)
+    leaves, index = _leaves(model, theta0, getattr(torch, dtype))
+
+    def theta_col(i: int):
+        leaf, k = index[i]
+        return leaf if k is None else leaf.reshape(-1)[k]
+
+    def predict() -> Any:
+        n_in = sum(v.size for v in model.inputs)
+        vals = [float(v) for v in at_row[:n_in]] + [None] * model.target.size
+        return _value(model.prediction(ops, theta_col, vals.__getitem__))
+
+    grad_fn = compiled(model)
+    result = TrainResult(
+        model=model.name,
+        formula=model.formula,
+        param_labels=model.param_labels,
+        lr=lr,
+        epochs=epochs,
+        dtype=dtype,
+        zero_grad=zero_grad,
+        data=points,
+        at=at_map,
+        initial_params=_flat(leaves),
+        prediction_before=predict(),
+        epoch_label=EPOCH_LABEL.get(model.name, "Epoch:"),
+    )
+    if _descend(model, result, rows, ops, leaves, theta_col, grad_fn):
+        result.prediction_after = predict()
+        result.final_params = _flat(leaves)
+    return result
+
+
+def _leaves(model, theta0, dt) -> tuple[list, list]:
+    """One torch leaf per parameter variable (the lesson's ``torch.Tensor([1.0])`` for a scalar).
+
+    Also returns, per parameter component, its leaf and its index in it (None for a scalar).
+    """
+    import torch
+
     leaves, index = [], []
     offsets = model.param_offsets()
     for var in model.params:
@@ -334,52 +372,38 @@ def train(
             leaf = torch.tensor([float(init[0])], dtype=dt, requires_grad=True)  # torch.Tensor([1.0])
         leaves.append(leaf)
         index += [(leaf, k if var.shape else None) for k in range(var.size)]
+    return leaves, index
 
-    def theta_col(i: int):
-        leaf, k = index[i]
-        return leaf if k is None else leaf.reshape(-1)[k]
 
-    def flat(tensors) -> list[float]:
-        return [v for t in tensors for v in t.detach().reshape(-1).tolist()]
+def _flat(tensors) -> list[float]:
+    return [v for t in tensors for v in t.detach().reshape(-1).tolist()]
 
-    def data_col_of(row):
-        vals = [float(v) for v in row]  # Python floats, like the lesson's x_data
-        return vals.__getitem__
 
-    def predict() -> Any:
-        n_in = sum(v.size for v in model.inputs)
-        vals = [float(v) for v in at_row[:n_in]] + [None] * model.target.size
-        return _value(model.prediction(ops, theta_col, vals.__getitem__))
+def _data_col_of(row):
+    vals = [float(v) for v in row]  # Python floats, like the lesson's x_data
+    return vals.__getitem__
 
-    grad_fn = compiled(model)
-    labels = model.param_labels
+
+def _descend(model, result: TrainResult, rows, ops, leaves, theta_col, grad_fn) -> bool:
+    """The lesson's per-sample SGD into ``result``, each step's gradient checked.
+
+    False where a check failed: training stops at that step.
+    """
+    import torch
+
+    lr, dtype, zero_grad = result.lr, result.dtype, result.zero_grad
     xvar, tvar = model.inputs[0], model.target
     n_in = sum(v.size for v in model.inputs)
-
-    result = TrainResult(
-        model=model.name,
-        formula=model.formula,
-        param_labels=labels,
-        lr=lr,
-        epochs=epochs,
-        dtype=dtype,
-        zero_grad=zero_grad,
-        data=points,
-        at=at_map,
-        initial_params=flat(leaves),
-        prediction_before=predict(),
-        epoch_label=EPOCH_LABEL.get(model.name, "Epoch:"),
-    )
     step = 0
-    for epoch in range(epochs):
+    for epoch in range(result.epochs):
         for s, row in enumerate(rows, 1):
             step += 1
-            before = flat(leaves)
-            loss_t = model.loss(ops, theta_col, data_col_of(row))
+            before = _flat(leaves)
+            loss_t = model.loss(ops, theta_col, _data_col_of(row))
             if not (isinstance(loss_t, torch.Tensor) and loss_t.requires_grad):
                 raise UsageError(f"Expected the loss of model {model.name!r} to depend on its parameters.")
             loss_t.backward()
-            grads = flat(p.grad if p.grad is not None else torch.zeros_like(p) for p in leaves)
+            grads = _flat(p.grad if p.grad is not None else torch.zeros_like(p) for p in leaves)
             loss = loss_t.item()
             x = xvar.decode(row[: xvar.size]) if len(model.inputs) == 1 else [float(v) for v in row[:n_in]]
             y = tvar.decode(row[n_in:])
@@ -389,7 +413,7 @@ def train(
                 mismatch.x, mismatch.y, mismatch.dtype = x, y, dtype
                 result.mismatch = mismatch
                 result.final_params = before
-                return result
+                return False
             result.checked_steps = step
             for p in leaves:  # the lesson's update, outside autograd
                 if p.grad is not None:
@@ -397,9 +421,7 @@ def train(
                     if zero_grad:
                         p.grad.data.zero_()
         result.epoch_losses.append(loss)  # l.item() of the epoch's last sample
-    result.prediction_after = predict()
-    result.final_params = flat(leaves)
-    return result
+    return True
 
 
 def _check(model, step, epoch, sample, theta, row, grads, grad_fn, dtype, zero_grad):
