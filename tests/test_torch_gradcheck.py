@@ -1020,6 +1020,22 @@ def test_the_fallback_keeps_to_its_time_budget(monkeypatch):
         gradcheck(_wrong(_branchy, 1 + 1e-6), (x,))
 
 
+def test_the_fallback_budget_is_relative_to_torchs_own_cost(monkeypatch):
+    # entmax's bisection spent the whole minute per test: the budget follows torch's 2p calls
+    from gradcheck_lab import torch_check
+
+    monkeypatch.setattr(torch_check, "FALLBACK_FLOOR_SECONDS", 0.0)
+    monkeypatch.setattr(torch_check, "FALLBACK_TORCH_MULTIPLE", 0.5)  # less than the 18 calls a component
+    x = _t(4, 12)
+    with pytest.warns(RuntimeWarning, match=r"per-component differences at \d+ of 48 components"):
+        assert gradcheck(_branchy, (x,)) is True
+    monkeypatch.setattr(torch_check, "FALLBACK_TORCH_MULTIPLE", 1e6)  # capped by FALLBACK_SECONDS: all of them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert gradcheck(_branchy, (x,)) is True
+    assert not any("time budget" in str(w.message) for w in caught)
+
+
 def test_bad_keywords_and_inputs_get_one_clear_error():
     x = _t(3)
     with pytest.raises(UsageError, match="parameters to be True or False"):

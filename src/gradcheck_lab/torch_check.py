@@ -1507,7 +1507,7 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
             return _fail(_fallback_message(target, traced, model, batch, rows, got, fd, bad, len(cots), missing,
                                            forward_ad), None, raise_exception)
         resolution = _resolution(fd.values, tol) + budget_note
-        notes.append(_unjudged_note(traced, model, batch, rows, got, tol, len(cots)))
+        notes.append(_unjudged_note(traced, model, batch, rows, got, tol, len(cots), columns))
     refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
     _warn(
         f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
@@ -1650,10 +1650,14 @@ def _fallback_message(target, traced, model, batch, rows, got, fd, bad, given: i
     )
 
 
-def _unjudged_note(traced, model, batch, rows: np.ndarray, got: np.ndarray, tol: np.ndarray, given: int) -> str:
-    """Components at the given inputs without a finite estimate (``sqrt`` at 0): said, not passed silently."""
+def _unjudged_note(traced, model, batch, rows: np.ndarray, got: np.ndarray, tol: np.ndarray, given: int,
+                   columns=None) -> str:
+    """Components at the given inputs without a finite estimate (``sqrt`` at 0): said, not passed silently.
+    Components not differenced (``columns``, the time budget's choice) are counted by the budget's note."""
     at_given = ~np.isfinite(tol) & (rows < given)[:, None]
-    if not at_given.any():
+    if columns is not None:
+        at_given &= np.isin(np.arange(tol.shape[1]), columns)[None, :]
+    if not at_given.any() or not np.isfinite(tol).any():  # none, or none anywhere: the resolution says so
         return ""
     r, col = (int(k) for k in np.argwhere(at_given)[0])
     var = model.params[col].name
@@ -1742,8 +1746,11 @@ FALLBACK_BISECTIONS = 3
 FALLBACK_LADDERS = (1.0, 2.0**-4)
 
 
-#: Seconds of per-component finite differences the fallback may spend (Note [Fallback budget]).
+#: Most seconds of per-component finite differences the fallback may spend (Note [Fallback budget]).
 FALLBACK_SECONDS = 60.0
+#: The fallback's budget as a multiple of torch's own finite differences (``2 p`` calls), at least this many seconds.
+FALLBACK_TORCH_MULTIPLE = 10.0
+FALLBACK_FLOOR_SECONDS = 5.0
 
 
 def _within_budget(rows: np.ndarray, p: int, call, seed: int):
@@ -1753,9 +1760,17 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int):
     (two ladders, Note [Fallback resolution]). kornia's Hausdorff loss (150
     components, a data-dependent branch, kinks along every direction) and
     MKD's descriptor (361) took over 10 minutes, where torch's call takes
-    0.1 s. One call is timed; beyond ``FALLBACK_SECONDS`` the given inputs
-    come first and a seeded random subset of components is differenced,
-    and the warning says how many: never a silent pass, never a hang of ours.
+    0.1 s. One call is timed; beyond the budget the given inputs come first
+    and a seeded random subset of components is differenced, and the
+    warning says how many: never a silent pass, never a hang of ours.
+
+    The budget is ``FALLBACK_TORCH_MULTIPLE`` times what torch's own
+    finite differences cost (``2 p`` calls), at least
+    ``FALLBACK_FLOOR_SECONDS`` and at most ``FALLBACK_SECONDS``: a suite's
+    slow function gets a check in proportion to torch's, not a minute.
+    entmax's bisection (24 components, a Python loop of 50 iterations a
+    call) spent the whole minute on each of its 27 tests: 140x torch's
+    time on a loaded machine, 22x on a quiet one.
     """
     import time
 
@@ -1763,14 +1778,16 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int):
 
     start = time.perf_counter()
     call()
-    per = 2 * (2 * K + 1) * max(time.perf_counter() - start, 1e-6)
-    if per * p * rows.size <= FALLBACK_SECONDS:
+    once = max(time.perf_counter() - start, 1e-6)
+    budget = min(FALLBACK_SECONDS, max(FALLBACK_FLOOR_SECONDS, FALLBACK_TORCH_MULTIPLE * 2 * p * once))
+    per = 2 * (2 * K + 1) * once
+    if per * p * rows.size <= budget:
         return rows, None, ""
-    rows = rows[: max(1, min(rows.size, int(FALLBACK_SECONDS // (per * min(p, 8)))))]
-    m = int(max(1, min(p, FALLBACK_SECONDS // (per * rows.size))))
+    rows = rows[: max(1, min(rows.size, int(budget // (per * min(p, 8)))))]
+    m = int(max(1, min(p, budget // (per * rows.size))))
     columns = sorted(int(c) for c in np.random.default_rng([seed, 31]).choice(p, m, replace=False))
     return rows, columns, (f"; per-component differences at {m} of {p} components and {rows.size} point(s), "
-                           f"a time budget of {FALLBACK_SECONDS:.0f} s (Note [Fallback budget])")
+                           f"a time budget of {budget:.0f} s (Note [Fallback budget])")
 
 
 def _sharpest(model, batch, columns=None):
