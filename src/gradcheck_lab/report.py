@@ -287,6 +287,15 @@ def _bins(values: np.ndarray, edges: list[float]) -> np.ndarray:
 class Accumulator:
     """Running summaries of a check, fed one :class:`~gradcheck_lab.compare.Comparison` at a time.
 
+    Note [Streaming]
+    ~~~~~~~~~~~~~~~~
+    A run of a million random points never holds them all: ``verify``
+    (api.py) compares them in chunks whose working arrays
+    (``ARRAYS_PER_COMPONENT`` float64 arrays per point and parameter
+    component) stay near ``CHUNK_BYTES``, and each chunk's comparison is
+    folded into this accumulator and dropped. Memory is then set by the
+    model's width, not by the number of points; only summaries stay.
+
     Keeps, whatever the number of points: counts per verdict class (total
     and per engine), the worst discrepancy per engine pair, per engine the
     worst proven fault (its message line and its point in full), the first
