@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "assert_gradients_agree": "gradcheck_lab.api",
     "gradcheck": "gradcheck_lab.torch_check",
     "gradgradcheck": "gradcheck_lab.torch_check",
-    "routing": "gradcheck_lab.routing",
+    "routing": "gradcheck_lab.torch_routing",
     "Report": "gradcheck_lab.report",
     # models
     "Model": "gradcheck_lab.model",

@@ -40,7 +40,7 @@ _ROUTING_KEY = "gradcheck_lab_routing"
 def pytest_configure(config):
     config.addinivalue_line("markers", "gradcheck(points=N, seed=S): settings of the gradcheck fixture for one test")
     if config.getoption("--gradcheck-lab", default=False):
-        from .routing import routing
+        from .torch_routing import routing
 
         context = routing()
         stats = context.__enter__()

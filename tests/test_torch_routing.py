@@ -1,4 +1,4 @@
-"""routing.py: torch's gradcheck calls routed through ours outside pytest; reports in notebooks (_repr_html_)."""
+"""torch_routing.py: torch's gradcheck calls routed through ours outside pytest; reports in notebooks (_repr_html_)."""
 
 from __future__ import annotations
 
@@ -149,3 +149,20 @@ def test_routed_calls_check_a_modules_inputs_only_as_torch_does():
     with pytest.raises(GradientMismatch, match=r"d\[w"):
         gradcheck_lab.gradcheck(module, (x,))
     assert gradcheck_lab.gradcheck(module, (x,), parameters=False)
+
+
+def test_the_public_routing_is_the_function_even_after_its_module_is_imported():
+    # the module was named routing.py: importing it (the pytest plugin does) set the package's attribute
+    # `routing` to the module, and `gradcheck_lab.routing()` raised "'module' object is not callable"
+    import subprocess
+
+    code = ("import gradcheck_lab.torch_routing, gradcheck_lab.pytest_plugin, gradcheck_lab; "
+            "assert callable(gradcheck_lab.routing) and not isinstance(gradcheck_lab.routing, type(gradcheck_lab)), "
+            "gradcheck_lab.routing")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import pkgutil
+
+    import gradcheck_lab as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+    assert not set(package.__all__) & modules  # no public name is also a submodule's name
