@@ -1011,7 +1011,8 @@ def test_the_fallback_keeps_to_its_time_budget(monkeypatch):
     # Note [Fallback budget]: kornia's Hausdorff loss and MKD descriptor took over 10 minutes
     from gradcheck_lab import torch_check
 
-    monkeypatch.setattr(torch_check, "FALLBACK_SECONDS", 1e-4)  # one component, one point
+    monkeypatch.setattr(torch_check, "FALLBACK_FLOOR_SECONDS", 0.0)  # one component, one point
+    monkeypatch.setattr(torch_check, "FALLBACK_TORCH_MULTIPLE", 1e-9)
     x = _t(4, 12)
     with pytest.warns(RuntimeWarning, match="time budget"):
         assert gradcheck(_branchy, (x,)) is True
@@ -1034,6 +1035,27 @@ def test_the_fallback_budget_is_relative_to_torchs_own_cost(monkeypatch):
         warnings.simplefilter("always")
         assert gradcheck(_branchy, (x,)) is True
     assert not any("time budget" in str(w.message) for w in caught)
+
+
+def test_the_fallback_stops_calling_a_function_that_is_slow_away_from_the_inputs(monkeypatch):
+    # torchdiffeq's adaptive_heun adjoint: 1 ms at the given inputs, 736 s for the whole check
+    import time
+
+    from gradcheck_lab import torch_check
+
+    x = _t(3, 4)
+    given = x.detach().clone()
+
+    def slow_away(a):
+        if not torch.equal(a.detach(), given):  # a data-dependent read: the fallback judges
+            time.sleep(0.02)
+        return (a * a.sin()).sum(-1)
+
+    monkeypatch.setattr(torch_check, "FALLBACK_SECONDS", 1.0)
+    start = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match=r"time ran out .* of its calls were not made"):
+        assert gradcheck(slow_away, (x,)) is True
+    assert time.perf_counter() - start < 30  # about 2 s here; each of its ~100 calls sleeps 20 ms
 
 
 def test_bad_keywords_and_inputs_get_one_clear_error():

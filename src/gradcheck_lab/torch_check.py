@@ -1471,7 +1471,7 @@ def _split(x, shapes) -> list:
 
 def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, seed, fast_mode, forward_ad) -> bool:
     """Autograd of the user's code against finite differences with their error bars (no symbolic leg)."""
-    model, one = _fallback_model(target, traced)
+    model, one, clock = _fallback_model(target, traced)
     cots = _cotangents(traced.n_out, fast_mode, seed)
     batch, refused, notes = _fallback_batch(target, traced, model, cots, points, seed, forward_ad)
     from .candidates import as_candidate
@@ -1492,10 +1492,13 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     missing = ", ".join(traced.ops) or traced.reason
     budget_note = ""
     if rows.size and columns is None:
+        import time
+
         import torch
 
-        rows, columns, budget_note = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(
+        rows, columns, budget_note, budget = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(
             target.theta())), seed)
+        clock["deadline"] = min(clock["deadline"], time.perf_counter() + 2 * budget)  # twice the estimate at most
     if rows.size:
         sub, got = batch.take(rows), got_all[rows]
         fd, tol, bad = _fallback_judge(target, traced, model, sub, got, columns, atol, rtol)
@@ -1509,6 +1512,10 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         resolution = _resolution(fd.values, tol) + budget_note
         notes.append(_unjudged_note(traced, model, batch, rows, got, tol, len(cots), columns))
     refused_note = f" {len(refused)} of {points} random points refused by the function (skipped)." if refused else ""
+    if clock["skipped"]:
+        notes.append("The fallback's time ran out (the function was slower away from the given inputs than at "
+                     f"them): {clock['skipped']} of its calls were not made, and what they would have estimated was "
+                     "not judged (Note [Fallback budget]).")
     _warn(
         f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
         f"finite differences of the real function with their error bars only, {resolution}.{refused_note}"
@@ -1530,11 +1537,17 @@ def _fallback_model(target, traced: Unsupported):
     # Note [Quiet fallback]: vmap only over graphs of aten ops; an opaque custom op runs through vmap's
     # slow fallback, which prints a C++ "performance drop" warning to stderr per call.
     batched = {"vmap": _vmappable(traced)}
+    import time
+
+    clock = {"deadline": time.perf_counter() + FALLBACK_SECONDS, "skipped": 0}  # Note [Fallback budget]
 
     def one(x):
         return target.flat_output(target.call(*_split(x, shapes))).double()
 
     def one_or_nan(x):
+        if time.perf_counter() > clock["deadline"]:  # out of time: no estimate from this call
+            clock["skipped"] += 1
+            return np.full(traced.n_out, np.nan)
         try:
             y = one(x).numpy()
         except Exception:  # noqa: BLE001 - the user's own domain check inside a stencil: no estimate there
@@ -1557,7 +1570,7 @@ def _fallback_model(target, traced: Unsupported):
         xs = torch.as_tensor(rows, dtype=torch.float64)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if batched["vmap"]:
+            if batched["vmap"] and time.perf_counter() <= clock["deadline"]:
                 try:
                     return torch.func.vmap(one)(xs).numpy()
                 except Exception:  # noqa: BLE001 - in-place updates, randomness, data-dependent control flow
@@ -1584,7 +1597,7 @@ def _fallback_model(target, traced: Unsupported):
         target=Var("cotangent", shape=(traced.n_out,), domain=(-1.0, 1.0)),
         loss=lambda ops, yhat, y: yhat, name="traced (no symbolic leg)",
     ), spread=False, block=DROPIN_BLOCK)  # points around the inputs, as the traced path draws them
-    return model, one
+    return model, one, clock
 
 
 def _fallback_batch(target, traced, model, cots, points: int, seed: int, forward_ad: bool):
@@ -1771,6 +1784,15 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int):
     entmax's bisection (24 components, a Python loop of 50 iterations a
     call) spent the whole minute on each of its 27 tests: 140x torch's
     time on a loaded machine, 22x on a quiet one.
+
+    The estimate is one call at the given inputs; an adaptive ODE solver
+    (torchdiffeq's ``adaptive_heun`` adjoint) took 1 ms there and far longer
+    at the stencil points around the random points: 736 s for a check
+    budgeted at 3 s. So ``FALLBACK_SECONDS`` is also a deadline for the
+    fallback's calls of the function, and twice the budget from the moment
+    it is set: past it a call is not made, its
+    estimate is missing (not judged) and the warning says how many. A single
+    call that never returns cannot be interrupted.
     """
     import time
 
@@ -1782,12 +1804,12 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int):
     budget = min(FALLBACK_SECONDS, max(FALLBACK_FLOOR_SECONDS, FALLBACK_TORCH_MULTIPLE * 2 * p * once))
     per = 2 * (2 * K + 1) * once
     if per * p * rows.size <= budget:
-        return rows, None, ""
+        return rows, None, "", budget
     rows = rows[: max(1, min(rows.size, int(budget // (per * min(p, 8)))))]
     m = int(max(1, min(p, budget // (per * rows.size))))
     columns = sorted(int(c) for c in np.random.default_rng([seed, 31]).choice(p, m, replace=False))
     return rows, columns, (f"; per-component differences at {m} of {p} components and {rows.size} point(s), "
-                           f"a time budget of {budget:.0f} s (Note [Fallback budget])")
+                           f"a time budget of {budget:.0f} s (Note [Fallback budget])"), budget
 
 
 def _sharpest(model, batch, columns=None):
