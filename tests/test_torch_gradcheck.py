@@ -1078,3 +1078,18 @@ def test_warnings_point_at_the_callers_line():
         with routing():
             torch.autograd.gradcheck(lambda t: torch.sqrt(t) + t, (x,))
     assert caught and {w.filename for w in caught} == {__file__}
+
+
+def test_the_inexact_forward_note_ignores_components_without_an_estimate():
+    # torchdiffeq: a stencil point where the solver gave no value printed "up to nan relative"
+    from types import SimpleNamespace
+
+    from gradcheck_lab.torch_check import _off_inputs_note
+
+    bad = np.array([[True, False], [False, True], [False, False]])
+    got = np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]])
+    fd = np.array([[1.1, np.nan], [3.0, 4.4], [np.nan, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        note = _off_inputs_note(SimpleNamespace(func=_Scaled.apply), bad, got, fd, np.array([0, 1, 2]))
+    assert "up to 0.091 relative, at random point 0" in note and "nan" not in note

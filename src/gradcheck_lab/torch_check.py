@@ -1385,8 +1385,11 @@ def _off_inputs_note(target, bad, got, fd, points) -> str:
     wrong backward from an inexact forward there, so this is a warning, not
     a failure; a disagreement at the given inputs still fails.
     """
-    with np.errstate(all="ignore"):
-        rel = np.where(bad, np.abs(got - fd) / np.maximum(np.abs(fd), np.max(np.abs(fd), axis=1, keepdims=True)), 0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with no estimate at all: all-NaN
+        # nanmax: a stencil point where the solver gave no value must not make the figure "nan" (torchdiffeq)
+        scale = np.maximum(np.abs(fd), np.nanmax(np.abs(fd), axis=1, keepdims=True))
+        rel = np.nan_to_num(np.where(bad, np.abs(got - fd) / scale, 0), nan=0.0)
     r = int(np.argmax(rel.max(axis=1)))
     return (f"The backward of {getattr(target.func, '__qualname__', type(target.func).__name__)} differs from "
             f"finite differences of its forward at {int(bad.any(axis=1).sum())} random point(s) around the inputs "
