@@ -63,6 +63,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -1495,8 +1496,6 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     missing = ", ".join(traced.ops) or traced.reason
     budget_note = ""
     if rows.size and columns is None:
-        import time
-
         import torch
 
         rows, columns, budget_note, budget = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(
@@ -1540,8 +1539,6 @@ def _fallback_model(target, traced: Unsupported):
     # Note [Quiet fallback]: vmap only over graphs of aten ops; an opaque custom op runs through vmap's
     # slow fallback, which prints a C++ "performance drop" warning to stderr per call.
     batched = {"vmap": _vmappable(traced)}
-    import time
-
     clock = {"deadline": time.perf_counter() + FALLBACK_SECONDS, "skipped": 0}  # Note [Fallback budget]
 
     def one(x):
@@ -1797,8 +1794,6 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int):
     estimate is missing (not judged) and the warning says how many. A single
     call that never returns cannot be interrupted.
     """
-    import time
-
     from .engines.finite_diff import K
 
     start = time.perf_counter()
