@@ -12,7 +12,7 @@ first, by three legs that were derived independently:
   not ours), ``c^T J`` again;
 * the user's backward in the inputs' dtype, the candidate.
 
-The call passes here only when all three agree at every point and cotangent
+The call passes here only when the three agree at every point and cotangent
 to the rounding of their own arithmetic. ``s = |c|^T |J| + |c^T J|`` is the
 scale of the rounding of a chain rule that does not cancel; where it cancels
 (``1 - tanh(z)**2`` at a saturated ``z``: 1.6e-13 relative to ``s`` in a
@@ -25,7 +25,12 @@ the candidate within ``CANDIDATE_ROUNDING * eps * s + CANCELLATION * (eps /
 eps64) * d`` of the symbolic value, ``eps`` the candidate's dtype (2.2e-16 or
 1.2e-7). A backward off by 1e-10 relative in float64 (or 1e-3 in float32) is
 outside (at most 256 eps + 4 d: 5.7e-14 + 1.5e-11 in float64, 3.1e-5 in
-float32 where nothing cancels). Any disagreement, non-finite value or op the rules do not cover
+float32 where nothing cancels). The autograd leg only measures ``d``: it is
+run where the candidate is outside ``CANDIDATE_ROUNDING * eps * s`` of the
+symbolic value (or ``atol``/``rtol`` are given), because a candidate within
+it agrees with an independent derivation to the rounding of a chain rule
+that does not cancel, and a third leg could only confirm that (a fifth of a
+small function's call went to it). Any disagreement, non-finite value or op the rules do not cover
 sends the call to the per-element path (the referee proves who is wrong,
 Note [Verdict]) or, where that would exceed its budget, to finite
 differences of the real function with their error bars: this leg only ever
@@ -108,14 +113,19 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
         if jv.shape[0] != cots.shape[1] or not np.isfinite(jv).all():
             return False
         sym = cots @ jv
+    if dirs is not None:  # the scale of a projection: the candidate's own components (Note [Agreement first])
+        scale = np.abs(cand) @ np.abs(dirs)
+        cand = cand @ dirs
+    with np.errstate(invalid="ignore", over="ignore"):
+        size = scale + np.abs(sym)
+        if atol is None and rtol is None and (np.abs(cand - sym) <= CANDIDATE_ROUNDING * eps * size).all():
+            return True  # within the rounding of a chain that does not cancel: the autograd leg adds nothing
     auto = _autograd(graph, row, cots)
     if not np.isfinite(auto).all():
         return False
-    if dirs is not None:  # the scale of a projection: the candidate's own components (Note [Agreement first])
-        scale = np.abs(cand) @ np.abs(dirs)
-        auto, cand = auto @ dirs, cand @ dirs
+    if dirs is not None:
+        auto = auto @ dirs
     with np.errstate(invalid="ignore", over="ignore"):
-        size = scale + np.abs(sym)
         dev = np.abs(sym - auto)  # two float64 formulas: their difference shows the chain's cancellation
         # against the row's largest component too: 1 - tanh(z)**2 at a saturated z is a small number with
         # an error of eps relative to 1 (7e-12 relative to its own 1.3e-5 in a small layer)

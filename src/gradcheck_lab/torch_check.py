@@ -813,7 +813,7 @@ def _random_points(target: _Target, traced, n: int, seed: int) -> tuple[np.ndarr
 
 def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode: bool, atol, rtol,
                 skipped: list[int]) -> bool:
-    """Note [Agreement first] (tensor_check.py): True when all three tensor-level legs agree everywhere.
+    """Note [Agreement first] (tensor_check.py): True when the tensor-level legs agree everywhere.
 
     ``skipped`` gets the random points where the user's backward is not finite (Note [NaN off the inputs])."""
     graph = getattr(traced, "tensor", None)

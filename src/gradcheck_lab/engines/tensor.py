@@ -108,7 +108,9 @@ def _is_pointwise(target) -> bool:
     return torch.Tag.pointwise in getattr(target, "tags", ())
 
 
+@functools.lru_cache(maxsize=RULE_CACHE)
 def _kind(target) -> str | None:
+    """How the op's tangents propagate; one lookup per op (a call's graph asks per node, per row)."""
     name = _packet(target)
     if target is operator.getitem:
         return "getitem"
@@ -157,6 +159,11 @@ def _steps() -> dict:
 
 def _extra_expression(name: str):
     """SymPy forms of pointwise ops outside the per-element table (``log2``, ``floor``, ``remainder``...)."""
+    return _extra_table().get(name)
+
+
+@functools.cache
+def _extra_table() -> dict[str, Callable]:
     import sympy as sp
 
     st = {k: v[0] for k, v in _steps().items()}
@@ -189,7 +196,7 @@ def _extra_expression(name: str):
         "addcmul": lambda s, a, b, value=1: s + value * a * b,
         "addcdiv": lambda s, a, b, value=1: s + value * a / b,
     }
-    return table.get(name)
+    return table
 
 
 def _rule_source(target):
