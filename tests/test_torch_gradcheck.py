@@ -1000,6 +1000,21 @@ def test_an_inexact_forward_outside_torch_is_not_failed_off_the_inputs():
         gradcheck(_solver_sqrt(x0, error=1e-6), (x,))
 
 
+@pytest.mark.parametrize("error", [0.0, 1e-6])
+def test_the_fallback_steps_stay_on_the_side_of_0_of_small_inputs(error):
+    # Note [Fallback reach]: steps of max(|t|, 1) / 8 took a NumPy sqrt at inputs near 1e-4 to negative values:
+    # no estimate anywhere, and a wrong backward passed unjudged
+    x0 = 1e-4 + 9e-4 * np.random.default_rng(0).random(6)
+    x = torch.tensor(x0, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if error:
+            with pytest.raises(GradientMismatch, match="is wrong"):
+                gradcheck(_solver_sqrt(x0, error=error), (x,))
+        else:
+            assert gradcheck(_solver_sqrt(x0), (x,)) is True
+
+
 def _branchy(x):
     y = x * x.sin()
     if bool((y > 0).any()):  # a data-dependent branch: finite differences of the real function judge

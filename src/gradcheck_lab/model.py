@@ -217,6 +217,9 @@ class Model:
     #: Points per block of the random sequence (Note [Sampling]); the drop-in's models draw a few points a
     #: call, and a block of SAMPLE_BLOCK rows of a 1k-element input was most of a small call.
     block: int = SAMPLE_BLOCK
+    #: Finite-difference steps relative to each component, ``|t|`` (1 at 0), not ``max(|t|, 1)`` (Note
+    #: [Fallback reach] in torch_check.py: the user's real function, known only near the inputs).
+    relative_steps: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------ building

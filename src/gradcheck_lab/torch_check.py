@@ -50,7 +50,7 @@ Note [Drop-in design]
   of a histogram's bins inside the default steps vanishes at some smaller
   one: a correct CLAHE was blamed), and the larger one does not agree with
   the backward with an error bar sharp enough to see the difference (it may
-  give no estimate: a pole of ``lgamma`` within ``2 |t|``). Smaller steps with no
+  give no estimate: a pole of ``lgamma`` within ``|t|``). Smaller steps with no
   estimate confirm nothing (``trunc(3 a) * a`` at ``|a| ~ 20``: steps of
   ``|a| / 8`` cross many jumps and see the smooth ``3 a^2``; smaller ones
   cross a jump and give none; its correct backward was blamed). Points where
@@ -1362,8 +1362,9 @@ def _first_derivative(target: _Target, cot) -> Callable:
 # ---------------------------------------------------------------- ops outside the table
 
 
-#: Step factors of the fallback's second and third looks (Note [Drop-in design]).
-FALLBACK_LOOKS = (2.0**-4, 2.0**-8, 2.0**-12, 2.0**4)
+#: Step factors of the fallback's second and third looks (Note [Drop-in design]): 16, 256 and 4096x smaller
+#: than its default steps (``FALLBACK_LADDERS[0]``) and 16x larger.
+FALLBACK_LOOKS = (2.0**-5, 2.0**-9, 2.0**-13, 2.0**3)
 
 
 def _outside_torch(traced) -> bool:
@@ -1499,11 +1500,12 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         import torch
 
         rows, columns, budget_note, budget = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(
-            target.theta())), seed)
+            target.theta())), seed, len(cots))
         clock["deadline"] = min(clock["deadline"], time.perf_counter() + 2 * budget)  # twice the estimate at most
+        clock["budget"] = budget
     if rows.size:
         sub, got = batch.take(rows), got_all[rows]
-        fd, tol, bad = _fallback_judge(target, traced, model, sub, got, columns, atol, rtol)
+        fd, tol, bad = _fallback_judge(target, traced, model, sub, got, columns, atol, rtol, clock)
         given_bad = bool(disagree[: len(cots)].any()) or bool(bad[rows < len(cots)].any())
         if bad.any() and not given_bad and _outside_torch(traced):
             notes.append(_off_inputs_note(target, bad, got, fd.values, rows - len(cots)))
@@ -1527,7 +1529,27 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
 
 def _fallback_model(target, traced: Unsupported):
     """The fallback's model: the user's real function, its cotangent products read by finite differences,
-    and ``one``, the function at one flat row of inputs."""
+    and ``one``, the function at one flat row of inputs.
+
+    Note [Fallback reach]
+    ~~~~~~~~~~~~~~~~~~~~~
+    The fallback evaluates a function we only know near the inputs: a
+    NumPy or C forward, a solver. The catalog's steps (Note [Step rule],
+    ``2**-3 max(|t|, 1)``) left that neighbourhood: at ``t`` in [1e-4, 1e-3]
+    a NumPy ``sqrt`` was evaluated at negative inputs by every step, gave no
+    estimate anywhere, and a backward off by 10% passed unjudged (torch's
+    1e-6 steps fail it); torchdiffeq's ``scipy_solver`` reached ``y0 = 2.54``
+    from 3.2 (10% sampling and a 12.5% step), where the ODE blows up inside
+    its time range and LSODA never returned. So the fallback's model steps
+    relative to each component (``|t|``, 1 at an exact 0) and half as far
+    (``FALLBACK_LADDERS``: ``2**-4 |t|`` and ``2**-8 |t|``, the two ladders of
+    Note [Fallback resolution]): a stencil stays within 17% of the inputs
+    (10% sampling, a 6.25% step), on the same side of 0 as its point. Per
+    Note [Step rule], ``H0 = 2**-4`` is as accurate as ``2**-3`` on the
+    catalog (1.1e-13 and 1.3e-13 median relative error). Only the larger
+    look of ``_fd_confirms`` (16x, ``|t|``) goes further, and only for a
+    component about to be blamed; it can only clear it.
+    """
     import torch
 
     from .model import Model, Var
@@ -1596,7 +1618,7 @@ def _fallback_model(target, traced: Unsupported):
         predict, params=params, inputs=(),
         target=Var("cotangent", shape=(traced.n_out,), domain=(-1.0, 1.0)),
         loss=lambda ops, yhat, y: yhat, name="traced (no symbolic leg)",
-    ), spread=False, block=DROPIN_BLOCK)  # points around the inputs, as the traced path draws them
+    ), spread=False, block=DROPIN_BLOCK, relative_steps=True)  # points around the inputs, as the traced path
     return model, one, clock
 
 
@@ -1621,9 +1643,13 @@ def _fallback_batch(target, traced, model, cots, points: int, seed: int, forward
     return batch, refused, notes
 
 
-def _fallback_judge(target, traced, model, sub, got: np.ndarray, columns, atol, rtol):
+def _fallback_judge(target, traced, model, sub, got: np.ndarray, columns, atol, rtol, clock=None):
     """Finite differences of the real function at the suspect rows ``sub``: ``(fd, tol, bad)``, ``bad`` the
-    components whose candidate value ``got`` they confirm wrong."""
+    components whose candidate value ``got`` they confirm wrong.
+
+    The confirmation of a blame gets time of its own (twice the budget again, Note [Fallback budget]):
+    with the deadline spent by the estimates, its looks had no values, and a backward of entmax's
+    bisection off by 1e-4, which torch fails, passed."""
     fd = _sharpest(model, sub, columns)
     if columns is not None:  # components not differenced: the candidate's values set the scale, no estimate
         fd = replace(fd, values=np.where(np.isnan(fd.values), got, fd.values))
@@ -1640,6 +1666,9 @@ def _fallback_judge(target, traced, model, sub, got: np.ndarray, columns, atol, 
     # 0 * (0/0) for the other outputs' cotangents too): not judged, as the per-element referee says
     bad &= np.isfinite(got) | ~kink.any(axis=0)[None, :]
     if bad.any():
+        if clock is not None:
+            clock["deadline"] = max(clock["deadline"], time.perf_counter() + 2 * clock.get("budget",
+                                                                                         FALLBACK_FLOOR_SECONDS))
         bad = _fd_confirms(model, sub, bad, got, fd.values, atol, rtol, target.dtype)
     return fd, tol, bad
 
@@ -1699,7 +1728,7 @@ def _screen(model, batch, got: np.ndarray, dtype: str, atol, rtol, seed: int):
     n, p = got.shape
     if p <= finite_diff.DIRECTIONAL_MIN_P:
         return np.ones(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=int), "", None
-    dirs = finite_diff.directions(batch, seed=seed)
+    dirs = finite_diff.directions(batch, seed=seed, relative=model.relative_steps)
     clear, ratio, tol, size = _projections(model, batch, got, dirs, dtype, atol, rtol)
     with np.errstate(all="ignore"):
         rel = np.where(clear & (size > 0), tol / size, np.nan)
@@ -1755,35 +1784,46 @@ def _bisect(model, batch, row: int, got: np.ndarray, d: np.ndarray, dtype: str, 
 #: Disagreeing points traced to a component by bisection before the check gives up on them.
 FALLBACK_BISECTIONS = 3
 
-#: Step factors of the fallback's estimates: each component keeps the one with the smallest error bar.
-FALLBACK_LADDERS = (1.0, 2.0**-4)
+#: Step factors of the fallback's estimates (Note [Fallback reach]): each component keeps the one with the
+#: smallest error bar.
+FALLBACK_LADDERS = (2.0**-1, 2.0**-5)
 
 
 #: Most seconds of per-component finite differences the fallback may spend (Note [Fallback budget]).
 FALLBACK_SECONDS = 60.0
 #: The fallback's budget as a multiple of torch's own finite differences (``2 p`` calls), at least this many seconds.
 FALLBACK_TORCH_MULTIPLE = 10.0
-FALLBACK_FLOOR_SECONDS = 5.0
+FALLBACK_FLOOR_SECONDS = 1.0
 
 
-def _within_budget(rows: np.ndarray, p: int, call, seed: int):
+def _within_budget(rows: np.ndarray, p: int, call, seed: int, given: int = 0):
     """Note [Fallback budget]: the rows and components per-component differences can afford.
 
     Each component costs about ``2 (2K + 1)`` calls of the function a point
     (two ladders, Note [Fallback resolution]). kornia's Hausdorff loss (150
     components, a data-dependent branch, kinks along every direction) and
     MKD's descriptor (361) took over 10 minutes, where torch's call takes
-    0.1 s. One call is timed; beyond the budget the given inputs come first
-    and a seeded random subset of components is differenced, and the
-    warning says how many: never a silent pass, never a hang of ours.
+    0.1 s. One call is timed; beyond the budget fewer points are
+    differenced, and the warning says how many: never a silent pass, never
+    a hang of ours.
+
+    Cost is counted per distinct point: the ``given`` first rows (one per
+    cotangent) are the given inputs, whose stencils are shared. The given
+    inputs come first, with every component (as torch's check covers
+    them), then random points while the budget lasts; only where one
+    point's components exceed it is a seeded random subset of them
+    differenced. (Counting rows, a 4x6 entmax check with 24 cotangents
+    differenced 8 of 24 components at 15 rows: a wrong component went
+    unseen two times in three.)
 
     The budget is ``FALLBACK_TORCH_MULTIPLE`` times what torch's own
     finite differences cost (``2 p`` calls), at least
     ``FALLBACK_FLOOR_SECONDS`` and at most ``FALLBACK_SECONDS``: a suite's
     slow function gets a check in proportion to torch's, not a minute.
     entmax's bisection (24 components, a Python loop of 50 iterations a
-    call) spent the whole minute on each of its 27 tests: 140x torch's
-    time on a loaded machine, 22x on a quiet one.
+    call) spent the whole minute on each of its 27 tests (140x torch's time
+    on a loaded machine); with a 5 s floor, 46 s for 27 tests where torch
+    takes 7.5 s.
 
     The estimate is one call at the given inputs; an adaptive ODE solver
     (torchdiffeq's ``adaptive_heun`` adjoint) took 1 ms there and far longer
@@ -1800,13 +1840,21 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int):
     call()
     once = max(time.perf_counter() - start, 1e-6)
     budget = min(FALLBACK_SECONDS, max(FALLBACK_FLOOR_SECONDS, FALLBACK_TORCH_MULTIPLE * 2 * p * once))
-    per = 2 * (2 * K + 1) * once
-    if per * p * rows.size <= budget:
+    per = 2 * (2 * K + 1) * once  # one component at one point
+    at_given = rows[rows < given]
+    others = rows[rows >= given]
+    points = int(at_given.size > 0) + others.size
+    if per * p * points <= budget:
         return rows, None, "", budget
-    rows = rows[: max(1, min(rows.size, int(budget // (per * min(p, 8)))))]
-    m = int(max(1, min(p, budget // (per * rows.size))))
+    affordable = int(budget // (per * p))
+    if affordable >= 1:  # every component, at the given inputs first
+        kept = np.concatenate([at_given, others[: affordable - int(at_given.size > 0)]])
+        return kept, None, (f"; per-component differences at {affordable} of {points} points, a time budget of "
+                            f"{budget:.0f} s (Note [Fallback budget])"), budget
+    kept = at_given if at_given.size else rows[:1]
+    m = int(max(1, min(p, budget // per)))
     columns = sorted(int(c) for c in np.random.default_rng([seed, 31]).choice(p, m, replace=False))
-    return rows, columns, (f"; per-component differences at {m} of {p} components and {rows.size} point(s), "
+    return kept, columns, (f"; per-component differences at {m} of {p} components and 1 point, "
                            f"a time budget of {budget:.0f} s (Note [Fallback budget])"), budget
 
 
@@ -1825,7 +1873,7 @@ def _sharpest(model, batch, columns=None):
 
     from .engines import finite_diff
 
-    best = finite_diff.gradients(model, batch, columns=columns)
+    best = finite_diff.gradients(model, batch, shrink=FALLBACK_LADDERS[0], columns=columns)
     for shrink in FALLBACK_LADDERS[1:]:
         other = finite_diff.gradients(model, batch, shrink=shrink, columns=columns)
         assert best.error is not None and other.error is not None

@@ -130,7 +130,7 @@ from ..model import Batch, Model
 from ..ops import HUBER_DELTA, backend
 from . import Gradients
 
-__all__ = ["gradients", "richardson", "H0", "K", "ROUNDING", "RETRY_SHRINK"]
+__all__ = ["gradients", "richardson", "step_scale", "H0", "K", "ROUNDING", "RETRY_SHRINK"]
 
 H0 = 2.0**-3
 K = 4
@@ -251,7 +251,7 @@ def _one_parameter(model, theta_cols, data_cols, i, ladder, f0, fscale, perturb=
         t = theta_cols[i]
     else:
         t = np.stack(theta_cols)[i, np.arange(n)]
-    h = ladder[:, None] * np.maximum(np.abs(t), 1.0)[None, :]  # (K, N)
+    h = ladder[:, None] * step_scale(t, getattr(model, "relative_steps", False))[None, :]  # (K, N)
     # Exact steps: (t + h) - t may differ from h by rounding; use the real one.
     with np.errstate(over="ignore", invalid="ignore"):  # near float64's largest value a step leaves the range
         tp, tm = t + h, t - h
@@ -416,15 +416,22 @@ DIRECTIONAL_MIN_P = 32
 DIRECTIONAL_H0 = H0 / 4
 
 
-def directions(batch: Batch, count: int = DIRECTIONS, seed: int = 0) -> np.ndarray:
-    """(N, count, P) Rademacher directions scaled by ``max(|theta_i|, 1)``, seeded.
+def step_scale(t: np.ndarray, relative: bool = False) -> np.ndarray:
+    """The scale of each component's steps (Note [Step rule]): ``max(|t|, 1)``, or ``|t|`` (1 at 0) with
+    ``relative`` (a model's ``relative_steps``, Note [Fallback reach] in torch_check.py)."""
+    a = np.abs(t)
+    return np.where(a > 0, a, 1.0) if relative else np.maximum(a, 1.0)
+
+
+def directions(batch: Batch, count: int = DIRECTIONS, seed: int = 0, relative: bool = False) -> np.ndarray:
+    """(N, count, P) Rademacher directions scaled by :func:`step_scale` of each ``theta_i``, seeded.
 
     The scaling gives every component the step the per-component rule
     would give it (Note [Step rule]).
     """
     rng = np.random.default_rng([seed, 0xD1])
     signs = np.where(rng.random((len(batch), count, batch.theta.shape[1])) < 0.5, -1.0, 1.0)
-    return signs * np.maximum(np.abs(batch.theta), 1.0)[:, None, :]
+    return signs * step_scale(batch.theta, relative)[:, None, :]
 
 
 def directional(model: Model, batch: Batch, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
