@@ -1052,6 +1052,21 @@ def test_the_fallback_budget_is_relative_to_torchs_own_cost(monkeypatch):
     assert not any("time budget" in str(w.message) for w in caught)
 
 
+def test_the_fallback_budget_covers_every_component_at_the_given_inputs_first():
+    # Note [Fallback budget]: the given inputs' rows (one per cotangent) are one point; counted as 24 rows, a
+    # 4x6 entmax check differenced 8 of its 24 components, and a wrong component went unseen
+    import time
+
+    from gradcheck_lab.torch_check import _within_budget
+
+    rows = np.arange(32)  # 24 cotangents at the given inputs, then 8 random points
+    kept, columns, note, budget = _within_budget(rows, 24, lambda: time.sleep(0.01), seed=0, given=24)
+    assert columns is None and list(kept[:24]) == list(range(24))  # every component at the given inputs
+    assert len(kept) < len(rows) and "of 9 points" in note and budget < 60
+    kept, columns, note, _ = _within_budget(rows, 24, lambda: None, seed=0, given=24)  # cheap: everything
+    assert columns is None and list(kept) == list(rows) and note == ""
+
+
 def test_the_fallback_stops_calling_a_function_that_is_slow_away_from_the_inputs(monkeypatch):
     # torchdiffeq's adaptive_heun adjoint: 1 ms at the given inputs, 736 s for the whole check
     import time

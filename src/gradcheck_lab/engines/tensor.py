@@ -371,7 +371,7 @@ def _cdist(x1, x2, p, compute_mode=None):
 
 # ---------------------------------------------------------------- forward mode
 
-_DROP_KWARGS = ("dtype", "layout", "device", "pin_memory", "memory_format", "non_blocking")
+_DROP_KWARGS = ("dtype", "layout", "device", "pin_memory", "non_blocking")  # memory_format kept: strides matter to as_strided
 
 
 def _call(target, args, kwargs, grad: bool = False):
@@ -389,6 +389,10 @@ def _call(target, args, kwargs, grad: bool = False):
         return a.to(dtype)
     if grad and getattr(target, "namespace", "") == "prims":  # prims have no autograd formulas: their aten twins
         return _prims_as_aten(name, args, kwargs)
+    if _overload(target) in ("view.default", "_unsafe_view.default", "view_copy.default"):
+        # the same values as a reshape; our float64 values may have other strides than the traced ones
+        # (kornia's lab_to_rgb: "view size is not compatible with input tensor's size and stride")
+        return args[0].reshape(args[1])
     if name == "detach":  # identity in the forward: the truth differentiates through it, as torch's gradcheck does
         return args[0].view_as(args[0]) if grad else args[0].clone()
     if name == "copy" and grad:  # a recorded copy_ into a fresh tensor: src in dst's shape (aten.copy has no autograd)
