@@ -57,6 +57,7 @@ CASES = {
     "batch and group norm": (lambda a: F.batch_norm(a, None, None, training=True) + F.group_norm(a, 3), [IMG]),
     "floor, remainder, fmod": (lambda x: torch.floor(x * 3) * x + torch.remainder(x, 0.7) + torch.fmod(x, 0.3), [_rand(3, 5)]),
     "log2, flip, round": (lambda x: torch.log2(x.abs() + 1).flip(0) + torch.round(x) * x, [_rand(3, 5)]),
+    "fill with an int, masked_fill": (lambda x: x.clone().fill_(1) * x + x.masked_fill(x > 0, 2), [_rand(3, 5)]),
     "contiguous, then view": (lambda x: x.permute(1, 0).contiguous().view(-1) * x.sum(), [_rand(3, 5)]),
     "pad with a value": (lambda x: F.pad(x, (1, 2), value=3.0) ** 2, [_rand(3, 5)]),
     "cross entropy": (lambda x: F.cross_entropy(x, torch.tensor([0, 2, 1])), [_rand(3, 5)]),

@@ -614,7 +614,7 @@ def gradcheck(
     # call; judged by value it was blamed for a number the user never sees.
     if check_backward_ad and not _reentrant(target, nondet_tol, seed, raise_exception):
         return False
-    traced, fid = _truth(target, points, seed, reference, raise_exception)
+    traced, fid = _truth(target, points, seed, reference, raise_exception, decompose=False)
     if traced is None:
         return False
     structural = dict(
@@ -636,6 +636,8 @@ def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points,
             check_backward_ad, check_forward_ad, structural) -> bool:
     """The full path, where the tensor leg did not pass the call: the per-element symbolic and referee legs
     on a faithful graph, else finite differences of the real function (``_fallback``)."""
+    if isinstance(traced, Unsupported) and traced.deferred:  # Note [Decompositions on demand]
+        traced, fid = _truth(target, points, seed, None, raise_exception)
     if not isinstance(traced, Unsupported) and check_backward_ad and _nonfinite_backward(target, [target.theta()],
                                                                                          [], seed):
         # Note [NaN at the inputs]
@@ -706,17 +708,19 @@ def _traced_check(target, traced, fid, func, eps, atol, rtol, raise_exception, p
     return _structural("gradcheck", target.call, target.values, func, **structural)
 
 
-def _truth(target: _Target, points: int, seed: int, reference, raise_exception: bool):
+def _truth(target: _Target, points: int, seed: int, reference, raise_exception: bool, decompose: bool = True):
     """The traced graph shown to be the function (Note [Trace fidelity]), or Unsupported with why not.
 
     With ``reference`` the graph is the reference's, and it must agree with
     ``func`` first; ``(None, _)`` when it does not and ``raise_exception`` is False.
+    ``decompose=False``: torch's decompositions for the per-element leg are left for later (Note
+    [Decompositions on demand] in torch_graph.py).
     """
     from . import fidelity
 
     source = _reference_target(target, reference) if reference is not None else target
     traced = trace(source.call, target.values, target.leaves, key=source.key(),
-                   budget=DERIVATION_BUDGET if reference is None else None)
+                   budget=DERIVATION_BUDGET if reference is None else None, decompose=decompose or reference is not None)
     name = getattr(target.func, "__qualname__", None) or type(target.func).__name__
     import torch
 
@@ -743,7 +747,7 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
             fid.refused = [i for i in fid.refused if i < points]
             if fid.unfaithful is None:
                 return traced, fid
-            traced = replace(traced, tensor=None, reason=_unfaithful_reason(target, fid), outside=True)
+            traced = replace(traced, tensor=None, reason=_unfaithful_reason(target, fid), outside=True, deferred=False)
             return traced, fid
         if traced.reason.startswith("tracing failed"):
             where = fidelity.leaks(target.call, target.values)

@@ -984,6 +984,7 @@ class Unsupported:
     tensor_reason: str = ""
     gm: Any = None  # the traced graph, where tracing succeeded
     outside: bool = False  # the forward was shown to leave torch (tracing failed, or the graph is not the function)
+    deferred: bool = False  # torch's decompositions not tried yet (Note [Decompositions on demand])
 
     @property
     def n_out(self) -> int:
@@ -1064,7 +1065,7 @@ DECOMPOSE_ROUNDS = 4
 
 
 def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = None,
-          budget: int | None = None) -> Traced | Unsupported:
+          budget: int | None = None, decompose: bool = True) -> Traced | Unsupported:
     """Trace ``call(*args)`` (args: the checked leaves' tensors first, in ``leaves`` order).
 
     ``call`` takes the leaves' tensors as its arguments. With ``key`` (the
@@ -1072,10 +1073,22 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     whose nodes hold more than ``budget`` elements is not traced again through
     decompositions: the per-element leg would exceed its budget anyway (Note
     [Derivation budget]; ALIKED's backbone was traced five times, 7 s).
+
+    Note [Decompositions on demand]
+    ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    Each round of torch's decompositions traces the function again; on 150
+    gradcheck tests of kornia they took 7.4 of 31 s, mostly for the
+    per-element leg, which a call needs only where the tensor-level leg
+    (covering ``convolution``, ``grid_sampler``, ``linalg`` ops without
+    them) did not pass it. With ``decompose=False`` a graph with ops outside
+    the per-element table comes back as :class:`Unsupported` with
+    ``deferred`` set, and the drop-in traces the decompositions only when it
+    needs that leg (the first graph is reused from the cache).
     """
-    if key is not None and key in _TRACES:
-        _TRACES.move_to_end(key)
-        return _TRACES[key]
+    cache_key = key if decompose or key is None else (key, "first")
+    if cache_key is not None and cache_key in _TRACES:
+        _TRACES.move_to_end(cache_key)
+        return _TRACES[cache_key]
     import torch
 
     real = [a.detach().clone() for a in args]
@@ -1083,12 +1096,21 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
         out = _flat_outputs(call(*real))
     floating = [o for o in out if o.is_floating_point()]
     out_shapes = [tuple(o.shape) for o in floating]
-    try:
-        gm = _make_graph(call, real)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means no symbolic leg
-        failed = Unsupported([], leaves, out_shapes, f"tracing failed: {exc}", outside=True)
-        return _remember(_TRACES, key, failed) if key else failed
-    result = _analyse(gm, real, leaves, out_shapes)
+    earlier = _TRACES.get((key, "first")) if decompose and key is not None else None
+    if earlier is not None and (not isinstance(earlier, Unsupported) or earlier.deferred):
+        gm = earlier.gm  # the first graph, traced by a call that deferred the decompositions
+        result = earlier if not isinstance(earlier, Unsupported) else _analyse(gm, real, leaves, out_shapes)
+    else:
+        try:
+            gm = _make_graph(call, real)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means no symbolic leg
+            failed = Unsupported([], leaves, out_shapes, f"tracing failed: {exc}", outside=True)
+            return _remember(_TRACES, cache_key, failed) if cache_key is not None else failed
+        result = _analyse(gm, real, leaves, out_shapes)
+    if not decompose:
+        if isinstance(result, Unsupported):
+            result.gm, result.deferred = gm, bool(result.targets)
+        return _remember(_TRACES, cache_key, result) if cache_key is not None else result
     # Note [Decomposing unsupported ops]: an op outside the table (batch_norm, conv, ...) is traced
     # again through torch's own decomposition of it (torch._decomp), until the graph is all supported.
     from torch._decomp import get_decompositions

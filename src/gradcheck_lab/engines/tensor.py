@@ -526,7 +526,8 @@ def _linear(target, args, kwargs, tangents_of, batch, value):
 
 
 def _is_scalar(a) -> bool:
-    return isinstance(a, float) and not isinstance(a, bool)
+    """A Python number (an int too: kornia's ``fill(x, 1)`` kept its offset and gave the tangent 1)."""
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
 _RESHAPES = frozenset({"view", "_unsafe_view", "reshape", "view_copy", "_reshape_alias", "unsqueeze", "squeeze",
