@@ -64,6 +64,13 @@ CASES = {
     "bilinear interpolation": (lambda a: F.interpolate(a, scale_factor=2, mode="bilinear"), [IMG[:, :, :3, :3]]),
     "grid_sample": (lambda a, g: F.grid_sample(a, g, align_corners=False), [IMG, torch.rand(2, 4, 4, 2, dtype=torch.float64,
                                                                                                  generator=torch.Generator().manual_seed(0)) * 2 - 1]),
+    "grid_sample 3D, trilinear and nearest": (
+        lambda a, g: F.grid_sample(a, g, align_corners=False) + F.grid_sample(a, g, mode="nearest", padding_mode="border",
+                                                                              align_corners=True),
+        [_rand(1, 2, 3, 4, 5), torch.rand(1, 2, 3, 2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2]),
+    "grid_sample 3D, reflection": (lambda a, g: F.grid_sample(a, g, padding_mode="reflection", align_corners=False),
+                                   [_rand(1, 1, 3, 3, 4), torch.rand(1, 2, 2, 2, 3, dtype=torch.float64,
+                                                                     generator=torch.Generator().manual_seed(1)) * 3 - 1.5]),
     "cdist p=2 and p=1": (lambda a, b: torch.cdist(a, b) + torch.cdist(a, b, p=1), [_rand(3, 4), _rand(5, 4, seed=1)]),
     "inv, solve, det": (lambda m, v: torch.linalg.inv(m).sum(0) + torch.linalg.solve(m, v).sum(1) + torch.linalg.det(m),
                         [_rand(3, 3) + 3 * torch.eye(3, dtype=torch.float64), _rand(3, 2, seed=1)]),

@@ -351,8 +351,56 @@ def _own_decompositions(ops) -> dict:
     """Decompositions torch lacks, into ops the rules cover (checked like any graph: Note [Trace fidelity])."""
     import torch
 
-    own = {torch.ops.aten._cdist_forward.default: _cdist}  # descriptor matchers (kornia's match_smnn)
+    own = {torch.ops.aten._cdist_forward.default: _cdist,  # descriptor matchers (kornia's match_smnn)
+           torch.ops.aten.grid_sampler_3d.default: _grid_sampler_3d}  # 3D warps and crops
     return {op: fn for op, fn in own.items() if op in set(ops)}
+
+
+def _grid_sampler_3d(a, grid, interpolation_mode=0, padding_mode=0, align_corners=False):
+    """``grid_sampler_3d`` by indexing and its weights, as torch decomposes ``grid_sampler_2d`` (it has no
+    decomposition in three dimensions): trilinear or nearest, zero, border or reflection padding."""
+    import torch
+
+    if interpolation_mode not in (0, 1) or padding_mode not in (0, 1, 2):
+        return NotImplemented  # make_fx keeps the op: no tensor-level leg for it
+    n_, c_, d_, h_, w_ = a.shape
+
+    def reflect(coords, twice_low: int, twice_high: int):
+        if twice_low == twice_high:
+            return torch.zeros_like(coords)
+        low, span = twice_low / 2, (twice_high - twice_low) / 2
+        dist = (coords - low).abs()
+        extra = torch.fmod(dist, span)
+        flips = (dist / span).floor()
+        return torch.where(torch.remainder(flips, 2) == 0, extra + low, span + low - extra)
+
+    def source(coords, size: int):
+        c = coords * ((size * 0.5 - 0.5) if align_corners else size * 0.5) + (size * 0.5 - 0.5)
+        if padding_mode == 2:
+            c = reflect(c, 0, 2 * (size - 1)) if align_corners else reflect(c, -1, 2 * size - 1)
+        return c.clamp(0, size - 1) if padding_mode else c
+
+    ix, iy, iz = source(grid[..., 0], w_), source(grid[..., 1], h_), source(grid[..., 2], d_)
+    batch = torch.arange(n_, device=a.device).view(n_, 1, 1, 1, 1)
+    channel = torch.arange(c_, device=a.device).view(1, c_, 1, 1, 1)
+
+    def summand(x, y, z, weight):
+        inside = (x >= 0) & (x < w_) & (y >= 0) & (y < h_) & (z >= 0) & (z < d_)
+        xi, yi, zi = (torch.where(inside, t, 0).to(torch.int64).unsqueeze(1) for t in (x, y, z))
+        return a[batch, channel, zi, yi, xi] * torch.where(inside, weight, 0).unsqueeze(1)
+
+    if interpolation_mode == 1:
+        return summand(ix.round(), iy.round(), iz.round(), torch.ones_like(ix))
+    x0, y0, z0 = ix.floor(), iy.floor(), iz.floor()
+    out = None
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                weight = (((ix - x0) if dx else (x0 + 1 - ix)) * ((iy - y0) if dy else (y0 + 1 - iy))
+                          * ((iz - z0) if dz else (z0 + 1 - iz)))
+                term = summand(x0 + dx, y0 + dy, z0 + dz, weight)
+                out = term if out is None else out + term
+    return out
 
 
 def _cdist(x1, x2, p, compute_mode=None):
