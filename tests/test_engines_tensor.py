@@ -221,3 +221,57 @@ def test_ops_outside_the_per_element_table_keep_a_symbolic_leg():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "symbolic and referee legs missing" warning
         assert gradcheck(lambda t: torch.floor(t * 3) * t + torch.remainder(t, 0.7) + torch.log2(t.abs() + 1), (x,))
+
+
+def _spread(x):
+    return (x * x).mean(-1) - x.mean(-1) ** 2  # a variance by cancellation: terms of 3e5, gradients of 1e-3
+
+
+def test_the_absolute_chain_bounds_every_component_and_sees_cancellation():
+    # Note [Absolute chain]: |c| |J_n| ... |J_1| >= |c^T J|, and far above it where the chain cancels
+    x = 1000 + _rand(3, 6)
+    graph, why = tensor_graph(_spread, [x])
+    assert graph is not None, why
+    cots = np.eye(3)
+    sym, scale = tensor.cotangent_products(graph, [x], cots)
+    chain = tensor.absolute_products(graph, [x], cots)
+    assert (chain >= np.abs(sym) * (1 - 1e-12)).all() and (chain >= scale * (1 - 1e-12)).all()
+    assert (chain.max(axis=1) > 1e3 * scale.max(axis=1)).all()  # terms of 667, gradients below 1
+
+
+def _spread_function(error: float):
+    """``_spread`` with the stable backward ``2 (x - mean) / n``: other rounding than the cancelling forward's."""
+
+    class Spread(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return _spread(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g[:, None] * 2 * (x - x.mean(-1, keepdim=True)) / x.shape[-1] * (1 + error)
+
+    return Spread.apply
+
+
+def test_a_correct_backward_of_a_cancelling_chain_passes_at_tensor_level(monkeypatch):
+    # kornia's SSIM of an image with itself went down the per-element path: its gradients cancel to 1e-11
+    from gradcheck_lab import torch_check
+
+    calls = []
+    monkeypatch.setattr(torch_check, "_traced_check", lambda *a, **k: calls.append("per-element") or True)
+    monkeypatch.setattr(torch_check, "_fallback", lambda *a, **k: calls.append("fallback") or True)
+    x = (1000 + _rand(3, 6)).requires_grad_()
+    assert gradcheck(_spread_function(0.0), (x,))
+    assert calls == []
+
+
+def test_a_wrong_backward_of_a_cancelling_chain_is_still_caught():
+    from gradcheck_lab.errors import GradientMismatch
+
+    x = (1000 + _rand(3, 6)).requires_grad_()
+    with pytest.raises(GradientMismatch), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gradcheck(_spread_function(1e-6), (x,))

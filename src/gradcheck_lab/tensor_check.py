@@ -30,7 +30,10 @@ run where the candidate is outside ``CANDIDATE_ROUNDING * eps * s`` of the
 symbolic value (or ``atol``/``rtol`` are given), because a candidate within
 it agrees with an independent derivation to the rounding of a chain rule
 that does not cancel, and a third leg could only confirm that (a fifth of a
-small function's call went to it). Any disagreement, non-finite value or op the rules do not cover
+small function's call went to it). Where the legs still disagree at that
+scale, ``s`` is replaced by the absolute chain ``|c| |J_n| ... |J_1|`` (Note
+[Absolute chain] in engines/tensor.py), the rounding scale of a chain that
+cancels, and the same tolerances are tried once more. Any disagreement, non-finite value or op the rules do not cover
 sends the call to the per-element path (the referee proves who is wrong,
 Note [Verdict]) or, where that would exceed its budget, to finite
 differences of the real function with their error bars: this leg only ever
@@ -97,7 +100,6 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
     None where the user's backward is not finite."""
     from .engines import tensor
 
-    eps64 = float(np.finfo(np.float64).eps)
     cand, finite_forward = _backward(target, row, cots)
     if not np.isfinite(cand).all():
         return None if finite_forward else False
@@ -125,6 +127,20 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
         return False
     if dirs is not None:
         auto = auto @ dirs
+    if _within(cand, sym, auto, size, eps, atol, rtol):
+        return True
+    if dirs is not None:
+        return False
+    try:  # Note [Absolute chain] (engines/tensor.py): the rounding scale of a chain that cancels
+        chain = tensor.absolute_products(graph, row, cots)
+    except tensor.Uncovered:
+        return False
+    return bool(np.isfinite(chain).all()) and _within(cand, sym, auto, chain + np.abs(sym), eps, atol, rtol)
+
+
+def _within(cand, sym, auto, size, eps: float, atol, rtol) -> bool:
+    """The candidate and both float64 legs agree at rounding scale ``size`` (Note [Agreement first])."""
+    eps64 = float(np.finfo(np.float64).eps)
     with np.errstate(invalid="ignore", over="ignore"):
         dev = np.abs(sym - auto)  # two float64 formulas: their difference shows the chain's cancellation
         # against the row's largest component too: 1 - tanh(z)**2 at a saturated z is a small number with
