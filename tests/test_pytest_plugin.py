@@ -162,9 +162,9 @@ def test_an_expected_failure_still_raises_torchs_error():
         gradcheck(make(0.5), inputs())
 
 
-def test_complex_inputs_defer_to_torch():
-    z = torch.randn(3, dtype=torch.complex128, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: (t * t).abs(), (z,))
+def test_half_precision_defers_to_torch():
+    x = torch.randn(3, dtype=torch.float16, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: t * 2, (x,), eps=1e-2, atol=0.1, rtol=0.1)
 '''
 
 
@@ -182,7 +182,7 @@ def test_gradcheck_lab_flag_routes_an_existing_suite(pytester):
     assert "GradientMismatch: gradcheck_lab.gradcheck: the backward of Function.apply is wrong" in out
     routed.stdout.re_match_lines([
         r"gradcheck_lab: 6 gradchecks routed, 2 failed \(test_existing.py::test_off_by_1e6_relative: the backward "
-        r".*\), 1 deferred to torch \(Expected input 0 \(t\) to be float32 or float64 but got torch.complex128\), "
+        r".*\), 1 deferred to torch \(Expected input 0 \(t\) to be float32 or float64 but got torch.float16\), "
         r"\d+\.\d s",
     ])
 

@@ -1123,3 +1123,36 @@ def test_the_inexact_forward_note_ignores_components_without_an_estimate():
         warnings.simplefilter("error")
         note = _off_inputs_note(SimpleNamespace(func=_Scaled.apply), bad, got, fd, np.array([0, 1, 2]))
     assert "up to 0.091 relative, at random point 0" in note and "nan" not in note
+
+
+def _complex_product(error=0.0, conjugate=True):
+    """``z * w`` with a hand-written complex backward (torch's convention: ``g * conj(w)``)."""
+
+    class CMul(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z, w):
+            ctx.save_for_backward(z, w)
+            return z * w
+
+        @staticmethod
+        def backward(ctx, g):
+            z, w = ctx.saved_tensors
+            return g * (w.conj() if conjugate else w) * (1 + error), g * z.conj()
+
+    return CMul.apply
+
+
+def _c(*shape, seed=0):
+    return torch.randn(*shape, dtype=torch.complex128, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+
+
+def test_complex_inputs_and_outputs_are_checked_as_real_pairs():
+    # Note [Complex inputs]: torch's gradcheck checks them; ours raised a UsageError
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert gradcheck(_complex_product(), (_c(3), _c(3, seed=1))) is True
+        assert gradcheck(lambda x: torch.fft.fft(x), (_t(4),)) is True  # a real input, a complex output
+        with pytest.raises(GradientMismatch, match=r"input0\[\d\]\.imag|input0\[\d\]\.real"):
+            gradcheck(_complex_product(conjugate=False), (_c(3), _c(3, seed=1)))
+        with pytest.raises(GradientMismatch, match="is wrong"):  # torch's gradcheck passes it
+            gradcheck(_complex_product(error=1e-6), (_c(3), _c(3, seed=1)))

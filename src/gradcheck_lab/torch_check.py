@@ -135,6 +135,11 @@ class _Target:
         leaves: list[Leaf] = []
         for i, a in enumerate(self.inputs):
             if isinstance(a, torch.Tensor) and a.requires_grad:
+                if a.is_complex():  # Note [Complex inputs]
+                    real = torch.view_as_real(a.detach()).dtype
+                    _check_dtype(torch.empty(0, dtype=real), f"input {i} ({names[i]}), as its real parts")
+                    leaves.append(Leaf(names[i], "input", i, tuple(a.shape) + (2,), real, pairs=True))
+                    continue
                 _check_dtype(a, f"input {i} ({names[i]})")
                 leaves.append(Leaf(names[i], "input", i, tuple(a.shape), a.dtype))
         if self.module is not None and parameters:
@@ -166,27 +171,33 @@ class _Target:
 
     def _tensor(self, leaf: Leaf):
         if leaf.kind == "input":
-            return self.inputs[int(leaf.position)]
+            a = self.inputs[int(leaf.position)]
+            if leaf.pairs:
+                import torch
+
+                return torch.view_as_real(a.detach()).clone()
+            return a
         assert self.module is not None
         return dict(self.module.named_parameters())[str(leaf.position)]
 
     def call(self, *tensors):
-        """The user's function with the leaves replaced by ``tensors``."""
+        """The user's function with the leaves replaced by ``tensors``; complex outputs as (real, imaginary)
+        pairs (Note [Complex inputs])."""
+        import torch
+
         args = list(self.inputs)
         params: dict[str, Any] = {}
         for leaf, t in zip(self.leaves, tensors):
             if leaf.kind == "input":
-                args[int(leaf.position)] = t
+                args[int(leaf.position)] = torch.view_as_complex(t.contiguous()) if leaf.pairs else t
             else:
                 params[str(leaf.position)] = t
         if self.seeded:
-            import torch
-
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(RANDOM_SEEDS[0])
-                out = self._run(args, params)
+                out = _as_real(self._run(args, params))
         else:
-            out = self._run(args, params)
+            out = _as_real(self._run(args, params))
         if self.keep is None:
             return out
         from .torch_graph import _flat_outputs
@@ -241,6 +252,31 @@ class _Target:
         return out
 
 
+def _as_real(out):
+    """Complex tensors of a (nested) output as ``torch.view_as_real`` pairs: Note [Complex inputs].
+
+    Note [Complex inputs]
+    ~~~~~~~~~~~~~~~~~~~~~
+    A complex input is checked as the real tensor of its (real, imaginary)
+    pairs, and a complex output likewise: the function checked is the real
+    map of pairs to pairs, which determines both Wirtinger derivatives.
+    torch's convention makes the backward of that map the user's own: for
+    a real loss ``L = sum(c * view_as_real(out))`` autograd passes the
+    complex cotangent ``c[..., 0] + i c[..., 1]`` to the user's backward and
+    returns ``dL/dRe z + i dL/dIm z``, whose pairs are the gradient of the
+    real map. So every leg, and the messages (``z[1].imag``), work on real
+    numbers; a backward that forgets a conjugation is off in the imaginary
+    parts. Complex module parameters are not supported.
+    """
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return torch.view_as_real(out) if out.is_complex() else out
+    if isinstance(out, (list, tuple)) and not hasattr(out, "_fields"):
+        return type(out)(_as_real(o) for o in out)
+    return out
+
+
 def _hashable(x) -> bool:
     try:
         hash(x)
@@ -253,7 +289,7 @@ def _check_dtype(t, what: str) -> None:
     if t.dtype not in _float_dtypes():
         raise UsageError(
             f"Expected {what} to be float32 or float64 but got {t.dtype}; "
-            "half precision and complex tensors have no tolerance model here: convert to float32 or float64."
+            "half-precision tensors have no tolerance model here: convert to float32 or float64."
         )
 
 

@@ -936,11 +936,17 @@ class Leaf:
     shape: tuple[int, ...]
     dtype: Any
     var_names: list[str] = field(default_factory=list)
+    #: A complex input checked as (real, imaginary) pairs: ``shape`` ends in 2 (Note [Complex inputs]).
+    pairs: bool = False
 
     def element(self, k: int) -> str:
         if not self.shape:
             return self.label
-        return f"{self.label}[{', '.join(map(str, np.unravel_index(k, self.shape)))}]"
+        at = np.unravel_index(k, self.shape)
+        if self.pairs:
+            index = f"[{', '.join(map(str, at[:-1]))}]" if len(at) > 1 else ""
+            return f"{self.label}{index}.{'imag' if at[-1] else 'real'}"
+        return f"{self.label}[{', '.join(map(str, at))}]"
 
 
 @dataclass
