@@ -33,7 +33,9 @@ that does not cancel, and a third leg could only confirm that (a fifth of a
 small function's call went to it). Where the legs still disagree at that
 scale, ``s`` is replaced by the absolute chain ``|c| |J_n| ... |J_1|`` (Note
 [Absolute chain] in engines/tensor.py), the rounding scale of a chain that
-cancels, and the same tolerances are tried once more. Any disagreement, non-finite value or op the rules do not cover
+cancels, and the same tolerances are tried once more (where the row's
+products took under ``ABSOLUTE_SECONDS``: the chain costs as much again).
+Any disagreement, non-finite value or op the rules do not cover
 sends the call to the per-element path (the referee proves who is wrong,
 Note [Verdict]) or, where that would exceed its budget, to finite
 differences of the real function with their error bars: this leg only ever
@@ -52,11 +54,12 @@ block of unit tangents at a time, never the whole Jacobian: 65k outputs by
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["agrees", "CANDIDATE_ROUNDING", "ENGINE_ROUNDING", "CANCELLATION", "FULL_JACOBIAN", "PROJECTIONS"]
+__all__ = ["agrees", "CANDIDATE_ROUNDING", "ENGINE_ROUNDING", "CANCELLATION", "FULL_JACOBIAN", "PROJECTIONS", "ABSOLUTE_SECONDS"]
 
 #: Multiple of the candidate dtype's eps within which a backward agrees with the symbolic leg (Note [Agreement first]).
 CANDIDATE_ROUNDING = 256.0
@@ -68,6 +71,9 @@ FULL_JACOBIAN = 256
 PROJECTIONS = 4
 #: Multiple of the float64 legs' difference, scaled to the candidate's dtype, added to its tolerance.
 CANCELLATION = 4.0
+#: Seconds a row's symbolic products may have taken for the absolute chain to be tried there: it costs as
+#: much again (kornia's CLAHE, 2.5 s a row, took 23 s where the full path decides in 3 s).
+ABSOLUTE_SECONDS = 0.25
 
 
 def agrees(target, graph, rows: Sequence[Sequence], cotangents: Sequence[np.ndarray],
@@ -103,6 +109,7 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
     cand, finite_forward = _backward(target, row, cots)
     if not np.isfinite(cand).all():
         return None if finite_forward else False
+    start = time.perf_counter()
     if dirs is None:
         try:
             sym, scale = tensor.cotangent_products(graph, row, cots)
@@ -129,7 +136,7 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
         auto = auto @ dirs
     if _within(cand, sym, auto, size, eps, atol, rtol):
         return True
-    if dirs is not None:
+    if dirs is not None or time.perf_counter() - start > ABSOLUTE_SECONDS:
         return False
     try:  # Note [Absolute chain] (engines/tensor.py): the rounding scale of a chain that cancels
         chain = tensor.absolute_products(graph, row, cots)

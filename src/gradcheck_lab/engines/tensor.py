@@ -607,6 +607,18 @@ def _batched(target, args, kwargs, tangents_of, batch, value):
                     for t, x in zip(tans, ts)]
             nd = value.dim()
             return torch.cat(full, dim % nd + 1) if name == "cat" else torch.stack(full, dim % nd + 1)
+        if name in ("slice_scatter", "select_scatter"):  # vmap's rule refuses some bounds (kornia's CLAHE)
+            b = _bind(target, args, kwargs)
+            base, src = args[0], args[1]
+            tb, ts = tangents_of(base), tangents_of(src)
+            if tb is None and ts is None:
+                return None
+            tb = tb if tb is not None else torch.zeros((batch,) + tuple(base.shape), dtype=torch.float64)
+            ts = ts if ts is not None else torch.zeros((batch,) + tuple(src.shape), dtype=torch.float64)
+            dim = b.get("dim", 0) % base.dim() + 1
+            if name == "slice_scatter":
+                return torch.slice_scatter(tb, ts, dim, b.get("start"), b.get("end"), b.get("step", 1))
+            return torch.select_scatter(tb, ts, dim, b["index"])
         if name == "where" and len(args) == 3 and all(isinstance(a, torch.Tensor) for a in args):
             shape = tuple(value.shape)
             ta, tb = tangents_of(args[1]), tangents_of(args[2])
