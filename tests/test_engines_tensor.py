@@ -71,6 +71,13 @@ CASES = {
     "grid_sample 3D, reflection": (lambda a, g: F.grid_sample(a, g, padding_mode="reflection", align_corners=False),
                                    [_rand(1, 1, 3, 3, 4), torch.rand(1, 2, 2, 2, 3, dtype=torch.float64,
                                                                      generator=torch.Generator().manual_seed(1)) * 3 - 1.5]),
+    "cholesky, lower and upper": (lambda a: torch.linalg.cholesky(a @ a.mT + 3 * torch.eye(3, dtype=a.dtype)).sum(0)
+                                  + torch.linalg.cholesky(a @ a.mT + torch.eye(3, dtype=a.dtype), upper=True)[0],
+                                  [_rand(3, 3)]),
+    "eigh and eigvalsh": (lambda a: torch.linalg.eigh(a + a.mT)[1].abs().sum(0) + torch.linalg.eigvalsh(a @ a.mT, UPLO="U"),
+                          [_rand(3, 3)]),
+    "qr, square and tall": (lambda a, b: torch.linalg.qr(a)[0].sum(0) + torch.linalg.qr(a)[1][0]
+                            + torch.linalg.qr(b)[0].sum(0)[:3] + torch.linalg.qr(b)[1].sum(1), [_rand(3, 3), _rand(5, 3, seed=1)]),
     "cdist p=2 and p=1": (lambda a, b: torch.cdist(a, b) + torch.cdist(a, b, p=1), [_rand(3, 4), _rand(5, 4, seed=1)]),
     "inv, solve, det": (lambda m, v: torch.linalg.inv(m).sum(0) + torch.linalg.solve(m, v).sum(1) + torch.linalg.det(m),
                         [_rand(3, 3) + 3 * torch.eye(3, dtype=torch.float64), _rand(3, 2, seed=1)]),
@@ -275,3 +282,18 @@ def test_a_wrong_backward_of_a_cancelling_chain_is_still_caught():
     with pytest.raises(GradientMismatch), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gradcheck(_spread_function(1e-6), (x,))
+
+
+@pytest.mark.parametrize("name", ["cholesky", "eigvalsh upper"])
+def test_factorizations_differentiate_the_triangle_they_read(name):
+    # torch's own derivatives assume a symmetric input; the function reads one triangle, and so do our rules
+    f = {"cholesky": lambda a: torch.linalg.cholesky(a + 4 * torch.eye(3, dtype=a.dtype)),
+         "eigvalsh upper": lambda a: torch.linalg.eigvalsh(a + 4 * torch.eye(3, dtype=a.dtype), UPLO="U")}[name]
+    a = _rand(3, 3)
+    graph, why = tensor_graph(f, [a])
+    assert graph is not None, why
+    _, jac = tensor.jacobian(graph, [a])
+    h = 1e-6
+    numeric = np.stack([((f(a + h * e) - f(a - h * e)) / (2 * h)).reshape(-1).numpy()
+                        for e in torch.eye(9, dtype=torch.float64).reshape(9, 3, 3)], axis=1)
+    np.testing.assert_allclose(jac, numeric, atol=1e-7)
