@@ -78,6 +78,11 @@ CASES = {
                           [_rand(3, 3)]),
     "qr, square and tall": (lambda a, b: torch.linalg.qr(a)[0].sum(0) + torch.linalg.qr(a)[1][0]
                             + torch.linalg.qr(b)[0].sum(0)[:3] + torch.linalg.qr(b)[1].sum(1), [_rand(3, 3), _rand(5, 3, seed=1)]),
+    "svd, square, wide and tall, and svdvals": (
+        lambda a, b, c: (torch.linalg.svd(a)[0] * torch.linalg.svd(a)[2]).sum(0)  # a sign-invariant product
+        + torch.linalg.svd(b, full_matrices=False)[1] + (lambda r: r[0] @ torch.diag(r[1]) @ r[2])(
+            torch.linalg.svd(c, full_matrices=False))[:3, 0] + torch.linalg.svdvals(c),
+        [_rand(3, 3), _rand(3, 5, seed=1), _rand(5, 3, seed=2)]),
     "cdist p=2 and p=1": (lambda a, b: torch.cdist(a, b) + torch.cdist(a, b, p=1), [_rand(3, 4), _rand(5, 4, seed=1)]),
     "inv, solve, det": (lambda m, v: torch.linalg.inv(m).sum(0) + torch.linalg.solve(m, v).sum(1) + torch.linalg.det(m),
                         [_rand(3, 3) + 3 * torch.eye(3, dtype=torch.float64), _rand(3, 2, seed=1)]),

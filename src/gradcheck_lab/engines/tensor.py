@@ -93,7 +93,7 @@ _SELECTION = frozenset({"amax", "amin", "max", "min", "max_pool1d_with_indices",
                         "adaptive_max_pool2d"})
 #: Ops with a rule of their own (a nonlinear reduction, linear algebra from its defining identity).
 _SPECIAL = frozenset({"var", "prod", "linalg_inv_ex", "_linalg_solve_ex", "_linalg_det", "_linalg_check_errors",
-                      "linalg_solve", "inverse", "linalg_cholesky_ex", "_linalg_eigh", "linalg_qr"})
+                      "linalg_solve", "inverse", "linalg_cholesky_ex", "_linalg_eigh", "linalg_qr", "_linalg_svd"})
 #: Pointwise ops that are affine in their tensor arguments: linear after their scalar offsets are set to 0.
 _POINTWISE_LINEAR = frozenset({"where", "masked_fill", "clone", "neg", "alias", "detach", "_to_copy", "fill"})
 
@@ -787,6 +787,8 @@ def _special(target, args, kwargs, tangents_of, batch, value):
         return (d, None, None, None) if isinstance(value, (tuple, list)) else d
     if name in ("linalg_cholesky_ex", "_linalg_eigh", "linalg_qr"):
         return _factorization(name, bound, a, t, value)
+    if name == "_linalg_svd":
+        return _svd(bound, a, t, value)
     if name == "_linalg_det":  # d det A = det A * tr(A^-1 dA)
         det = value[0]
         inv = torch.linalg.inv(a)
@@ -851,6 +853,47 @@ def _factorization(name: str, bound: dict, a, t, value):
     dr = (c - omega) @ r
     dq = q @ omega + da_rinv - q @ (tr(q) @ da_rinv)
     return (dq, dr)
+
+
+def _svd(bound: dict, a, t, value):
+    """``A = U diag(s) V^T`` from its defining identity (Note [Tensor-level rules]).
+
+    ``dP = U^T dA V``: ``ds = diag(dP)``, ``dU = U (E o (dP S + S dP^T)) + (I - U U^T) dA V S^-1``, ``dV = V (E o
+    (S dP + dP^T S)) + (I - V V^T) dA^T U S^-1``, ``E_ij = 1 / (s_j^2 - s_i^2)`` off the diagonal (a repeated
+    singular value gives inf: the full path judges). ``full_matrices`` on a non-square matrix has no rule (its
+    extra columns are any orthonormal completion).
+    """
+    import torch
+
+    u, sv, vh = value
+    if t is None:
+        return (None, None, None)
+    m, n = a.shape[-2], a.shape[-1]
+    with_uv = u.numel() > 0
+    if with_uv and bool(bound.get("full_matrices", False)) and m != n:  # the schema's default
+        raise Uncovered("_linalg_svd with full_matrices on a non-square matrix")
+    tr = functools.partial(torch.transpose, dim0=-1, dim1=-2)
+    if not with_uv:  # singular values only: the vectors are needed all the same
+        u, sv, vh = torch.linalg.svd(a, full_matrices=False)
+    v = tr(vh)
+    dp = tr(u) @ t @ v
+    ds = dp.diagonal(dim1=-2, dim2=-1)
+    if not with_uv:
+        return (None, ds, None)
+    s2 = sv * sv
+    gap = s2.unsqueeze(-2) - s2.unsqueeze(-1)  # s_j^2 - s_i^2
+    eye = torch.eye(sv.shape[-1], dtype=torch.bool)
+    e = torch.where(eye, torch.zeros_like(gap), 1.0 / torch.where(eye, torch.ones_like(gap), gap))
+    big = torch.diag_embed(sv)
+    du = u @ (e * (dp @ big + big @ tr(dp)))
+    dv = v @ (e * (big @ dp + tr(dp) @ big))
+    if m > sv.shape[-1]:  # the part of dA V outside U's columns
+        rest = t @ v - u @ (tr(u) @ t @ v)
+        du = du + rest / sv.unsqueeze(-2)
+    if n > sv.shape[-1]:
+        rest = tr(t) @ u - v @ (tr(v) @ tr(t) @ u)
+        dv = dv + rest / sv.unsqueeze(-2)
+    return (du, ds, tr(dv))
 
 
 def _gather_last(t, idx, batch):
