@@ -130,6 +130,8 @@ class _Target:
         #: Every call seeded alike: the function draws random numbers that do not change its outputs at the
         #: given inputs (Note [Random forwards]), but may elsewhere.
         self.seeded = False
+        #: ``(leaves, float outputs)`` of a forward with grad at the given inputs, for the reentrancy check.
+        self.graph_run: tuple | None = None
         self.module = func if isinstance(func, torch.nn.Module) else None
         names = _argument_names(func, len(self.inputs))
         leaves: list[Leaf] = []
@@ -1170,6 +1172,8 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
     wanted = tuple(bool(o.requires_grad) for o in floats)
     if any(wanted) and not all(wanted):
         target.keep = wanted
+    # this run's graph serves the reentrancy check next (one call of the function fewer)
+    target.graph_run = (leaves, floats if target.keep is None else [o for o, k in zip(floats, target.keep) if k])
     with torch.no_grad():
         first = run(RANDOM_SEEDS[0])  # as the runs it is compared with: no grad (fused fast paths may differ)
         a = target.flat_output(first).double()
@@ -1217,8 +1221,13 @@ def _reentrant(target: _Target, nondet_tol: float, seed: int, raise_exception: b
     """
     import torch
 
-    leaves = [v.detach().clone().requires_grad_(True) for v in target.values]
-    flat = target.flat_output(target.call(*leaves))
+    run, target.graph_run = target.graph_run, None
+    if run is not None and run[1]:  # the forward _deterministic ran with grad at the given inputs
+        leaves, floats = run
+        flat = torch.cat([o.reshape(-1) for o in floats])
+    else:
+        leaves = [v.detach().clone().requires_grad_(True) for v in target.values]
+        flat = target.flat_output(target.call(*leaves))
     if not flat.requires_grad:
         return True
     rng = np.random.default_rng(seed)
