@@ -130,8 +130,10 @@ class _Target:
         #: Every call seeded alike: the function draws random numbers that do not change its outputs at the
         #: given inputs (Note [Random forwards]), but may elsewhere.
         self.seeded = False
-        #: ``(leaves, float outputs)`` of a forward with grad at the given inputs, for the reentrancy check.
+        #: ``(leaves, float outputs)`` of a forward with grad at the given inputs, for the reentrancy check,
+        #: and those outputs' shapes, for the trace.
         self.graph_run: tuple | None = None
+        self.out_shapes: list[tuple[int, ...]] | None = None
         self.module = func if isinstance(func, torch.nn.Module) else None
         names = _argument_names(func, len(self.inputs))
         leaves: list[Leaf] = []
@@ -758,7 +760,8 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
 
     source = _reference_target(target, reference) if reference is not None else target
     traced = trace(source.call, target.values, target.leaves, key=source.key(),
-                   budget=DERIVATION_BUDGET if reference is None else None, decompose=decompose or reference is not None)
+                   budget=DERIVATION_BUDGET if reference is None else None, decompose=decompose or reference is not None,
+                   out_shapes=target.out_shapes if reference is None else None)
     name = getattr(target.func, "__qualname__", None) or type(target.func).__name__
     import torch
 
@@ -1173,7 +1176,8 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
     if any(wanted) and not all(wanted):
         target.keep = wanted
     # this run's graph serves the reentrancy check next (one call of the function fewer)
-    target.graph_run = (leaves, floats if target.keep is None else [o for o, k in zip(floats, target.keep) if k])
+    kept = floats if target.keep is None else [o for o, k in zip(floats, target.keep) if k]
+    target.graph_run, target.out_shapes = (leaves, kept), [tuple(o.shape) for o in kept]
     with torch.no_grad():
         first = run(RANDOM_SEEDS[0])  # as the runs it is compared with: no grad (fused fast paths may differ)
         a = target.flat_output(first).double()

@@ -1071,10 +1071,12 @@ DECOMPOSE_ROUNDS = 4
 
 
 def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = None,
-          budget: int | None = None, decompose: bool = True) -> Traced | Unsupported:
+          budget: int | None = None, decompose: bool = True,
+          out_shapes: list[tuple[int, ...]] | None = None) -> Traced | Unsupported:
     """Trace ``call(*args)`` (args: the checked leaves' tensors first, in ``leaves`` order).
 
-    ``call`` takes the leaves' tensors as its arguments. With ``key`` (the
+    ``call`` takes the leaves' tensors as its arguments; ``out_shapes``, its floating outputs' shapes at
+    ``args`` where the caller knows them (one call fewer). With ``key`` (the
     function, shapes, dtypes and constant values) the graph is cached. A graph
     whose nodes hold more than ``budget`` elements is not traced again through
     decompositions: the per-element leg would exceed its budget anyway (Note
@@ -1102,10 +1104,10 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     import torch
 
     real = [a.detach().clone() for a in args]
-    with torch.no_grad():
-        out = _flat_outputs(call(*real))
-    floating = [o for o in out if o.is_floating_point()]
-    out_shapes = [tuple(o.shape) for o in floating]
+    if out_shapes is None:  # the caller may know them from its own call at these inputs
+        with torch.no_grad():
+            out = _flat_outputs(call(*real))
+        out_shapes = [tuple(o.shape) for o in out if o.is_floating_point()]
     earlier = _TRACES.get((key, "first")) if decompose and key is not None else None
     if earlier is not None and (not isinstance(earlier, Unsupported) or earlier.deferred):
         gm = earlier.gm  # the first graph, traced by a call that deferred the decompositions
