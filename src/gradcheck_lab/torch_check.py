@@ -1548,6 +1548,8 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
         suspect &= ~disagree  # no component found behind the disagreement: not confirmed
     rows = np.flatnonzero(suspect)
     missing = ", ".join(traced.ops) or traced.reason
+    if any(lf.pairs for lf in target.leaves) or any(op.startswith("view_as_") for op in traced.ops):
+        missing = f"complex numbers, checked as (real, imaginary) pairs (Note [Complex inputs]): {missing}"
     budget_note = ""
     if rows.size and columns is None:
         import torch
