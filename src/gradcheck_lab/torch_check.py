@@ -1556,11 +1556,17 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
 
         rows, columns, budget_note, budget = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(
             target.theta())), seed, len(cots))
-        clock["deadline"] = min(clock["deadline"], time.perf_counter() + 2 * budget)  # twice the estimate at most
-        clock["budget"] = budget
+        # twice the estimate, and at least FALLBACK_DEADLINE_FLOOR: one timed call predicts a loaded machine's
+        # vmapped batches poorly (a 1 s budget cut a 900-component check short under load and passed 1e-6)
+        clock["deadline"] = min(clock["deadline"], time.perf_counter() + max(2 * budget, FALLBACK_DEADLINE_FLOOR))
+        clock["budget"], clock["until"] = budget, time.perf_counter() + budget
     if rows.size:
         sub, got = batch.take(rows), got_all[rows]
-        fd, tol, bad = _fallback_judge(target, traced, model, sub, got, columns, atol, rtol, clock)
+        planned = got_all.shape[1] if columns is None else len(columns)
+        fd, tol, bad, columns = _fallback_judge(target, traced, model, sub, got, columns, atol, rtol, clock)
+        if columns is not None and len(columns) < planned:
+            budget_note += (f"; the time budget ran out after {len(columns)} of {planned} components "
+                            "(Note [Fallback budget])")
         given_bad = bool(disagree[: len(cots)].any()) or bool(bad[rows < len(cots)].any())
         if bad.any() and not given_bad and _outside_torch(traced):
             notes.append(_off_inputs_note(target, bad, got, fd.values, rows - len(cots)))
@@ -1699,13 +1705,14 @@ def _fallback_batch(target, traced, model, cots, points: int, seed: int, forward
 
 
 def _fallback_judge(target, traced, model, sub, got: np.ndarray, columns, atol, rtol, clock=None):
-    """Finite differences of the real function at the suspect rows ``sub``: ``(fd, tol, bad)``, ``bad`` the
-    components whose candidate value ``got`` they confirm wrong.
+    """Finite differences of the real function at the suspect rows ``sub``: ``(fd, tol, bad, columns)``,
+    ``bad`` the components whose candidate value ``got`` they confirm wrong, ``columns`` those differenced
+    (None: all).
 
     The confirmation of a blame gets time of its own (twice the budget again, Note [Fallback budget]):
     with the deadline spent by the estimates, its looks had no values, and a backward of entmax's
     bisection off by 1e-4, which torch fails, passed."""
-    fd = _sharpest(model, sub, columns)
+    fd, columns = _sharpest_in_time(model, sub, columns, got.shape[1], (clock or {}).get("until"))
     if columns is not None:  # components not differenced: the candidate's values set the scale, no estimate
         fd = replace(fd, values=np.where(np.isnan(fd.values), got, fd.values))
     assert fd.error is not None and fd.lower is not None and fd.upper is not None
@@ -1722,10 +1729,41 @@ def _fallback_judge(target, traced, model, sub, got: np.ndarray, columns, atol, 
     bad &= np.isfinite(got) | ~kink.any(axis=0)[None, :]
     if bad.any():
         if clock is not None:
-            clock["deadline"] = max(clock["deadline"], time.perf_counter() + 2 * clock.get("budget",
-                                                                                         FALLBACK_FLOOR_SECONDS))
+            clock["deadline"] = max(clock["deadline"], time.perf_counter() + max(
+                2 * clock.get("budget", FALLBACK_FLOOR_SECONDS), FALLBACK_DEADLINE_FLOOR))
         bad = _fd_confirms(model, sub, bad, got, fd.values, atol, rtol, target.dtype)
-    return fd, tol, bad
+    return fd, tol, bad, columns
+
+
+def _sharpest_in_time(model, batch, columns, p: int, until: float | None):
+    """:func:`_sharpest` over seeded blocks of the components until ``until``: ``(fd, columns done)``.
+
+    Note [Fallback budget]: the plan rests on one timed call, and a loaded machine's vmapped batches cost
+    several times what it predicts (a 900-component check planned at 4 s ran past its deadline and
+    judged nothing). Blocks of an eighth of the components each, in a seeded order, stop once the budget
+    is spent: what was differenced is judged, the rest is counted as not differenced.
+    """
+    if until is None:
+        return _sharpest(model, batch, columns), columns
+    wanted = np.arange(p) if columns is None else np.asarray(columns, dtype=int)
+    order = np.random.default_rng(31).permutation(wanted)
+    size = max(16, -(-len(order) // 8))
+    best = None
+    done: list[int] = []
+    for start in range(0, len(order), size):
+        if done and time.perf_counter() > until:
+            break
+        block = sorted(int(c) for c in order[start : start + size])
+        fd = _sharpest(model, batch, block)
+        if best is not None:
+            mask = np.zeros(p, dtype=bool)
+            mask[block] = True
+            fd = replace(best, **{f: np.where(mask[None, :], getattr(fd, f), getattr(best, f))
+                                  for f in ("values", "error", "lower", "upper", "kink")
+                                  if getattr(best, f) is not None and getattr(fd, f) is not None})
+        best, done = fd, done + block
+    assert best is not None
+    return best, (columns if len(done) == len(wanted) else sorted(done))
 
 
 def _fallback_message(target, traced, model, batch, rows, got, fd, bad, given: int, missing: str,
@@ -1849,6 +1887,9 @@ FALLBACK_SECONDS = 60.0
 #: The fallback's budget as a multiple of torch's own finite differences (``2 p`` calls), at least this many seconds.
 FALLBACK_TORCH_MULTIPLE = 10.0
 FALLBACK_FLOOR_SECONDS = 1.0
+#: Fewest seconds the fallback's calls get before its deadline (Note [Fallback budget]): the budget plans
+#: the work, the deadline only stops a function that is far slower away from the inputs.
+FALLBACK_DEADLINE_FLOOR = 10.0
 
 
 def _within_budget(rows: np.ndarray, p: int, call, seed: int, given: int = 0):
@@ -1884,8 +1925,10 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int, given: int = 0):
     (torchdiffeq's ``adaptive_heun`` adjoint) took 1 ms there and far longer
     at the stencil points around the random points: 736 s for a check
     budgeted at 3 s. So ``FALLBACK_SECONDS`` is also a deadline for the
-    fallback's calls of the function, and twice the budget from the moment
-    it is set: past it a call is not made, its
+    fallback's calls of the function, and twice the budget (at least
+    ``FALLBACK_DEADLINE_FLOOR``, 10 s: under load a 1 s budget cut a
+    900-component check short, and a backward off by 1e-6 passed) from the
+    moment it is set: past it a call is not made, its
     estimate is missing (not judged) and the warning says how many. A single
     call that never returns cannot be interrupted.
     """
