@@ -196,3 +196,24 @@ def test_gradcheck_lab_flag_from_addopts_and_under_xdist(pytester):
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=6, failed=1)
     result.stdout.re_match_lines([r"gradcheck_lab: 6 gradchecks routed, 2 failed .*"])
+
+
+def test_a_tests_folder_that_shadows_the_standard_librarys_profile_keeps_the_trace(pytester):
+    # pytorch_wavelets' tests folder holds a profile.py: make_fx's lazy import of cProfile found it, and
+    # every routed call lost its symbolic leg ("module 'profile' has no attribute 'run'")
+    tests = pytester.mkdir("tests")
+    (tests / "profile.py").write_text("PROFILE = 'the suite own helper'\n")
+    (tests / "test_shadow.py").write_text('''
+import warnings
+
+import torch
+
+
+def test_traced():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a missing symbolic leg warns
+        assert torch.autograd.gradcheck(lambda t: t.sin() * t, (x,))
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--gradcheck-lab", "tests")
+    result.assert_outcomes(passed=1)
