@@ -1756,11 +1756,9 @@ def _sharpest_in_time(model, batch, columns, p: int, until: float | None):
         block = sorted(int(c) for c in order[start : start + size])
         fd = _sharpest(model, batch, block)
         if best is not None:
-            mask = np.zeros(p, dtype=bool)
-            mask[block] = True
-            fd = replace(best, **{f: np.where(mask[None, :], getattr(fd, f), getattr(best, f))
-                                  for f in ("values", "error", "lower", "upper", "kink")
-                                  if getattr(best, f) is not None and getattr(fd, f) is not None})
+            mask = np.zeros((1, p), dtype=bool)
+            mask[0, block] = True
+            fd = _take(best, fd, mask, ("values", "error", "lower", "upper", "kink"))
         best, done = fd, done + block
     assert best is not None
     return best, (columns if len(done) == len(wanted) else sorted(done))
@@ -1979,9 +1977,14 @@ def _sharpest(model, batch, columns=None):
             take = np.isfinite(other.error) & ~(best.error <= other.error)
         if best.kink is not None and other.kink is not None:
             take &= best.kink == other.kink  # a kink's one-sided bounds come from one ladder
-        best = replace(best, **{f: np.where(take, getattr(other, f), getattr(best, f))
-                                for f in ("values", "error", "lower", "upper") if getattr(best, f) is not None})
+        best = _take(best, other, take, ("values", "error", "lower", "upper"))
     return best
+
+
+def _take(best, other, mask: np.ndarray, fields: Sequence[str]):
+    """``best`` with ``other``'s estimates where ``mask`` holds (fields either lacks are left alone)."""
+    return replace(best, **{f: np.where(mask, getattr(other, f), getattr(best, f)) for f in fields
+                            if getattr(best, f) is not None and getattr(other, f) is not None})
 
 
 def _runs(target: _Target, tensors: list, n_out: int) -> bool:

@@ -799,6 +799,15 @@ def _special(target, args, kwargs, tangents_of, batch, value):
     raise Uncovered(_overload(target))
 
 
+def _inverse_gaps(w):
+    """``F_ij = 1 / (w_j - w_i)`` off the diagonal, 0 on it (a repeated value gives inf off it)."""
+    import torch
+
+    gap = w.unsqueeze(-2) - w.unsqueeze(-1)
+    eye = torch.eye(w.shape[-1], dtype=torch.bool)
+    return torch.where(eye, torch.zeros_like(gap), 1.0 / torch.where(eye, torch.ones_like(gap), gap))
+
+
 def _symmetric_part(t, lower: bool):
     """The tangent of the symmetric matrix a factorization reads from one triangle of its argument."""
     tri = t.tril() if lower else t.triu()
@@ -837,14 +846,12 @@ def _factorization(name: str, bound: dict, a, t, value):
             w, v = torch.linalg.eigh(_symmetric_part(a, lower))
         inner = tr(v) @ ds @ v
         dw = inner.diagonal(dim1=-2, dim2=-1)
-        gap = w.unsqueeze(-2) - w.unsqueeze(-1)  # w_j - w_i
-        eye = torch.eye(w.shape[-1], dtype=torch.bool)
-        f = torch.where(eye, torch.zeros_like(gap), 1.0 / torch.where(eye, torch.ones_like(gap), gap))
-        dv = v @ (f * inner) if value[1].numel() else None
+        dv = v @ (_inverse_gaps(w) * inner) if value[1].numel() else None
         return (dw, dv)
     q, r = value
     m, n = a.shape[-2], a.shape[-1]
-    if m < n or str(bound.get("mode", "reduced")) not in ("reduced",) and m != n:
+    mode = str(bound.get("mode", "reduced"))
+    if m < n or (mode != "reduced" and m != n):
         raise Uncovered(f"linalg_qr with mode={bound.get('mode')!r} on a {m}x{n} matrix")
     if q.numel() == 0:
         raise Uncovered("linalg_qr with mode='r'")
@@ -882,10 +889,7 @@ def _svd(bound: dict, a, t, value):
     ds = dp.diagonal(dim1=-2, dim2=-1)
     if not with_uv:
         return (None, ds, None)
-    s2 = sv * sv
-    gap = s2.unsqueeze(-2) - s2.unsqueeze(-1)  # s_j^2 - s_i^2
-    eye = torch.eye(sv.shape[-1], dtype=torch.bool)
-    e = torch.where(eye, torch.zeros_like(gap), 1.0 / torch.where(eye, torch.ones_like(gap), gap))
+    e = _inverse_gaps(sv * sv)
     big = torch.diag_embed(sv)
     du = u @ (e * (dp @ big + big @ tr(dp)))
     dv = v @ (e * (big @ dp + tr(dp) @ big))
