@@ -56,10 +56,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["agrees", "CANDIDATE_ROUNDING", "ENGINE_ROUNDING", "CANCELLATION", "FULL_JACOBIAN", "PROJECTIONS", "ABSOLUTE_SECONDS"]
+__all__ = ["agrees", "Disagreement", "Fault", "proven_fault", "REFEREE_COMPONENTS", "REFEREE_SECONDS", "CANDIDATE_ROUNDING", "ENGINE_ROUNDING", "CANCELLATION", "FULL_JACOBIAN", "PROJECTIONS", "ABSOLUTE_SECONDS"]
 
 #: Multiple of the candidate dtype's eps within which a backward agrees with the symbolic leg (Note [Agreement first]).
 CANDIDATE_ROUNDING = 256.0
@@ -76,15 +77,41 @@ CANCELLATION = 4.0
 ABSOLUTE_SECONDS = 0.25
 
 
+@dataclass
+class Disagreement:
+    """Where the tensor-level legs disagreed (what the tensor referee re-derives, Note [Tensor referee])."""
+
+    row: int  # index into the rows checked (0: the given inputs)
+    leaves: Sequence  # that row's tensors
+    cotangents: np.ndarray  # (k, n_out)
+    directions: np.ndarray | None  # (n_in, P): the row was checked along these projections; None: per component
+    candidate: np.ndarray  # (k, n_in or P): the user's backward, projected like the others
+    symbolic: np.ndarray  # the tensor-level symbolic leg's values
+    scale: np.ndarray  # the rounding scale the tolerance used there
+    deviation: np.ndarray  # |symbolic - autograd|: the chain's cancellation
+    raw: np.ndarray | None = None  # (k, n_in): the user's backward before projection (with ``directions``)
+    point: int | None = None  # the caller's number of the random point (None: the given inputs)
+    probe: np.ndarray | None = None  # the perturbation probe, once computed (:func:`_model_tolerance`)
+
+    def worst(self, tol: np.ndarray, limit: int) -> list[tuple[int, int]]:
+        """Up to ``limit`` components ``(cotangent, column)`` furthest outside ``tol``, worst first."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.abs(self.candidate - self.symbolic) / tol
+        ratio = np.where(np.isfinite(ratio), ratio, 0.0)
+        order = np.argsort(-ratio, axis=None)[:limit]
+        return [(int(k // ratio.shape[1]), int(k % ratio.shape[1])) for k in order if ratio.flat[k] > 1.0]
+
+
 def agrees(target, graph, rows: Sequence[Sequence], cotangents: Sequence[np.ndarray],
            atol: float | None = None, rtol: float | None = None, fast: bool = False,
-           skipped: list[int] | None = None) -> bool:
+           skipped: list[int] | None = None, found: list[Disagreement] | None = None) -> bool:
     """Whether the user's backward agrees with both float64 legs at every row of leaf tensors and its cotangents.
 
     ``rows[i]`` holds the leaves' tensors (the inputs' dtype) and ``cotangents[i]`` a matrix ``(k, n_out)``.
     ``atol``/``rtol``, when given, must hold too (``|g - sym| + |sym - auto| <= atol + rtol |sym|``).
     Rows past the first where the user's backward is not finite are not judged; their indices go to
-    ``skipped`` (Note [NaN off the inputs] in torch_check.py).
+    ``skipped`` (Note [NaN off the inputs] in torch_check.py). Where the legs disagree (all finite),
+    ``found`` gets where (:class:`Disagreement`).
     """
     eps = float(np.finfo(np.float32 if target.dtype == "float32" else np.float64).eps)
     rng = np.random.default_rng(20261205)
@@ -94,6 +121,11 @@ def agrees(target, graph, rows: Sequence[Sequence], cotangents: Sequence[np.ndar
         full = n_in <= FULL_JACOBIAN or (k == 0 and not fast)
         dirs = None if full else rng.choice([-1.0, 1.0], size=(n_in, PROJECTIONS))
         verdict = _row_agrees(target, graph, row, cots, dirs, eps, atol, rtol)
+        if isinstance(verdict, Disagreement):
+            if found is not None:
+                verdict.row = k
+                found.append(verdict)
+            return False
         if verdict is None and k > 0 and skipped is not None:
             skipped.append(k)
         elif not verdict:
@@ -101,9 +133,9 @@ def agrees(target, graph, rows: Sequence[Sequence], cotangents: Sequence[np.ndar
     return True
 
 
-def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rtol) -> bool | None:
+def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rtol) -> bool | None | Disagreement:
     """One row: every component of ``c^T J`` (``dirs`` None), or its projections on the columns of ``dirs``;
-    None where the user's backward is not finite."""
+    None where the user's backward is not finite; a :class:`Disagreement` where the finite legs disagree."""
     from .engines import tensor
 
     cand, finite_forward = _backward(target, row, cots)
@@ -122,6 +154,7 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
         if jv.shape[0] != cots.shape[1] or not np.isfinite(jv).all():
             return False
         sym = cots @ jv
+    raw = cand
     if dirs is not None:  # the scale of a projection: the candidate's own components (Note [Agreement first])
         scale = np.abs(cand) @ np.abs(dirs)
         cand = cand @ dirs
@@ -136,13 +169,47 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
         auto = auto @ dirs
     if _within(cand, sym, auto, size, eps, atol, rtol):
         return True
-    if dirs is not None or time.perf_counter() - start > ABSOLUTE_SECONDS:
-        return False
-    try:  # Note [Absolute chain] (engines/tensor.py): the rounding scale of a chain that cancels
-        chain = tensor.absolute_products(graph, row, cots)
-    except tensor.Uncovered:
-        return False
-    return bool(np.isfinite(chain).all()) and _within(cand, sym, auto, chain + np.abs(sym), eps, atol, rtol)
+    found = Disagreement(0, row, cots, dirs, cand, sym, size, np.abs(sym - auto), raw if dirs is not None else None)
+    if dirs is None and time.perf_counter() - start <= ABSOLUTE_SECONDS:
+        try:  # Note [Absolute chain] (engines/tensor.py): the rounding scale of a chain that cancels
+            chain = tensor.absolute_products(graph, row, cots)
+        except tensor.Uncovered:
+            chain = None
+        if chain is not None and np.isfinite(chain).all():
+            found.scale = np.maximum(size, chain + np.abs(sym))
+            if _within(cand, sym, auto, chain + np.abs(sym), eps, atol, rtol):
+                return True
+    return True if _within_model(target.dtype, graph, found, atol, rtol) else found
+
+
+def _within_model(dtype: str, graph, found: Disagreement, atol, rtol) -> bool:
+    """Note [Tolerance model] at tensor level: the candidate within the per-element path's tolerance of the
+    symbolic value (:func:`_model_tolerance`), and the float64 legs within their rounding at that scale."""
+    eps64 = float(np.finfo(np.float64).eps)
+    tol, scale = _model_tolerance(graph, found, dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        if not (found.deviation <= ENGINE_ROUNDING * eps64 * (scale + scale.max(axis=-1, keepdims=True))).all():
+            return False
+        if not (np.abs(found.candidate - found.symbolic) <= tol).all():
+            return False
+        return (atol is None and rtol is None) or bool((np.abs(found.candidate - found.symbolic) + found.deviation
+                                                        <= (atol or 0.0) + (rtol or 0.0) * np.abs(found.symbolic)).all())
+
+
+def _model_tolerance(graph, found: Disagreement, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(tolerance, M)`` of the candidate per component, as Note [Tolerance model] derives it: ``SAFETY *
+    (eps * M + tiny)``, ``M`` the largest of the row's rounding scales (normwise, as the per-element path
+    judges) and the perturbation probe (how far the gradient moves when the inputs move by their rounding:
+    a backward that computes a cancelling formula is judged by that), plus ``CANCELLATION`` times the
+    float64 legs' difference scaled to the dtype."""
+    from .tolerance import EPS, SAFETY, TINY
+
+    eps, eps64 = EPS[dtype], EPS["float64"]
+    if found.probe is None:
+        found.probe = _perturbation_probe(graph, found)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = np.maximum(np.maximum(found.scale, found.scale.max(axis=-1, keepdims=True)), found.probe)
+        return SAFETY[dtype] * (eps * scale + TINY[dtype]) + CANCELLATION * (eps / eps64) * found.deviation, scale
 
 
 def _within(cand, sym, auto, size, eps: float, atol, rtol) -> bool:
@@ -200,3 +267,103 @@ def _vjps(flat, leaves, cots: np.ndarray) -> np.ndarray:
         out[k] = np.concatenate([(g if g is not None else torch.zeros_like(t)).detach().double().cpu().numpy().ravel()
                                  for g, t in zip(grads, leaves)])
     return out
+
+
+#: Components of a disagreement the tensor referee re-derives, the worst first (Note [Tensor referee]).
+REFEREE_COMPONENTS = 4
+#: Seconds the tensor referee may take; past them, what it has not proven is not judged.
+REFEREE_SECONDS = 10.0
+
+
+@dataclass
+class Fault:
+    """A component of the user's backward proven wrong by the tensor referee."""
+
+    cotangent: np.ndarray  # (n_out,)
+    column: int  # the leaf component (``direction`` None) or the projection's index
+    direction: np.ndarray | None  # the +-1 direction of a projection
+    candidate: float
+    exact: float  # the float64 nearest the exact value
+    lo: float  # proven bounds of the exact value
+    hi: float
+    tolerance: float  # what the candidate's own rounding allows there
+    symbolic: float  # the tensor-level symbolic leg's value
+    bits: int
+    proven: int  # components proven wrong, of
+    checked: int  # the components the referee was given
+
+
+def proven_fault(elements, graph, found: Disagreement, dtype: str, atol=None, rtol=None,
+                 seconds: float = REFEREE_SECONDS) -> Fault | None:
+    """The worst component of ``found`` that the tensor referee proves wrong, or None (Note [Tensor referee]).
+
+    ``elements`` is the per-element graph (torch_graph.Traced) of the function, ``graph`` the tensor-level
+    engine's. A component is wrong when the candidate lies outside the proven enclosure of the exact value
+    by more than its own rounding allows (:func:`_model_tolerance`); with ``atol``/``rtol``, by more than
+    ``atol + rtol |exact|``.
+    """
+    from .engines import tensor_referee
+    from .engines.referee import CERTIFIED
+    from .tolerance import EPS
+
+    eps64 = EPS["float64"]
+    tol, _ = _model_tolerance(graph, found, dtype)
+    comps = found.worst(tol, REFEREE_COMPONENTS)
+    if not comps:
+        return None
+    n_in = sum(math.prod(t.shape) for t in found.leaves)
+    rows, cols = sorted({i for i, _ in comps}), sorted({j for _, j in comps})
+    if found.directions is None:
+        dirs = np.zeros((n_in, len(cols)))
+        dirs[cols, np.arange(len(cols))] = 1.0
+    else:
+        dirs = found.directions[:, cols]
+    values = [t.detach().double().cpu().numpy() for t in found.leaves]
+    exact = tensor_referee.prove(elements, values, found.cotangents[rows], dirs, need=tol[np.ix_(rows, cols)] / 4,
+                                 deadline=time.perf_counter() + seconds)
+    faults = []
+    for i, j in comps:
+        k = rows.index(i) * len(cols) + cols.index(j)
+        if exact.status[0, k] != CERTIFIED:
+            continue
+        lo, hi = float(exact.lo[0, k]), float(exact.hi[0, k])
+        g, allowed = float(found.candidate[i, j]), float(tol[i, j])
+        if found.raw is not None and found.directions is not None:  # the projection summed exactly, rounded once
+            g = math.fsum((found.raw[i] * found.directions[:, j]).tolist())
+            allowed += eps64 * abs(g)
+        if atol is not None or rtol is not None:
+            allowed = (atol or 0.0) + (rtol or 0.0) * max(abs(lo), abs(hi))
+        gap = max(lo - g, g - hi)
+        if gap > allowed:
+            faults.append((gap / allowed if allowed > 0 else math.inf, Fault(
+                found.cotangents[i], j, None if found.directions is None else found.directions[:, j], g,
+                float(exact.value[0, k]), lo, hi, allowed, float(found.symbolic[i, j]), int(exact.bits[0]), 0,
+                len(comps))))
+    if not faults:
+        return None
+    worst = max(faults, key=lambda f: f[0])[1]
+    worst.proven = len(faults)
+    return worst
+
+
+def _perturbation_probe(graph, found: Disagreement) -> np.ndarray:
+    """Note [Tolerance model]'s perturbation probe at tensor level: ``max_r |g(z (1 + d_r)) - g(z)| / delta``
+    over the row's components, by the symbolic leg, with ``d_r`` uniform in ``[-delta, delta]`` per input."""
+    import torch
+
+    from .engines import tensor
+    from .tolerance import PROBE_DELTA, PROBE_SAMPLES, PROBE_SEED
+
+    rng = np.random.default_rng(PROBE_SEED)
+    row = [t.detach().to("cpu", torch.float64) for t in found.leaves]
+    probe = np.zeros_like(found.symbolic)
+    for _ in range(PROBE_SAMPLES):
+        moved = [t * (1 + torch.from_numpy(rng.uniform(-PROBE_DELTA, PROBE_DELTA, tuple(t.shape)))) for t in row]
+        if found.directions is None:
+            sym, _ = tensor.cotangent_products(graph, moved, found.cotangents)
+        else:
+            sym = found.cotangents @ tensor.directional(graph, moved, found.directions)
+        with np.errstate(invalid="ignore", over="ignore"):
+            step = np.abs(sym - found.symbolic) / PROBE_DELTA
+        probe = np.maximum(probe, np.where(np.isfinite(step), step, 0.0))
+    return probe

@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from . import tensor_check
 from .errors import GradcheckError, GradientMismatch, UsageError
 from .torch_graph import (
     DROPIN_BLOCK,
@@ -663,21 +664,24 @@ def gradcheck(
         masked=bool(masked), raise_exception=raise_exception,
     )
     skipped: list[int] = []
+    found: list = []
     if check_backward_ad and not check_forward_ad and _tensor_leg(target, traced, fid, points, seed, fast_mode, atol,
-                                                                  rtol, skipped):
+                                                                  rtol, skipped, found):
         _refused_warning(fid.refused, points)
         _nan_warning(skipped, points)
         return _structural("gradcheck", target.call, target.values, func, **structural)
     return _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed, fast_mode,
-                   check_backward_ad, check_forward_ad, structural)
+                   check_backward_ad, check_forward_ad, structural, found)
 
 
 def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed, fast_mode,
-            check_backward_ad, check_forward_ad, structural) -> bool:
+            check_backward_ad, check_forward_ad, structural, found=()) -> bool:
     """The full path, where the tensor leg did not pass the call: the per-element symbolic and referee legs
-    on a faithful graph, else finite differences of the real function (``_fallback``)."""
+    on a faithful graph, else the tensor referee on the tensor leg's disagreement (``found``) and finite
+    differences of the real function (``_fallback``)."""
     if isinstance(traced, Unsupported) and traced.deferred:  # Note [Decompositions on demand]
-        traced, fid = _truth(target, points, seed, None, raise_exception)
+        # where the legs disagreed, decomposed however large: the tensor referee reads the per-element graph
+        traced, fid = _truth(target, points, seed, None, raise_exception, unbounded=bool(found))
     if not isinstance(traced, Unsupported) and check_backward_ad and _nonfinite_backward(target, [target.theta()],
                                                                                          [], seed):
         # Note [NaN at the inputs]
@@ -700,9 +704,34 @@ def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points,
             reason = (f"internal failure of the symbolic leg: {type(exc).__name__}: "
                       f"{str(exc).splitlines()[0][:120] if str(exc) else ''}")
             traced = Unsupported([], target.leaves, traced.out_shapes, reason)
+    elif traced.elements is not None and traced.tensor is not None and found and check_backward_ad:
+        fault = tensor_check.proven_fault(traced.elements, traced.tensor, found[0], target.dtype, atol, rtol)
+        if fault is not None:
+            return _fail(_proven_message(target, traced, found[0], fault), None, raise_exception)
     if not _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad):
         return False
     return _structural("gradcheck", target.call, target.values, func, **structural)
+
+
+def _proven_message(target, traced, found, fault) -> str:
+    """The failure message of the tensor referee (Note [Tensor referee]): the component, the candidate, the
+    proven exact value, and what the candidate's rounding allows."""
+    labels = [leaf.element(k) for leaf in traced.leaves for k in range(math.prod(leaf.shape))]
+    wrt = (f"d[{labels[fault.column]}]" if fault.direction is None else
+           f"d[the inputs along random direction {fault.column} (+-1 in each of {len(labels)} components)]")
+    where = "at the given inputs" if found.point is None else f"at random point {found.point} around the inputs"
+    size = max(abs(fault.exact), abs(fault.candidate))
+    rel = f"{abs(fault.candidate - fault.exact) / size:.1e} relative" if size > 0 else "absolute"
+    return (
+        f"gradcheck_lab.gradcheck: the backward of {getattr(target.func, '__qualname__', type(target.func).__name__)} "
+        f"is wrong.\n"
+        f"  d[{_describe_cotangent(traced, fault.cotangent)}] / {wrt} {where}: backward gives {fault.candidate:.12g}, "
+        f"the exact value is {fault.exact:.12g} (proven in ball arithmetic at {fault.bits} bits to lie in "
+        f"[{fault.lo!r}, {fault.hi!r}]; the tensor-level symbolic leg gives {fault.symbolic:.12g}).\n"
+        f"  At fault: backward (candidate), off by {abs(fault.candidate - fault.exact):.2g} ({rel}) where its own "
+        f"rounding allows {fault.tolerance:.2g}. The tensor referee (Note [Tensor referee]) proved {fault.proven} of "
+        f"the {fault.checked} component(s) it was given wrong; the per-element legs were skipped: {traced.reason}."
+    )
 
 
 def _user_code_raised(exc: BaseException) -> bool:
@@ -748,19 +777,22 @@ def _traced_check(target, traced, fid, func, eps, atol, rtol, raise_exception, p
     return _structural("gradcheck", target.call, target.values, func, **structural)
 
 
-def _truth(target: _Target, points: int, seed: int, reference, raise_exception: bool, decompose: bool = True):
+def _truth(target: _Target, points: int, seed: int, reference, raise_exception: bool, decompose: bool = True,
+           unbounded: bool = False):
     """The traced graph shown to be the function (Note [Trace fidelity]), or Unsupported with why not.
 
     With ``reference`` the graph is the reference's, and it must agree with
     ``func`` first; ``(None, _)`` when it does not and ``raise_exception`` is False.
     ``decompose=False``: torch's decompositions for the per-element leg are left for later (Note
-    [Decompositions on demand] in torch_graph.py).
+    [Decompositions on demand] in torch_graph.py). ``unbounded``: decomposed beyond the derivation budget,
+    for the tensor referee (Note [Tensor referee]).
     """
     from . import fidelity
 
     source = _reference_target(target, reference) if reference is not None else target
     traced = trace(source.call, target.values, target.leaves, key=source.key(),
-                   budget=DERIVATION_BUDGET if reference is None else None, decompose=decompose or reference is not None,
+                   budget=DERIVATION_BUDGET if reference is None and not unbounded else None,
+                   decompose=decompose or reference is not None,
                    out_shapes=target.out_shapes if reference is None else None)
     name = getattr(target.func, "__qualname__", None) or type(target.func).__name__
     import torch
@@ -825,7 +857,7 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
         reason = (f"the graph needs {work:,} element operations, beyond the per-element symbolic leg's budget of "
                   f"{DERIVATION_BUDGET:,} (Note [Derivation budget])")
         return Unsupported([], target.leaves, traced.out_shapes, reason, list(_graph_targets(traced)),
-                           tensor=traced.tensor, tensor_reason=traced.tensor_reason), fid
+                           tensor=traced.tensor, tensor_reason=traced.tensor_reason, elements=traced), fid
     return traced, fid
 
 
@@ -857,16 +889,15 @@ def _random_points(target: _Target, traced, n: int, seed: int) -> tuple[np.ndarr
 
 
 def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode: bool, atol, rtol,
-                skipped: list[int]) -> bool:
+                skipped: list[int], found: list) -> bool:
     """Note [Agreement first] (tensor_check.py): True when the tensor-level legs agree everywhere.
 
-    ``skipped`` gets the random points where the user's backward is not finite (Note [NaN off the inputs])."""
+    ``skipped`` gets the random points where the user's backward is not finite (Note [NaN off the inputs]);
+    ``found``, where the legs disagreed (tensor_check.Disagreement)."""
     graph = getattr(traced, "tensor", None)
     if graph is None:
         return False
     import torch
-
-    from . import tensor_check
 
     dt = getattr(torch, target.dtype)
     rows = [target.values]
@@ -882,10 +913,12 @@ def _tensor_leg(target: _Target, traced, fid, points: int, seed: int, fast_mode:
             index.append(i)
     nan: list[int] = []
     try:
-        ok = tensor_check.agrees(target, graph, rows, cots, atol, rtol, fast=fast_mode, skipped=nan)
+        ok = tensor_check.agrees(target, graph, rows, cots, atol, rtol, fast=fast_mode, skipped=nan, found=found)
     except Exception:  # noqa: BLE001 - an uncovered case or the user's code at our points: the full path decides
         return False
     skipped.extend(index[k - 1] for k in nan)
+    for f in found:
+        f.point = None if f.row == 0 else index[f.row - 1]
     return ok
 
 

@@ -271,6 +271,9 @@ def _where1(ops, c, a, b):
     d = c.d
     if _is_number(d):
         return a if _PY_CMP[c.op](d, 0) else b
+    choose = getattr(ops, "choose", None)
+    if choose is not None:  # the tensor referee's balls decide it (Note [Tensor referee])
+        return choose(c.op, d, a, b)
     name = getattr(ops, "name", "")
     if name == "sympy":
         return _piecewise(d, 0, c.op, a, b)
@@ -991,6 +994,8 @@ class Unsupported:
     gm: Any = None  # the traced graph, where tracing succeeded
     outside: bool = False  # the forward was shown to leave torch (tracing failed, or the graph is not the function)
     deferred: bool = False  # torch's decompositions not tried yet (Note [Decompositions on demand])
+    #: The per-element graph where only the derivation budget stood in the way: the tensor referee reads it.
+    elements: Any = None
 
     @property
     def n_out(self) -> int:
@@ -1321,14 +1326,20 @@ def _indices_used(gm) -> list[str]:
 # ---------------------------------------------------------------- interpretation
 
 
-def interpret(traced: Traced, ops, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Run the graph on ``ops`` with the leaves as object arrays; the floating outputs."""
+def interpret(traced: Traced, ops, inputs: list[np.ndarray], deadline: float | None = None) -> list[np.ndarray]:
+    """Run the graph on ``ops`` with the leaves as object arrays; the floating outputs.
+
+    ``deadline`` (a :func:`time.perf_counter` value): TimeoutError between nodes once it has passed."""
+    import time
+
     import torch
 
     env: dict = {}
     placeholders = iter(inputs)
     result = None
     for node in traced.gm.graph.nodes:
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TimeoutError("the graph's interpretation ran past its deadline")
         if node.op == "placeholder":
             env[node.name] = next(placeholders)
         elif node.name in traced.consts:

@@ -671,33 +671,65 @@ def _build_consts(consts, arb):
     return tuple(out)
 
 
+def _generate(assignments, outputs, inputs, label: str):
+    """``(function, constants)``: a CSE program over ``inputs`` compiled to one Python function over balls.
+
+    The function takes the inputs' balls and the constants' balls (``_K``, built per precision by
+    :func:`_build_consts`) and returns the outputs (balls, or a :class:`_Bad`).
+    """
+    import sympy as sp
+
+    names = {s: f"a{i}" for i, s in enumerate(inputs)}
+    for k, (sym, _) in enumerate(assignments):
+        names[sym] = f"c{k}"
+    pr = _Printer(names)
+    pr.const(sp.Integer(1))
+    lines = [f"def _program({''.join(names[s] + ', ' for s in inputs)}_K):"]
+    for sym, expr in assignments:
+        lines.append(f"    {names[sym]} = {pr(expr)}")
+        pr.inline[sym] = substitute(expr, pr.inline)
+    lines.append("    return (" + "".join(f"{pr(o)}, " for o in outputs) + ")")
+    source = "\n".join(lines).replace("_K1", "_K[0]")
+    namespace: dict[str, Any] = dict(_RUNTIME)  # exec's globals: the program's runtime
+    for name in pr.funcs | {"sqrt", "exp"}:
+        namespace[f"_F_{name}"] = FUNCTIONS[name]
+    # The source is generated from our own derived expressions (never a user string),
+    # as sympy.lambdify does.
+    exec(compile(source, f"<referee {label}>", "exec"), namespace)  # noqa: S102
+    return namespace["_program"], pr.consts
+
+
+class Rule:
+    """A few SymPy expressions of a few symbols, compiled to one function over balls (the referee's printer).
+
+    ``Rule([f, df], [z], "tanh")(ball)`` is ``(f, df)`` at the ball, at the working precision
+    (``flint.ctx.prec``); a domain violation is a :class:`_Bad` value, a condition exactly on its
+    boundary is settled locally (Note [Ties]: equal sides give their value, else a kink).
+    """
+
+    def __init__(self, exprs, symbols, label: str):
+        self.fn, self._consts = _generate([], exprs, symbols, label)
+        self._by_prec: dict[int, tuple] = {}
+
+    def __call__(self, *args):
+        from flint import ctx
+
+        prec = ctx.prec
+        if prec not in self._by_prec:
+            self._by_prec[prec] = _build_consts(self._consts, _arb())
+        try:
+            return self.fn(*args, self._by_prec[prec])
+        finally:
+            _PENDING.clear()
+
+
 class _Compiled:
     """The derivative program compiled to one Python function over balls."""
 
     def __init__(self, model: Model):
-        import sympy as sp
-
         assignments, outputs = derivative_program(model)
         th, da = model.symbols()
-        names = {s: f"a{i}" for i, s in enumerate([*th, *da])}
-        for k, (sym, _) in enumerate(assignments):
-            names[sym] = f"c{k}"
-        pr = _Printer(names)
-        pr.const(sp.Integer(1))
-        lines = [f"def _program({', '.join(names[s] for s in [*th, *da])}, _K):"]
-        for sym, expr in assignments:
-            lines.append(f"    {names[sym]} = {pr(expr)}")
-            pr.inline[sym] = substitute(expr, pr.inline)
-        lines.append("    return (" + "".join(f"{pr(o)}, " for o in outputs) + ")")
-        self.source = "\n".join(lines).replace("_K1", "_K[0]")
-        namespace: dict[str, Any] = dict(_RUNTIME)  # exec's globals: the program's runtime
-        for name in pr.funcs | {"sqrt", "exp"}:
-            namespace[f"_F_{name}"] = FUNCTIONS[name]
-        # The source is generated from our own derived expression (never a user string),
-        # as sympy.lambdify does.
-        exec(compile(self.source, f"<referee {model.name}>", "exec"), namespace)  # noqa: S102
-        self.fn = namespace["_program"]
-        self.consts = pr.consts
+        self.fn, self.consts = _generate(assignments, outputs, [*th, *da], model.name)
         self._by_prec: dict[int, tuple] = {}
         self.n_outputs = len(outputs)
 
