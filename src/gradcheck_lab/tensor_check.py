@@ -35,12 +35,20 @@ scale, ``s`` is replaced by the absolute chain ``|c| |J_n| ... |J_1|`` (Note
 [Absolute chain] in engines/tensor.py), the rounding scale of a chain that
 cancels, and the same tolerances are tried once more (where the row's
 products took under ``ABSOLUTE_SECONDS``: the chain costs as much again).
-Any disagreement, non-finite value or op the rules do not cover
-sends the call to the per-element path (the referee proves who is wrong,
-Note [Verdict]) or, where that would exceed its budget, to finite
-differences of the real function with their error bars: this leg only ever
-*passes* a call, so it never raises a false alarm of its own, and a verdict
-of failure is always the full pipeline's.
+Failing that, the candidate is judged as the per-element path would
+judge it (Note [Tolerance model]: ``SAFETY * (eps * M + tiny)`` with ``M``
+normwise over the row and at least the perturbation probe, how far the
+gradient moves when the inputs move by their rounding; :func:`_model_tolerance`),
+so a backward that computes a cancelling formula in float32 passes as its
+conditioning allows instead of waiting on finite differences (200 s for a
+32x512 variance around 1000). Any remaining disagreement, non-finite
+value or op the rules do not cover sends the call to the per-element path
+(the referee proves who is wrong, Note [Verdict]) or, where that would
+exceed its budget, to the tensor referee (:func:`proven_fault`, Note
+[Tensor referee]) and then to finite differences of the real function with
+their error bars: these legs only ever *pass* a call, so they never raise a
+false alarm of their own, and a verdict of failure is always a proof's or
+confirmed finite differences'.
 
 Which components: every component of ``c^T J`` at the given inputs and at
 random points of up to ``FULL_JACOBIAN`` components (``C J`` computed a
