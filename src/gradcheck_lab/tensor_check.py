@@ -80,8 +80,9 @@ FULL_JACOBIAN = 256
 PROJECTIONS = 4
 #: Multiple of the float64 legs' difference, scaled to the candidate's dtype, added to its tolerance.
 CANCELLATION = 4.0
-#: Seconds a row's symbolic products may have taken for the absolute chain to be tried there: it costs as
-#: much again (kornia's CLAHE, 2.5 s a row, took 23 s where the full path decides in 3 s).
+#: Seconds a row's symbolic products may have taken for the absolute chain and the perturbation probe to be
+#: tried there: each costs as much again (kornia's CLAHE, 2.5 s a row, took 23 s where the full path decides
+#: in 3 s).
 ABSOLUTE_SECONDS = 0.25
 
 
@@ -178,7 +179,9 @@ def _row_agrees(target, graph, row, cots: np.ndarray, dirs, eps: float, atol, rt
     if _within(cand, sym, auto, size, eps, atol, rtol):
         return True
     found = Disagreement(0, row, cots, dirs, cand, sym, size, np.abs(sym - auto), raw if dirs is not None else None)
-    if dirs is None and time.perf_counter() - start <= ABSOLUTE_SECONDS:
+    if time.perf_counter() - start > ABSOLUTE_SECONDS:
+        return found  # the chain and the probes each cost as much again: the full path decides
+    if dirs is None:
         try:  # Note [Absolute chain] (engines/tensor.py): the rounding scale of a chain that cancels
             chain = tensor.absolute_products(graph, row, cots)
         except tensor.Uncovered:
