@@ -175,6 +175,48 @@ def test_forward_mode_ad_against_the_symbolic_directional_derivative():
         gradcheck(_ExpWrongJvp.apply, (x,), check_forward_ad=True, check_backward_ad=False)
 
 
+def _numpy_sin(backward_error: float, jvp_error: float):
+    """sin computed by NumPy (outside torch: the fallback judges it), with a backward and a JVP."""
+
+    class NpSin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            ctx.save_for_forward(x)
+            return torch.from_numpy(np.sin(x.detach().numpy()))
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return g * x.cos() * (1 + backward_error)
+
+        @staticmethod
+        def jvp(ctx, t):
+            (x,) = ctx.saved_tensors
+            return t * x.cos() * (1 + jvp_error)
+
+    return NpSin.apply
+
+
+def test_check_forward_ad_checks_the_backward_too_outside_torch():
+    # as torch's: with check_forward_ad=True the backward is still checked (the fallback checked the JVP only,
+    # and a backward of roma's procrustes off by 1e-6 passed)
+    x = _t(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # symbolic and referee legs missing: NumPy
+        assert gradcheck(_numpy_sin(0.0, 0.0), (x,), check_forward_ad=True) is True
+        with pytest.raises(GradientMismatch, match="the backward of"):
+            gradcheck(_numpy_sin(1e-6, 0.0), (x,), check_forward_ad=True)
+        with pytest.raises(GradientMismatch, match="forward-mode AD"):
+            gradcheck(_numpy_sin(0.0, 1e-6), (x,), check_forward_ad=True)
+        assert gradcheck(_numpy_sin(1e-6, 0.0), (x,), check_forward_ad=True, check_backward_ad=False) is True
+
+
+def test_nothing_to_check_is_a_usage_error():
+    with pytest.raises(UsageError, match="check_backward_ad or check_forward_ad"):
+        gradcheck(torch.sin, (_t(3),), check_backward_ad=False)
+
+
 def test_tuple_outputs_and_non_tensor_arguments_pass_through():
     a, b = _t(3), _t(3, seed=1)
 

@@ -646,6 +646,9 @@ def gradcheck(
     _validate(points, seed)
     _requires("check_batched_grad", check_batched_grad, "check_backward_ad", check_backward_ad)
     _requires("check_batched_forward_grad", check_batched_forward_grad, "check_forward_ad", check_forward_ad)
+    if not (check_backward_ad or check_forward_ad):
+        raise UsageError("Expected check_backward_ad or check_forward_ad to be True (as torch.autograd.gradcheck) "
+                         "but got both False: nothing would be checked.")
     target = _Target(func, inputs, parameters)
     if not target.leaves:
         return _nothing_to_check(target)
@@ -708,8 +711,9 @@ def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points,
         fault = tensor_check.proven_fault(traced.elements, traced.tensor, found[0], target.dtype, atol, rtol)
         if fault is not None:
             return _fail(_proven_message(target, traced, found[0], fault), None, raise_exception)
-    if not _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, check_forward_ad):
-        return False
+    for forward_ad in ([False] if check_backward_ad else []) + ([True] if check_forward_ad else []):  # as torch
+        if not _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, forward_ad):
+            return False
     return _structural("gradcheck", target.call, target.values, func, **structural)
 
 
@@ -1615,7 +1619,8 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
                      f"them): {clock['skipped']} of its calls were not made, and what they would have estimated was "
                      "not judged (Note [Fallback budget]).")
     _warn(
-        f"gradcheck_lab: symbolic and referee legs missing ({missing}); the backward was checked against "
+        f"gradcheck_lab: symbolic and referee legs missing ({missing}); the "
+        f"{'forward-mode AD (JVP)' if forward_ad else 'backward'} was checked against "
         f"finite differences of the real function with their error bars only, {resolution}.{refused_note}"
         + "".join(f" {n}" for n in notes if n))
     return True
