@@ -212,6 +212,20 @@ def test_check_forward_ad_checks_the_backward_too_outside_torch():
         assert gradcheck(_numpy_sin(1e-6, 0.0), (x,), check_forward_ad=True, check_backward_ad=False) is True
 
 
+def test_a_nan_output_at_the_given_inputs_fails_as_under_torch():
+    # Note [NaN outputs]: entmax's normmax_bisect with alpha < 1 returned NaN; ours passed, "nothing was judged"
+    x = _t(2, 3)
+    f = _numpy_sin(0.0, 0.0)
+
+    def partly_nan(t):
+        return f(t) * torch.tensor([[1.0, float("nan"), 1.0], [1.0, 1.0, 1.0]], dtype=t.dtype)
+
+    with pytest.raises(GradientMismatch, match=r"NaN at the given inputs: output 0 element \(0, 1\) is nan"):
+        gradcheck(partly_nan, (x,))
+    assert gradcheck(partly_nan, (x,), raise_exception=False) is False
+    assert torch.autograd.gradcheck(partly_nan, (x,), raise_exception=False) is False
+
+
 def test_nothing_to_check_is_a_usage_error():
     with pytest.raises(UsageError, match="check_backward_ad or check_forward_ad"):
         gradcheck(torch.sin, (_t(3),), check_backward_ad=False)

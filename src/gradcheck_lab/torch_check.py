@@ -135,6 +135,8 @@ class _Target:
         #: and those outputs' shapes, for the trace.
         self.graph_run: tuple | None = None
         self.out_shapes: list[tuple[int, ...]] | None = None
+        #: The checked outputs at the given inputs, flat (Note [NaN outputs]).
+        self.given_output: np.ndarray = np.zeros(0)
         self.module = func if isinstance(func, torch.nn.Module) else None
         names = _argument_names(func, len(self.inputs))
         leaves: list[Leaf] = []
@@ -654,6 +656,8 @@ def gradcheck(
         return _nothing_to_check(target)
     if not _deterministic(target, nondet_tol):
         return _no_float_outputs(target)
+    if target.dtype == "float64" and np.isnan(target.given_output).any():  # Note [NaN outputs]
+        return _fail(_nan_output_message(target), None, raise_exception)
     # Note [Reentrant first]: a backward that mutates what forward saved gives another value at each
     # call; judged by value it was blamed for a number the user never sees.
     if check_backward_ad and not _reentrant(target, nondet_tol, seed, raise_exception):
@@ -1218,6 +1222,7 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
     with torch.no_grad():
         first = run(RANDOM_SEEDS[0])  # as the runs it is compared with: no grad (fused fast paths may differ)
         a = target.flat_output(first).double()
+        target.given_output = a.detach().cpu().numpy()
         if a.numel() and not bool(torch.isfinite(a).any()):  # a / 0: SymPy's derivative is zoo, nothing to judge
             raise UsageError(
                 f"Expected {getattr(target.func, '__qualname__', type(target.func).__name__)} to give a finite "
@@ -1242,6 +1247,30 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
         "(torch.manual_seed), call module.eval() for dropout, or pass nondet_tol= if the difference is "
         "harmless nondeterministic rounding."
     )
+
+
+def _nan_output_message(target: _Target) -> str:
+    """Note [NaN outputs]: a float64 output that is NaN at the given inputs fails the call, as torch's.
+
+    Its derivative does not exist there, and every projection of the outputs
+    that includes it is NaN: finite differences had no estimate anywhere and
+    the call passed with "nothing was judged" where torch's gradcheck fails
+    (entmax's ``normmax_bisect`` with ``alpha < 1`` gives NaN). Only NaN in
+    float64: an output that overflows its dtype (``exp(100)`` in float32 is
+    inf, ``atanh(tanh(10))`` too) has an exact value and derivative the
+    dtype cannot hold; those components stay not judged, with a warning.
+    """
+    out, shapes = target.given_output, target.out_shapes or []
+    bad = np.flatnonzero(np.isnan(out))
+    k, j = int(bad[0]), 0
+    while j < len(shapes) - 1 and k >= math.prod(shapes[j]):
+        k -= math.prod(shapes[j])
+        j += 1
+    name = getattr(target.func, "__qualname__", type(target.func).__name__)
+    return (f"gradcheck_lab.gradcheck: the forward of {name} is NaN at the given inputs: "
+            f"{_describe_output(shapes, j, k)} is {out[bad[0]]} ({len(bad)} of {out.size} outputs).\n"
+            "  No derivative exists there to check (torch's gradcheck fails such a call too): check the function "
+            "at inputs where it is defined, or fix what makes it NaN there.")
 
 
 def _no_float_outputs(target: _Target) -> bool:
