@@ -183,3 +183,26 @@ def test_a_wrong_symbolic_leg_is_never_blamed_on_the_backward(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's "symbolic and referee legs missing"
         assert gradcheck(_layer(0.0), _real_size(torch.float64))
+
+
+def test_a_mid_size_fault_is_proven_before_any_per_element_derivation(monkeypatch):
+    # Note [Proof first]: x * hardtanh-like on 16x64 is within the derivation budget; the per-element path took
+    # 35 s to fail a 1e-9 error, the proof takes a fraction of a second
+    from gradcheck_lab import torch_check
+
+    monkeypatch.setattr(torch_check, "_traced_check", lambda *a, **k: pytest.fail("the per-element path ran"))
+
+    class Bent(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * (x + 3).clamp(0, 6) / 6
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            inside = ((x > -3) & (x < 3)).to(x.dtype)
+            return g * ((x + 3).clamp(0, 6) / 6 + x * inside / 6) * (1 + 1e-9)
+
+    with pytest.raises(GradientMismatch, match="proven in ball arithmetic.*\n.*per-element legs were not run"):
+        gradcheck(Bent.apply, (_rand(16, 64).requires_grad_(),))

@@ -848,13 +848,20 @@ def test_a_hand_written_convolution_is_checked_symbolically(dtype):
             gradcheck(_conv_function(bug), inputs)
 
 
-def test_a_transformer_layer_is_checked_and_its_wrong_backward_caught():
+def test_a_transformer_layer_is_checked_and_its_wrong_backward_caught(monkeypatch):
     # Note [Named conditions]: its masks and relus are Piecewises nested in conditions; SymPy's folding
     # of them kept a first call running for over 10 minutes, printing the failing report 140 s more
+    from gradcheck_lab import torch_check
+
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True).eval().double()
     x = _t(1, 3, 4)
     assert gradcheck(layer, (x,)) is True
+    # Note [Proof first]: 1,694 element operations, so the tensor referee proves the fault before any derivation
+    with pytest.raises(GradientMismatch, match="proven in ball arithmetic") as info:
+        gradcheck(_wrong(lambda a: layer(a), 1 + 1e-6), (x,))
+    assert "At fault: backward (candidate)" in str(info.value) and info.value.report is None
+    monkeypatch.setattr(torch_check, "PROOF_FIRST_WORK", 10**9)  # the per-element path and its report
     with pytest.raises(GradientMismatch, match="At fault: backward") as info:
         gradcheck(_wrong(lambda a: layer(a), 1 + 1e-6), (x,))
     shown = info.value.report.derivatives
