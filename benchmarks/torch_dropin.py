@@ -155,16 +155,18 @@ def markdown(warm, first, large, seconds) -> str:
         *[f"| {n} | {a * 1e3:.1f} ms | {b * 1e3:.1f} ms | {a / b:.1f}x | {f * 1e3:.1f} ms | {a / f:.1f}x |"
           for n, a, b, f in warm],
         "",
-        "First call on a function never seen in this process (imports done; tracing, SymPy's derivation "
-        "and compilation included). Target: at most 1 s up to 100 elements.",
+        "First call on a graph never seen in this process (imports done; tracing, the fidelity check and "
+        "the tensor-level rules, derived by SymPy once per op signature, included). Target: at most 1 s up "
+        "to 100 elements.",
         "",
         "| function (checked elements) | first call |",
         "|---|---:|",
         *[f"| {n} | {t:.2f} s |" for n, t in first],
         "",
-        "Large graphs, where SymPy's derivation is the cost (Note [Named conditions] in "
-        "engines/symbolic.py): the first call, a warm call on new inputs, a failing call (the same "
-        "forward, its backward scaled by 1 + 1e-6), and torch's gradcheck on the warm inputs.",
+        "Larger graphs, where the per-element derivation once cost seconds to a minute: the first call, a "
+        "warm call on new inputs, a failing call (the same forward, its backward scaled by 1 + 1e-6, "
+        "proven wrong by the tensor referee: Note [Proof first] in torch_check.py), and torch's gradcheck "
+        "on the warm inputs.",
         "",
         "| function (checked elements) | first call | warm | failing (caught?) | torch gradcheck | "
         "torch, fast_mode |",
@@ -172,15 +174,14 @@ def markdown(warm, first, large, seconds) -> str:
         *[f"| {n} | {a:.1f} s | {b:.1f} s | {c:.1f} s ({'yes' if ok else 'no'}) | {d:.2f} s | {e:.2f} s |"
           for n, a, b, c, ok, d, e in large],
         "",
-        "The warm call does more than torch's: the full Jacobian at the given inputs through four engines "
-        "with the certified referee on every component, 8 random points around the inputs, a second backward "
-        "for reentrancy and torch's structural tests. Against torch's defaults (the full Jacobian by finite "
-        "differences, the issue's target of 3x) it stays within 3x; torch's `fast_mode` checks one random "
-        "projection only, and against it the warm call costs about 10x. What keeps it near torch's "
-        "defaults: your backward runs as one "
-        "forward per point and one `autograd.grad` per cotangent (as torch's rows); the given and random "
-        "points go through the engines together; the report lists the given points in full, and prints "
-        "the derivatives, only when the check fails. `points=0` and `fast_mode=True` shorten it further.",
+        "The warm call does more than torch's: the full Jacobian at the given inputs and at 8 random points "
+        "around them by the tensor-level symbolic leg (Note [Agreement first] in tensor_check.py), a check "
+        "that the traced graph is the function there (Note [Trace fidelity]), a second backward for "
+        "reentrancy and torch's structural tests. Against torch's defaults (the full Jacobian by finite "
+        "differences, the issue's target of 3x) it stays near 3x; torch's `fast_mode` checks one random "
+        "projection only, and against it the warm call costs about 10x. Your backward runs as one "
+        "`autograd.grad` per cotangent (as torch's rows); the per-element engines and the referees run only "
+        "where the legs disagree. `points=0` and `fast_mode=True` shorten it further.",
     ]
     return "\n".join(lines)
 
