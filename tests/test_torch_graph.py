@@ -220,3 +220,31 @@ def test_max_pool_handler_computes_what_torch_computes(nd, kernel, stride, pad, 
     # max(a, b) = b + relu(a - b) (Note [Kinks through relu]): within an ulp of torch's exact max
     np.testing.assert_allclose(got.astype(float), pool(x, *args)[0].numpy(), rtol=1e-15, atol=1e-15)
     assert indices.dtype.kind == "i"  # never a checked output
+
+
+def test_make_fx_shares_one_fake_mode_only_while_it_traces(monkeypatch):
+    # Note [One fake mode]: the patched constructor is torch's own again after the trace, and values are recorded
+    from torch.fx.experimental import proxy_tensor
+
+    from gradcheck_lab import recorder
+    from gradcheck_lab.torch_graph import _make_graph
+
+    made = []
+    real_mode = proxy_tensor.FakeTensorMode
+    monkeypatch.setattr(recorder, "record", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("declined")))
+    monkeypatch.setattr(proxy_tensor, "FakeTensorMode", type("Counted", (real_mode,), {
+        "__init__": lambda self, *a, **k: made.append(1) or real_mode.__init__(self, *a, **k)}))
+    before = proxy_tensor.FakeTensorMode
+    x = torch.randn(3, 4, dtype=torch.float64)
+
+    def writes_into_a_view(t):  # the recorder declines it: make_fx traces
+        out = t.clone()
+        out[:, 0] = t[:, 1] * 2
+        return out.sin()
+
+    gm = _make_graph(writes_into_a_view, [x])
+    assert proxy_tensor.FakeTensorMode is before
+    vals = [n.meta.get("val") for n in gm.graph.nodes if n.op == "call_function"]
+    assert vals and all(v is None or tuple(v.shape) in {(3, 4), (3,)} for v in vals if hasattr(v, "shape"))
+    torch.testing.assert_close(gm(x), writes_into_a_view(x))
+    assert len(made) <= 1  # one shared mode for every recorded value (one per value before)
