@@ -53,6 +53,13 @@ CASES = {
                           [_rand(3, 5)]),
     "write into a slice": (lambda x: (lambda y: (y.__setitem__((slice(None), 0), x[:, 1] * 2), y)[1])(x.clone()), [_rand(3, 5)]),
     "conv2d with bias": (lambda a, k, b: F.conv2d(a, k, b, padding=1), [IMG, _rand(4, 3, 3, 3, seed=1), _rand(4, seed=2)]),
+    # the tangents' batch folded into the images and the output channels (Note: _folded_convolution)
+    "conv2d grouped, strided, dilated; conv_transpose2d": (
+        lambda a, k, kt: F.conv2d(a[:, :2], k, stride=2, dilation=(1, 2), groups=2, padding=2).sum(1)[..., :3, :3]
+        + F.conv_transpose2d(a[:, :2], kt, stride=2)[..., :3, :3].sum(1),
+        [IMG, _rand(4, 1, 2, 2, seed=1), _rand(2, 3, 2, 2, seed=2)]),
+    "copy_ into a buffer": (lambda x: (lambda buf: (buf.copy_(x.sin() * 2), buf * x)[1])(torch.zeros(3, 5, dtype=x.dtype)),
+                            [_rand(3, 5)]),
     "max_pool and avg_pool": (lambda a: F.max_pool2d(a, 2).sum(1) + F.avg_pool2d(a, 2).sum(1), [IMG]),
     "batch and group norm": (lambda a: F.batch_norm(a, None, None, training=True) + F.group_norm(a, 3), [IMG]),
     "floor, remainder, fmod": (lambda x: torch.floor(x * 3) * x + torch.remainder(x, 0.7) + torch.fmod(x, 0.3), [_rand(3, 5)]),
