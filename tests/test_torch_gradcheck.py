@@ -226,6 +226,51 @@ def test_a_nan_output_at_the_given_inputs_fails_as_under_torch():
     assert torch.autograd.gradcheck(partly_nan, (x,), raise_exception=False) is False
 
 
+def _sparsemax_by_bisection(iterations: int, error: float = 0.0):
+    """sparsemax's forward by bisection on its threshold, and its exact backward (off by ``error``)."""
+
+    def forward(x):
+        lo, hi = x.amax(-1, keepdim=True) - 1, x.amax(-1, keepdim=True)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            above = torch.relu(x - mid).sum(-1, keepdim=True) >= 1
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return torch.relu(x - (lo + hi) / 2)
+
+    class SparsemaxBisect(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            p = forward(x)
+            ctx.save_for_backward(p)
+            return p
+
+        @staticmethod
+        def backward(ctx, g):
+            (p,) = ctx.saved_tensors
+            s = (p > 0).to(g.dtype)
+            return s * (g - (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True)) * (1 + error)
+
+    return SparsemaxBisect.apply
+
+
+@pytest.mark.parametrize("path", ["per-element", "proof first"])
+def test_a_selection_by_bisection_is_judged_by_the_functions_differences(path, monkeypatch):
+    # Note [Differences overrule]: the graph is the function piece by piece (pieces of 2**-50), its exact
+    # derivative the piece's (0 where sparsemax's is 0.5): the correct backward was blamed, torch passes it
+    from gradcheck_lab import torch_check
+
+    if path == "per-element":
+        monkeypatch.setattr(torch_check, "PROOF_FIRST_WORK", 10**9)
+    iterations, x = 50, _t(4, 6, seed=3)
+    with pytest.warns(RuntimeWarning, match="exact derivative differs from finite differences"):
+        assert gradcheck(_sparsemax_by_bisection(iterations), (x,)) is True
+    with pytest.raises(GradientMismatch, match="finite differences") as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gradcheck(_sparsemax_by_bisection(iterations, 1e-6), (x,))
+    assert "the exact value is 0" not in str(info.value)
+    assert torch.autograd.gradcheck(_sparsemax_by_bisection(iterations, 1e-6), (x,))  # torch misses it
+
+
 def test_nothing_to_check_is_a_usage_error():
     with pytest.raises(UsageError, match="check_backward_ad or check_forward_ad"):
         gradcheck(torch.sin, (_t(3),), check_backward_ad=False)
