@@ -271,6 +271,34 @@ def test_a_selection_by_bisection_is_judged_by_the_functions_differences(path, m
     assert torch.autograd.gradcheck(_sparsemax_by_bisection(iterations, 1e-6), (x,))  # torch misses it
 
 
+def test_forward_mode_of_a_selection_by_bisection_is_judged_by_the_functions_differences():
+    # with check_forward_ad no tensor-level leg runs: the per-element report's component at the given inputs
+    # is checked against the real function's differences (Note [Differences overrule])
+    def with_jvp(error):
+        apply = _sparsemax_by_bisection(50, error)
+        cls, forward = apply.__self__, apply.__self__.forward
+
+        def fwd(ctx, x):
+            out = forward(ctx, x)
+            ctx.save_for_forward(out)
+            return out
+
+        def jvp(ctx, v):
+            (p,) = ctx.saved_tensors
+            s = (p > 0).to(v.dtype)
+            return s * (v - (v * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True)) * (1 + error)
+
+        cls.forward, cls.jvp = staticmethod(fwd), staticmethod(jvp)
+        return apply
+
+    x = _t(4, 6, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert gradcheck(with_jvp(0.0), (x,), check_forward_ad=True) is True
+        with pytest.raises(GradientMismatch, match="forward-mode AD"):
+            gradcheck(with_jvp(1e-6), (x,), check_forward_ad=True, check_backward_ad=False)
+
+
 def test_nothing_to_check_is_a_usage_error():
     with pytest.raises(UsageError, match="check_backward_ad or check_forward_ad"):
         gradcheck(torch.sin, (_t(3),), check_backward_ad=False)

@@ -792,11 +792,6 @@ def _disagreement_overruled(target, traced, found, fault=None) -> bool:
     outside its tolerance, at its point, resolve the graph's value there as another."""
     from types import SimpleNamespace
 
-    from .engines import finite_diff
-    from .model import Batch
-
-    if any(lf.pairs for lf in target.leaves):
-        return False
     if fault is None:
         tol, _ = tensor_check._model_tolerance(traced.tensor, found, target.dtype)
         worst = found.worst(tol, 1)
@@ -806,8 +801,38 @@ def _disagreement_overruled(target, traced, found, fault=None) -> bool:
         fault = SimpleNamespace(cotangent=found.cotangents[i], column=j, candidate=float(found.candidate[i, j]),
                                 direction=None if found.directions is None else found.directions[:, j],
                                 exact=float(found.symbolic[i, j]), tolerance=float(tol[i, j]))
+    return _fd_overrules(target, traced, found.leaves, fault)
+
+
+def _given_fault_overruled(target, traced, model, pts, faults) -> bool:
+    """Note [Differences overrule] for the per-element report (forward mode, where no tensor-level leg ran): the
+    first component at fault at the given inputs, by finite differences of the real function there."""
+    from types import SimpleNamespace
+
+    names = [p.name for p in model.params]
+    for source, pt, c in faults:
+        g = c.values.get("candidate")
+        if source != "given" or c.param not in names or c.exact is None or g is None or pt.index >= len(pts):
+            continue
+        fault = SimpleNamespace(cotangent=np.asarray(pts[pt.index]["cotangent"], dtype=float), direction=None,
+                                column=names.index(c.param), candidate=float(g), exact=float(c.exact),
+                                tolerance=float(c.tolerance.get("candidate") or 0.0))
+        return _fd_overrules(target, traced, target.values, fault)
+    return False
+
+
+def _fd_overrules(target, traced, leaves, fault) -> bool:
+    """Finite differences of the real function at ``leaves`` along ``fault``'s component resolve its exact value
+    as another (Note [Differences overrule])."""
+    from types import SimpleNamespace
+
+    from .engines import finite_diff
+    from .model import Batch
+
+    if any(lf.pairs for lf in target.leaves):
+        return False
     model, _, _ = _fallback_model(target, Unsupported([], target.leaves, traced.out_shapes, "overrule check"))
-    theta = np.concatenate([t.detach().double().cpu().numpy().ravel() for t in found.leaves])
+    theta = np.concatenate([t.detach().double().cpu().numpy().ravel() for t in leaves])
     u = np.zeros_like(theta)
     if fault.direction is None:
         u[fault.column] = 1.0
@@ -870,7 +895,8 @@ def _traced_check(target, traced, fid, func, eps, atol, rtol, raise_exception, p
         cand = _backward_candidate(target)
         report = _check(model, pts, points, seed, cand, target.dtype, atol, rtol, fid.refused)
         faults = _faults(report, atol, rtol)
-        if faults and _differences_overrule([c for _, _, c in faults]):  # Note [Differences overrule]
+        if faults and (_differences_overrule([c for _, _, c in faults])  # Note [Differences overrule]
+                       or _given_fault_overruled(target, traced, model, pts, faults)):
             raise _Overruled(_OVERRULED)
         if faults:
             msg = _mismatch_message("gradcheck", traced, labels, report, faults, "backward", func)
@@ -882,6 +908,9 @@ def _traced_check(target, traced, fid, func, eps, atol, rtol, raise_exception, p
         cand = _forward_candidate(target, model)
         report = _check(model, pts, points, seed, cand, target.dtype, atol, rtol, fid.refused)
         faults = _faults(report, atol, rtol)
+        if faults and (_differences_overrule([c for _, _, c in faults])
+                       or _given_fault_overruled(target, traced, model, pts, faults)):
+            raise _Overruled(_OVERRULED)  # Note [Differences overrule]
         if faults:
             msg = _mismatch_message("gradcheck", traced, labels, report, faults, "forward-mode AD (JVP)", func)
             return _fail(msg, report, raise_exception)
