@@ -158,20 +158,28 @@ def test_rules_are_derived_once_per_signature_and_bounded():
     assert after.maxsize == tensor.RULE_CACHE
 
 
-_UNARY = [torch.tanh, torch.sigmoid, torch.sin, torch.exp, F.softplus, F.gelu, F.silu, torch.atan, torch.erf,
-          lambda t: t.abs() + 1.0, F.elu, lambda t: F.leaky_relu(t, 0.2), torch.cos, torch.expm1]
+UNARY = [torch.tanh, torch.sigmoid, torch.sin, torch.exp, F.softplus, F.gelu, F.silu, torch.atan, torch.erf,
+         lambda t: t.abs() + 1.0, F.elu, lambda t: F.leaky_relu(t, 0.2), torch.cos, torch.expm1, torch.relu]
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.lists(st.integers(0, len(_UNARY) - 1), min_size=1, max_size=4), st.integers(0, 2**16),
-       st.floats(0.25, 4.0))
-def test_compositions_match_torch_autograd(chain, seed, c):
+def composition(chain, c: float):
+    """``x @ w`` through the activations ``UNARY[k]`` of ``chain``, each ``c * a(h) + h``, summed over a row:
+    the random functions of the composition property tests (here and in test_engines_tensor_referee.py)."""
+
     def f(x, w):
         h = x @ w
         for k in chain:
-            h = c * _UNARY[k](h) + h
+            h = c * UNARY[k](h) + h
         return h.sum(-1) / c
 
+    return f
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.integers(0, len(UNARY) - 1), min_size=1, max_size=4), st.integers(0, 2**16),
+       st.floats(0.25, 4.0))
+def test_compositions_match_torch_autograd(chain, seed, c):
+    f = composition(chain, c)
     xs = [_rand(3, 4, seed=seed) * 0.5, _rand(4, 2, seed=seed + 1) * 0.5]
     graph, why = tensor_graph(f, xs)
     assert graph is not None, why

@@ -17,6 +17,7 @@ from gradcheck_lab.engines import tensor_referee
 from gradcheck_lab.engines.referee import CERTIFIED, KINK, UNRESOLVED
 from gradcheck_lab.errors import GradientMismatch
 from gradcheck_lab.torch_graph import Leaf, Traced, name_leaves, trace
+from test_engines_tensor import UNARY, composition
 
 
 def _rand(*shape, seed=0):
@@ -75,19 +76,10 @@ def test_enclosures_hold_torch_autograd(name):
     assert (ex.hi - ex.lo <= 1e-15 * max(scale, 1.0)).all()  # a proof to the last digits
 
 
-_UNARY = [torch.tanh, torch.sigmoid, torch.sin, torch.exp, F.softplus, F.gelu, F.silu, torch.atan, torch.erf,
-          lambda t: t.abs() + 1.0, F.elu, lambda t: F.leaky_relu(t, 0.2), torch.cos, torch.expm1, torch.relu]
-
-
-@given(st.lists(st.integers(0, len(_UNARY) - 1), min_size=1, max_size=4), st.integers(0, 2**16),
+@given(st.lists(st.integers(0, len(UNARY) - 1), min_size=1, max_size=4), st.integers(0, 2**16),
        st.floats(0.25, 4.0))
 def test_compositions_are_enclosed(chain, seed, c):
-    def f(x, w):
-        h = x @ w
-        for k in chain:
-            h = c * _UNARY[k](h) + h
-        return h.sum(-1) / c
-
+    f = composition(chain, c)
     xs = [_rand(3, 4, seed=seed) * 0.5, _rand(4, 2, seed=seed + 1) * 0.5]
     dirs = np.eye(20)[:, [seed % 20, (seed // 20) % 20]]
     cot = np.random.default_rng(seed).uniform(-1, 1, (1, 3))

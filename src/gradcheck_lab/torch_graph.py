@@ -1208,16 +1208,13 @@ def _one_fake_mode() -> Callable[[], None]:
     original: Any = getattr(proxy_tensor, "FakeTensorMode", None)
     if original is None or not isinstance(original, type):
         return lambda: None
-    shared = _SHARED_FAKE.get("mode")
-
     class _Shared(original):  # a subclass: torch's isinstance checks still see a FakeTensorMode
         def __new__(cls, *args, **kwargs):
             if args or kwargs != {"allow_fallback_kernels": True}:
                 return original(*args, **kwargs)
-            nonlocal shared
-            if shared is None:
-                shared = _SHARED_FAKE["mode"] = original(allow_fallback_kernels=True)
-            return shared
+            if "mode" not in _SHARED_FAKE:
+                _SHARED_FAKE["mode"] = original(allow_fallback_kernels=True)
+            return _SHARED_FAKE["mode"]
 
     setattr(proxy_tensor, "FakeTensorMode", _Shared)  # noqa: B010 - a module attribute, patched for the trace
 
