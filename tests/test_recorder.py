@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gradcheck_lab.recorder import Declined, record
+from gradcheck_lab.torch_graph import run_graph
 
 
 def _x(*shape):
@@ -30,6 +31,15 @@ def test_a_recorded_graph_computes_the_function():
     assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, want))
     y = _x(5, 4) + 1  # other inputs, the same graph
     assert torch.allclose(gm(y)[0], f(y)[0])
+    walked = run_graph(gm, y)  # what the fidelity check runs: node by node, no generated code
+    assert len(walked) == 3 and all(torch.equal(a, b) for a, b in zip(walked, gm(y)))
+
+
+def test_a_recorded_graph_generates_its_code_only_when_called():
+    gm = record(lambda x: torch.sin(x) * 2, [_x(3)])
+    assert torch.equal(run_graph(gm, _x(3))[0], torch.sin(_x(3)) * 2)
+    assert "sin" in gm.code  # generated on demand, and the same module still runs
+    assert torch.equal(gm(_x(3))[0], torch.sin(_x(3)) * 2)
 
 
 def _write_through_view(x):

@@ -617,8 +617,10 @@ class _SeededBadDropout(torch.autograd.Function):
         lambda a: a * torch.rand(4, dtype=torch.float64),  # was a false alarm: the trace held other random values
         lambda a: torch.nn.functional.dropout(a, 0.5),  # was a vacuous pass: finite differences of noise
         torch.nn.Sequential(torch.nn.Linear(4, 3).double(), torch.nn.Dropout(0.3)),  # a module in training mode
+        # draws nothing from torch's generator: compared once more, not at each seed
+        lambda a: a * torch.from_numpy(np.random.default_rng().random(4)),
     ],
-    ids=["rand-factor", "dropout", "module-dropout"],
+    ids=["rand-factor", "dropout", "module-dropout", "numpy-random"],
 )
 def test_a_random_forward_is_refused_with_what_to_do(func):
     x = _t(4)

@@ -102,6 +102,8 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
     """
     import torch
 
+    from .torch_graph import run_graph
+
     found = Fidelity()
     shapes = None
     for i, tensors in enumerate(rows):
@@ -120,7 +122,9 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
                 found.refused.append(i - given)
                 continue
             try:
-                traced = _flat_floats(graph(*[t.clone() for t in tensors]))
+                args = [t.clone() for t in tensors]
+                traced = _flat_floats(run_graph(graph, *args) if isinstance(graph, torch.fx.GraphModule)
+                                      else graph(*args))
             except Exception as exc:  # noqa: BLE001 - a graph that cannot run where the function runs
                 found.unfaithful = (f"{names[0]} fails where {names[1]} runs "
                                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")

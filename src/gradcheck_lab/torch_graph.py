@@ -1049,6 +1049,44 @@ def _fingerprint(t) -> str:
     return repr(t)
 
 
+def run_graph(gm, *args):
+    """``gm(*args)`` by walking its nodes: no generated code (a recorded graph compiles it lazily, Note
+    [Recorded graphs]). Each value is dropped after its last use, as the generated code does."""
+    import torch
+
+    nodes = list(gm.graph.nodes)
+    last: dict = {}
+    for i, node in enumerate(nodes):
+        for a in node.all_input_nodes:
+            last[a] = i
+    env: dict = {}
+    it = iter(args)
+    for i, node in enumerate(nodes):
+        if node.op == "output":
+            return torch.fx.node.map_arg(node.args[0], env.__getitem__)
+        if node.op == "placeholder":
+            env[node] = next(it)
+            continue
+        if node.op == "get_attr":
+            value: Any = gm
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            env[node] = value
+            continue
+        a = torch.fx.node.map_arg(node.args, env.__getitem__)
+        k = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
+        if node.op == "call_function":
+            env[node] = node.target(*a, **k)
+        elif node.op == "call_method":
+            env[node] = getattr(a[0], node.target)(*a[1:], **k)
+        else:  # call_module
+            env[node] = gm.get_submodule(node.target)(*a, **k)
+        for used in node.all_input_nodes:
+            if last.get(used) == i:
+                del env[used]
+    return None
+
+
 def _flat_outputs(out) -> list:
     import torch
 
@@ -1291,8 +1329,15 @@ def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
         return Unsupported(sorted(set(missing)), leaves, out_shapes, "op outside the supported table",
                            list(dict.fromkeys(targets)))
     key_consts = "".join(f"{k}={_fingerprint(raw[k])}" for k in sorted(consts))
-    key = hashlib.sha1((gm.code + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()).hexdigest()
+    key = hashlib.sha1((_structure(gm) + repr([(lf.shape, lf.var_names) for lf in leaves]) + key_consts).encode()
+                       ).hexdigest()
     return Traced(gm, leaves, live, consts, out_shapes, key)
+
+
+def _structure(gm) -> str:
+    """The graph's ops and arguments as text, a key of its cache entry: what its generated code says, without
+    generating it (Note [Recorded graphs] in recorder.py)."""
+    return "\n".join(f"{n.op} {n.name} {n.target} {n.args!r} {n.kwargs!r}" for n in gm.graph.nodes)
 
 
 #: Ops whose per-element work is their output's size times a contraction (Note [Derivation budget]).

@@ -509,14 +509,21 @@ def _pointwise(target, args, kwargs, tangents, value, batch):
     values = [a.numpy() if isinstance(a, torch.Tensor) else a for a in args if numeric(a)]
     values += [v.numpy() if isinstance(v, torch.Tensor) else v for k, v in sorted(kwargs.items()) if numeric(v)]
     shape = tuple(value.shape)
-    values = [np.broadcast_to(v, shape) for v in values]  # NumPy's select needs one shape
+    # NumPy's select needs one shape
+    values = [v if getattr(v, "shape", None) == shape else np.broadcast_to(v, shape) for v in values]
     with np.errstate(all="ignore"):
         derivs = rule(*values)
-    out = torch.zeros((batch,) + shape, dtype=torch.float64)
+    out = None
     for i, d in zip(wanted, derivs):
-        d = np.abs(d) if _ABSOLUTE.get() else d
-        d = torch.from_numpy(np.broadcast_to(np.asarray(d, dtype=np.float64), shape).copy())
-        out += d * _expand_tangent(tangents[i], tuple(args[i].shape), shape)
+        d = np.asarray(np.abs(d) if _ABSOLUTE.get() else d, dtype=np.float64)
+        if d.shape != shape:
+            d = np.broadcast_to(d, shape)
+        if not (d.flags.writeable and d.flags.c_contiguous):  # from_numpy needs its own, writeable memory
+            d = d.copy()
+        term = torch.from_numpy(d) * _expand_tangent(tangents[i], tuple(args[i].shape), shape)
+        out = term if out is None else out + term
+    if out is None or tuple(out.shape) != (batch,) + shape:
+        return torch.zeros((batch,) + shape, dtype=torch.float64) + (0.0 if out is None else out)
     return out
 
 
