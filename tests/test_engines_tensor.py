@@ -327,3 +327,29 @@ def test_factorizations_differentiate_the_triangle_they_read(name):
     numeric = np.stack([((f(a + h * e) - f(a - h * e)) / (2 * h)).reshape(-1).numpy()
                         for e in torch.eye(9, dtype=torch.float64).reshape(9, 3, 3)], axis=1)
     np.testing.assert_allclose(jac, numeric, atol=1e-7)
+
+
+def test_a_disagreement_on_a_projection_is_localized_to_its_component():
+    # Note [Localized projections] in tensor_check.py: halving the +-1 direction finds the component of the
+    # user's backward that is off, among 300, in log2(300) passes
+    from gradcheck_lab import tensor_check
+
+    x = _rand(20, 15)
+
+    def f(t):
+        return torch.tanh(t) * 2.0
+
+    graph, _ = tensor_graph(f, [x], None)
+    n = x.numel()
+    cot = np.random.default_rng(0).uniform(-1.0, 1.0, (1, n))
+    y = torch.tanh(x)
+    raw = (torch.as_tensor(cot[0]).reshape(20, 15) * 2.0 * (1 - y * y)).reshape(1, -1).numpy().copy()
+    raw[0, 137] *= 1 + 1e-7  # the user's backward, off at one component
+    dirs = np.random.default_rng(1).choice([-1.0, 1.0], size=(n, 2))
+    sym = cot @ tensor.directional(graph, [x], dirs)
+    found = tensor_check.Disagreement(0, [x], cot, dirs, raw @ dirs, sym, np.abs(raw) @ np.abs(dirs),
+                                      np.zeros_like(sym), raw)
+    k, cand, exact, tol = tensor_check.localize(graph, found, 0, 1, float(np.finfo(np.float64).eps))
+    assert k == 137 and cand == raw[0, 137] and abs(exact - raw[0, 137] / (1 + 1e-7)) < 1e-15 and tol < 1e-12
+    raw[0, 137] /= 1 + 1e-7  # a correct backward: nothing to localize
+    assert tensor_check.localize(graph, found, 0, 1, float(np.finfo(np.float64).eps)) is None

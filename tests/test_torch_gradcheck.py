@@ -1294,3 +1294,47 @@ def test_complex_inputs_and_outputs_are_checked_as_real_pairs():
             gradcheck(_complex_product(conjugate=False), (_c(3), _c(3, seed=1)))
         with pytest.raises(GradientMismatch, match="is wrong"):  # torch's gradcheck passes it
             gradcheck(_complex_product(error=1e-6), (_c(3), _c(3, seed=1)))
+
+
+class _WideLayer(torch.autograd.Function):
+    """``tanh(x @ W)`` with a backward off by ``off`` relative: a graph past the tensor referee's budget."""
+
+    W = torch.randn(128, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / 12
+    off = 0.0
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x @ _WideLayer.W)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        (y,) = ctx.saved_tensors
+        return ((gy * (1 - y * y)) @ _WideLayer.W.T) * (1 + _WideLayer.off)
+
+
+def _wide_input():
+    return torch.randn(32, 128, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
+
+
+def test_differences_confirm_a_disagreement_too_large_for_the_referee(monkeypatch):
+    # Note [Differences confirm]: 1M element operations, past the referee's budget; the disagreement of the
+    # tensor-level legs is localized to one component (Note [Localized projections]) and finite differences
+    # of the real function side with the symbolic value there.
+    monkeypatch.setattr(_WideLayer, "off", 1e-6)
+    with pytest.raises(GradientMismatch, match=r"(?s)the tensor-level symbolic leg .* finite differences of the "
+                                               r"real function .*1\.0e-06 relative.*Differences confirm"):
+        gradcheck(_WideLayer.apply, (_wide_input(),), fast_mode=True)
+    monkeypatch.setattr(_WideLayer, "off", 0.0)
+    assert gradcheck(_WideLayer.apply, (_wide_input(),), fast_mode=True) is True
+
+
+def test_a_detached_path_is_named_where_differences_confirm():
+    # autograd skips the path through .detach(); the function's derivative (the symbolic leg, finite
+    # differences, torch's gradcheck without fast_mode) does not (kornia's HardNet normalizes so)
+    def f(x):
+        return torch.tanh(x @ _WideLayer.W) * x.detach().mean()
+
+    with pytest.raises(GradientMismatch, match=r"(?s)Differences confirm.*detaches a value that depends on the inputs"):
+        gradcheck(f, (_wide_input(),), fast_mode=True)
