@@ -2085,7 +2085,7 @@ def _fallback_message(target, traced, model, batch, rows, got, fd, bad, given: i
         f"  d[{_describe_cotangent(traced, batch.data[row])}] / d[{labels.get(var, var)}] {where}: it gives "
         f"{got[r, col]:.10g}, finite differences {fd.values[r, col]:.10g} +- {fd.error[r, col]:.2g}.\n"
         f"  Symbolic and referee legs missing: {missing}; checked against finite differences of the real "
-        f"function with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong."
+        f"function with their error bars only. {int(bad.any(axis=1).sum())} point(s) wrong.{_detach_hint(traced)}"
     )
 
 
