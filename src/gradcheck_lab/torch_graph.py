@@ -1051,7 +1051,10 @@ def _fingerprint(t) -> str:
 
 def run_graph(gm, *args):
     """``gm(*args)`` by walking its nodes: no generated code (a recorded graph compiles it lazily, Note
-    [Recorded graphs]). Each value is dropped after its last use, as the generated code does."""
+    [Recorded graphs]). Each value is dropped after its last use, as the generated code does.
+
+    Not ``torch.fx.Interpreter``: on a five-op recorded graph it took 0.11 ms a run, this walk 0.035 ms
+    (the compiled code 0.032 ms), and the fidelity check runs it at every probe point."""
     import torch
 
     nodes = list(gm.graph.nodes)
