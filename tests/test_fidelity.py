@@ -463,3 +463,90 @@ def test_a_mismatch_is_printed_with_digits_that_differ():
 
     assert _digits(1.0000000012, 1.0000000013) == ("1.0000000012", "1.0000000013")
     assert _digits(0.25, 0.5) == ("0.25", "0.5")
+
+
+# Note [Reads of the inputs] (recorder.py): a branch on the inputs' values keeps the symbolic leg where the
+# fidelity check shows it holds around the inputs.
+
+
+def _validated(err: float):
+    class Validated(torch.autograd.Function):  # a validity check that never fires, as kornia's boxes
+        @staticmethod
+        def forward(ctx, x):
+            if (x <= -100).any():
+                raise ValueError("out of range")
+            ctx.save_for_backward(x)
+            return torch.tanh(x) * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            t = torch.tanh(x)
+            return g * (t + x * (1 - t * t)) * (1 + err)
+
+    return Validated.apply
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_a_branch_that_holds_around_the_inputs_keeps_the_symbolic_leg(dtype):
+    x = _inputs([(3, 4)], dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "symbolic and referee legs missing"
+        assert gradcheck(_validated(0.0), x) is True
+    with pytest.raises(GradientMismatch, match="symbolic"):
+        gradcheck(_validated(CAUGHT[dtype]), x)
+
+
+def test_each_call_records_its_own_branch():
+    def sign_scaled(t):  # the same function at inputs of either sign: a cached graph would hold the other branch
+        return t * t * 2 if t.sum() > 0 else t.sin() * 3
+
+    for sign in (1.0, -1.0):
+        x = (sign * _inputs([(3, 4)], torch.float64)[0]).detach().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert gradcheck(sign_scaled, (x,)) is True
+        with pytest.raises(GradientMismatch):
+            gradcheck(_wrong_scale(sign_scaled, 1 + 1e-6), (x,))
+
+
+def _wrong_scale(f, factor: float):
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return f(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            with torch.enable_grad():
+                a = x.detach().requires_grad_()
+                (grad,) = torch.autograd.grad(f(a), a, g)
+            return grad * factor
+
+    return Wrong.apply
+
+
+def test_a_branch_that_flips_near_the_inputs_goes_to_finite_differences():
+    def near_edge(t):  # the sum is 1e-3 of its terms: the random points take either branch
+        return t * 2 if t.sum() > 0 else t * 3
+
+    x = torch.tensor([[1.0, -0.999], [0.5, -0.5]], dtype=torch.float64, requires_grad=True)
+    with pytest.warns(RuntimeWarning, match="symbolic and referee legs missing.*data-dependent branch"):
+        assert gradcheck(near_edge, (x,)) is True
+
+
+def test_a_read_no_random_point_could_show_is_not_trusted():
+    from gradcheck_lab import fidelity
+
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+
+    def sized(t):  # as many outputs as the first value's integer part: another size at every random point
+        return t[: int(t[0].item() * 1e6) % 3 + 1] * 2
+
+    gm = lambda t: t[:2] * 2  # noqa: E731 - the graph of the given inputs' branch (2 outputs)
+    rows = [[x], [x * 1.5], [x * 0.5]]  # 1 and 3 outputs there
+    found = fidelity.check(sized, gm, rows, 1, torch.float64, lambda j, k: f"output {j}", reads=("item",))
+    assert found.refused == [0, 1] and "no random point" in found.unfaithful
+    assert fidelity.check(sized, gm, rows, 1, torch.float64, lambda j, k: f"output {j}").unfaithful is None

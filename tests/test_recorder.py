@@ -55,13 +55,24 @@ def _view_then_write(x):
     return v
 
 
-@pytest.mark.parametrize("f", [lambda x: x.mul_(2), _write_through_view, _view_then_write,
-                               lambda x: x * x.sum().item(), lambda x: x if x.sum() > 0 else -x],
-                         ids=["in place into an input", "through a view", "with a view alive", "item",
-                              "data-dependent branch"])
+@pytest.mark.parametrize("f", [lambda x: x.mul_(2), _write_through_view, _view_then_write],
+                         ids=["in place into an input", "through a view", "with a view alive"])
 def test_it_declines_what_could_change_the_meaning(f):
     with pytest.raises(Declined):
         record(f, [_x(3, 2).clone()])
+
+
+@pytest.mark.parametrize(("f", "reads"), [(lambda x: x * x.sum().item(), 1), (lambda x: x if x.sum() > 0 else -x, 1),
+                                          (lambda x: x[: int(x[0, 0] > 0) + 1] * 2, 1), (lambda x: x.sin(), 0)],
+                         ids=["item", "data-dependent branch", "a slice bound", "none"])
+def test_reads_of_the_inputs_are_recorded_as_the_given_inputs_branch_and_listed(f, reads):
+    """Note [Reads of the inputs]: the graph holds the branch and numbers of these inputs, and says so."""
+    from gradcheck_lab.torch_graph import reads_of, run_graph
+
+    x = _x(3, 2)
+    gm = record(f, [x.clone()])
+    assert len(reads_of(gm)) == reads
+    assert torch.equal(run_graph(gm, x.clone())[0], f(x))
 
 
 def test_in_place_ops_on_the_functions_own_tensors_are_recorded_out_of_place():

@@ -8,7 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from gradcheck_lab.ops import backend
-from gradcheck_lab.torch_graph import OPS, Leaf, Traced, Unsupported, interpret, model_of, name_leaves, op_table, trace
+from gradcheck_lab.torch_graph import (
+    OPS,
+    Leaf,
+    Traced,
+    Unsupported,
+    interpret,
+    model_of,
+    name_leaves,
+    op_table,
+    points_around,
+    trace,
+)
 
 
 def _trace(fn, *shapes, seed=0, values=None):
@@ -38,6 +49,9 @@ CASES = {
     "matmul": (lambda a, b, c: a @ b + torch.mm(a, b) + torch.addmm(c, a, b, beta=0.5, alpha=2.0), [(2, 3), (3, 4), (4,)]),
     "bmm": (lambda a, b: torch.bmm(a, b) + a @ b, [(2, 2, 3), (2, 3, 2)]),
     "vectors": (lambda a, b, m: torch.dot(a, b) + (m @ a).sum() + a @ b, [(3,), (3,), (2, 3)]),
+    # selected down to 0-d tensors, stacked and reshaped (kornia's quaternion_to_rotation_matrix)
+    "scalars stacked": (lambda q: torch.stack([q[0] * 2.0, q[1] - q[2], q[3], q[torch.tensor(1)]], -1).view(2, 2),
+                        [(4,)]),
     "linear": (lambda x, w, b: F.linear(x, w, b), [(4, 3), (2, 3), (2,)]),
     "reductions": (lambda a: (a.sum(), a.sum(1), a.mean(0, keepdim=True), a.var(1), a.std(), a.var(0, correction=0),
                               torch.logsumexp(a, 1), a.norm(), a.norm(1)), [(3, 4)]),
@@ -133,6 +147,20 @@ def test_derivations_are_shared_by_graph_structure_and_points_change():
     assert not np.allclose(m1.init_theta(), m2.init_theta())
 
 
+@pytest.mark.parametrize("n", [1, 2, 16, 17, 40])
+@pytest.mark.parametrize("shape", [(3,), (2, 2), ()])
+def test_points_around_are_the_models_sample(n, shape):
+    """The drop-in draws its random points without building the model: the same numbers as the model's."""
+    values = torch.tensor([0.0, -2.5, 1e-300, -1.7e308], dtype=torch.float64)
+    fn = (lambda a, b: (a.sum() * b).unsqueeze(0)) if shape == () else (lambda a, b: a.sum() * b)
+    traced, xs = _trace(fn, (4,), shape, values=[values, torch.full(shape, 0.75, dtype=torch.float64)])
+    model = model_of(traced, [x.numpy() for x in xs])
+    sample = model.sample(n, seed=7)
+    theta, cots = points_around([x.numpy() for x in xs], traced.n_out, n, seed=7)
+    assert np.array_equal(theta, sample.theta) and np.array_equal(cots, sample.data[:, : traced.n_out])
+    assert np.isfinite(theta).all()
+
+
 def test_kinks_are_relu_arguments_for_finite_differences():
     """clamp/maximum become relu, so the FD engine's recording sees their arguments (Note [Kinks through relu])."""
     from gradcheck_lab.engines.finite_diff import _recording_ops
@@ -156,6 +184,18 @@ def test_leaf_names_are_identifiers():
     assert all(n.isidentifier() and not n.startswith("_") for n in names)
     assert len(set(names)) == len(names) == 7
     assert leaves[0].element(3) == "net.0.weight[1, 1]"
+
+
+@pytest.mark.parametrize("specs", [[("x", (2, 2)), ("x_1", (3,))], [("x", ()), ("x", (2,))],
+                                   [("cotangent", ()), ("direction", (2,))], [("a.b", (2,)), ("a_b", (1, 2))],
+                                   [("x_1_2", ()), ("x", (2, 3)), ("x_1", (3,))]])
+def test_leaf_names_are_unique_where_a_label_looks_like_an_index(specs):
+    """Names are generated lazily as ``stem_i_j``; where that could collide they are made unique at once."""
+    leaves = [Leaf(label, "input", i, shape, torch.float64) for i, (label, shape) in enumerate(specs)]
+    name_leaves(leaves)
+    names = [n for lf in leaves for n in lf.var_names]
+    assert len(set(names)) == len(names) == sum(math.prod(s) for _, s in specs)
+    assert all(n.isidentifier() and n not in ("cotangent", "direction") for n in names)
 
 
 def test_op_table_lists_every_handler_with_a_meaning():

@@ -92,13 +92,16 @@ def _differ(real: list, traced: list, dtype) -> tuple[int, int, float, float] | 
 
 def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given: int, dtype,
           describe: Callable[[int, int], str], names: tuple[str, str] = ("the traced graph", "the function"),
-          ) -> Fidelity:
+          known: list | None = None, reads: Sequence[str] = ()) -> Fidelity:
     """Re-evaluate ``graph`` against ``call`` at every row of leaf tensors (the first ``given`` are the given inputs).
 
     ``describe(output, k)`` names an output element; ``names`` the two sides in messages. Rows past ``given``
     where ``call`` raises are refused (their indices, counted from the first
     random row), and so are rows where its outputs have other sizes than at the given inputs (a matcher
     that returns as many matches as it finds); a raise at the given inputs propagates (the user's own error).
+    ``known``: ``call``'s float outputs at the first row, when the caller has them (one call fewer).
+    ``reads``: the ops through which the recorded graph read values of the inputs (Note [Reads of the inputs]
+    in recorder.py): such a graph is unfaithful unless some random row showed it is the function.
     """
     import torch
 
@@ -109,7 +112,7 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
     for i, tensors in enumerate(rows):
         with torch.no_grad():
             try:
-                real = _flat_floats(call(*[t.clone() for t in tensors]))
+                real = known if i == 0 and known is not None else _flat_floats(call(*[t.clone() for t in tensors]))
             except Exception:  # noqa: BLE001 - the user's own check at a point we chose
                 if i < given:
                     raise
@@ -137,6 +140,10 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
             sa, sb = _digits(a, b)
             found.unfaithful = f"{names[0]} is not {names[1]} {where}: {what} is {sa}, {names[0]} gives {sb}"
             return found
+    if reads and len(found.refused) >= len(rows) - given:
+        found.unfaithful = (f"{names[0]} holds the branch of the given inputs ({names[1]} reads their values into "
+                            f"Python: {', '.join(sorted(set(reads)))}), and no random point around them could show "
+                            f"it is {names[1]} there (each was refused)")
     return found
 
 

@@ -24,14 +24,30 @@ It gives up -- and ``make_fx`` with ``functionalize`` traces instead
 (Note [Functional graphs] in torch_graph.py) -- where its graph could differ
 from the function's meaning: an op that mutates a tensor or returns one of
 its arguments (in-place writes and aliasing, which functionalization
-rewrites), an op that reads a value into Python (``.item()``, a
-data-dependent branch: ``make_fx`` refuses these and the fidelity check
-names the line), or an op whose schema it cannot read. A value read from a
+rewrites), or an op whose schema it cannot read. A value read from a
 tensor that depends on no input is a constant of the function (kornia's
 Gaussian blur checks ``bool((sigma > 0).all())`` on its own sigma): the
 read runs and is not recorded, as the same value comes out at any input
 (that read sent MKD's descriptor to finite differences, over 600 s). Ops in a
 decomposition ``table`` are recorded as the ops of their decomposition.
+
+Note [Reads of the inputs]
+~~~~~~~~~~~~~~~~~~~~~~~~~~
+A value that depends on the inputs read into Python (``if (w <= 0).any():
+raise``, ``if torch.any(dist != 0):``, ``int(y[0])`` as a slice bound,
+``.item()``) makes the recorded graph the branch, or the number, of the
+given inputs: ``make_fx`` refuses such code, and 10 of 130 kornia calls went
+to finite differences alone for a validity check that never fires. The
+read runs, the graph keeps the Python value it gave, and the graph module
+lists the reads (``meta["reads"]``). Such a graph is the function only
+where the same branch and the same numbers come out, which the fidelity
+check decides (Note [Trace fidelity]): a read that scales the output
+(``x / x.max().item()``) moves with the 10% perturbations of its random
+points and the graph is found unfaithful; a branch that holds around the
+inputs gives the function exactly, and its derivative there. A recording
+with reads is judged only where at least one random point showed it (every
+point refused: finite differences decide), and it is not cached: the next
+call, at other values, may take another branch.
 """
 
 from __future__ import annotations
@@ -68,7 +84,10 @@ def record(call: Callable, real: list, table: dict | None = None):
     root = torch.nn.Module()
     for name, t in rec.consts.items():
         root.register_buffer(name, t)
-    return _graph_module(root, rec.graph)
+    gm = _graph_module(root, rec.graph)
+    if rec.reads:  # Note [Reads of the inputs]
+        gm.meta["reads"] = tuple(rec.reads)
+    return gm
 
 
 def _graph_module(root, graph):
@@ -105,6 +124,7 @@ class _Recording:
         self.sharing: dict[int, int] = {}  # storage address -> recorded tensors on it (in place)
         self.live: set[int] = set()  # ids of the tensors that depend on an input
         self.sig: dict[int, tuple] = {}  # id -> (dtype, shape, storage) when bound: a change no op recorded shows
+        self.reads: list[str] = []  # ops that read a value depending on the inputs (Note [Reads of the inputs])
 
     def bind(self, t, node) -> None:
         if id(t) not in self.node_of:
@@ -151,8 +171,11 @@ class _Recording:
         tensors = _tensors_in((args, kwargs), [])
         if name in _READS and not any(id(t) in self.live for t in tensors):
             return func(*args, **kwargs)  # a constant's value (a kernel's sigma checked > 0): the same anywhere
-        if schema is None or name in _READS:
-            raise Declined(f"{func}: reads a value that depends on the inputs")
+        if name in _READS:  # Note [Reads of the inputs]: the branch or number of these inputs
+            self.reads.append(name)
+            return func(*args, **kwargs)
+        if schema is None:
+            raise Declined(f"{func}: an op whose schema the recorder cannot read")
         writes = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
         if writes:
             return self.in_place(func, writes, args, kwargs, tensors)

@@ -260,9 +260,15 @@ def _backward(target, row, cots: np.ndarray) -> tuple[np.ndarray, bool]:
     forward is finite there."""
     import torch
 
-    leaves = [t.detach().clone().requires_grad_() for t in row]
+    kept = getattr(target, "given_graph", None)
+    if kept is not None and row is target.values:  # the reentrancy check's forward at the given inputs
+        target.given_graph = None
+        leaves, flat = kept
+    else:
+        leaves = [t.detach().clone().requires_grad_() for t in row]
+        with torch.enable_grad():
+            flat = target.flat_output(target.call(*leaves))
     with torch.enable_grad():
-        flat = target.flat_output(target.call(*leaves))
         return _vjps(flat, leaves, cots), bool(torch.isfinite(flat).all())
 
 

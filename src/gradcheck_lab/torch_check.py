@@ -82,6 +82,8 @@ from .torch_graph import (
     leaf_labels,
     model_of,
     name_leaves,
+    points_around,
+    reads_of,
     trace,
 )
 
@@ -97,8 +99,10 @@ RANDOM_COTANGENTS = 8
 FAST_COTANGENTS = 2
 #: Random points around the inputs checked by default.
 POINTS = 8
-#: Random points with ``fast_mode=True`` when ``points`` is not given (a suite that asks for speed).
-FAST_POINTS = 1
+#: Random points with ``fast_mode=True`` when ``points`` is not given (a suite that asks for speed): the given
+#: inputs only, as torch's fast mode (their cotangents check every component; the trace is still re-evaluated
+#: at ``fidelity.PROBES`` random points). One random point cost 0.8 ms of a 4.4 ms small call.
+FAST_POINTS = 0
 
 
 # ---------------------------------------------------------------- the function under test
@@ -139,8 +143,13 @@ class _Target:
         #: and those outputs' shapes, for the trace.
         self.graph_run: tuple | None = None
         self.out_shapes: list[tuple[int, ...]] | None = None
-        #: The checked outputs at the given inputs, flat (Note [NaN outputs]).
+        #: The checked outputs at the given inputs, flat (Note [NaN outputs]), and as the function returned them
+        #: (float tensors, no grad): the trace's fidelity check compares its graph with them there.
         self.given_output: np.ndarray = np.zeros(0)
+        self.given_floats: list | None = None
+        #: ``(leaves, flat outputs)`` of the reentrancy check's forward, its graph kept for the tensor leg's
+        #: backward at the given inputs (one forward fewer); None once used.
+        self.given_graph: tuple | None = None
         self.module = func if isinstance(func, torch.nn.Module) else None
         names = _argument_names(func, len(self.inputs))
         leaves: list[Leaf] = []
@@ -681,6 +690,7 @@ def gradcheck(
         _refused_warning(fid.refused, points)
         _nan_warning(skipped, points)
         return _structural("gradcheck", target.call, target.values, func, **structural)
+    target.given_graph = None  # the kept forward's saved tensors, if the tensor leg did not use them
     return _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed, fast_mode,
                    check_backward_ad, check_forward_ad, structural, found)
 
@@ -1054,7 +1064,8 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
         if traced.tensor is not None:  # outside the per-element table, inside the tensor-level rules
             drawn = _random_points(target, traced, fidelity.probe_count(points), seed)
             rows = [target.values] + [_leaf_row(target, th, dt) for th in drawn[0]]
-            fid = fidelity.check(target.call, traced.tensor.gm, rows, 1, dt, describe)
+            fid = fidelity.check(target.call, traced.tensor.gm, rows, 1, dt, describe, known=target.given_floats,
+                                 reads=reads_of(traced))
             fid.points = drawn
             fid.refused = [i for i in fid.refused if i < points]
             if fid.unfaithful is None:
@@ -1066,18 +1077,19 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
             if where:
                 traced.reason = f"the forward leaves torch: {'; '.join(where)}"
         return traced, fidelity.Fidelity()
-    model = model_of(traced, [v.detach().double().numpy() for v in target.values])
-    sample = model.sample(fidelity.probe_count(points), seed=seed)
-    rows = [target.values] + [_leaf_row(target, theta, dt) for theta in sample.theta]
+    drawn = _random_points(target, traced, fidelity.probe_count(points), seed)
+    rows = [target.values] + [_leaf_row(target, theta, dt) for theta in drawn[0]]
     if reference is not None:
         own = fidelity.check(source.call, traced.gm, rows, 1, dt, describe)
         if own.unfaithful is not None:
             raise UsageError(f"Expected reference to be torch code the tracer follows but {own.unfaithful}; "
                              "write the reference with torch ops only (no NumPy, .item() or custom ops).")
-    fid = (fidelity.check(target.call, traced.gm, rows, 1, dt, describe) if reference is None else
+    fid = (fidelity.check(target.call, traced.gm, rows, 1, dt, describe, known=target.given_floats,
+                          reads=reads_of(traced))
+           if reference is None else
            fidelity.check(target.call, source.call, rows, 1, dt, describe, ("the reference", "func")))
     fid.refused = [i for i in fid.refused if i < points]
-    fid.points = (sample.theta, sample.data[:, : traced.n_out])
+    fid.points = drawn
     if fid.unfaithful is not None and reference is not None:
         msg = (f"gradcheck_lab.gradcheck: the forward of {name} differs from its reference: "
                f"{fid.unfaithful}"
@@ -1116,8 +1128,7 @@ def _random_points(target: _Target, traced, n: int, seed: int) -> tuple[np.ndarr
     """
     values = [v.detach().double().cpu().numpy() for v in target.values]
     if isinstance(traced, Traced):
-        sample = model_of(traced, values).sample(n, seed=seed)
-        return sample.theta, sample.data[:, : traced.n_out]
+        return points_around(values, traced.n_out, n, seed)
     from .torch_graph import SPREAD
 
     flat = np.concatenate([v.ravel() for v in values])
@@ -1463,6 +1474,7 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
         first = run(RANDOM_SEEDS[0])  # as the runs it is compared with: no grad (fused fast paths may differ)
         a = target.flat_output(first).double()
         target.given_output = a.detach().cpu().numpy()
+        target.given_floats = [o for o in _flat_outputs(first) if o.is_floating_point()]
         if a.numel() and not bool(torch.isfinite(a).any()):  # a / 0: SymPy's derivative is zoo, nothing to judge
             raise UsageError(
                 f"Expected {getattr(target.func, '__qualname__', type(target.func).__name__)} to give a finite "
@@ -1548,7 +1560,9 @@ def _reentrant(target: _Target, nondet_tol: float, seed: int, raise_exception: b
     # clone: a backward that returns the very tensor it later mutates would change its first answer too
     a = [None if g is None else g.clone() for g in torch.autograd.grad(flat, leaves, cot, retain_graph=True,
                                                                         allow_unused=True)]
-    b = torch.autograd.grad(flat, leaves, cot, allow_unused=True)
+    # the graph is kept for the tensor leg's backward at the given inputs (tensor_check._backward)
+    b = torch.autograd.grad(flat, leaves, cot, retain_graph=True, allow_unused=True)
+    target.given_graph = (leaves, flat)
     worst, k = _worst_difference(_gradient(a, leaves).astype(float), _gradient(b, leaves).astype(float))
     if worst > nondet_tol:
         label = [lf.element(j) for lf in target.leaves for j in range(len(lf.var_names))][k]
