@@ -227,6 +227,15 @@ def suite_rows(n_small: int = 60):
         fast_ours, fast_theirs = fast_ours + a, fast_theirs + b
     print(f"  {n_small} small functions: ours {ours:.2f} s, torch {theirs:.2f} s ({ours / theirs:.1f}x); "
           f"fast_mode ours {fast_ours:.2f} s, torch {fast_theirs:.2f} s ({fast_ours / fast_theirs:.1f}x)", flush=True)
+    warm = []
+    for fast in (False, True):  # one function again on new inputs: its trace and rules are cached
+        f = _small(7)
+        gradcheck(f, (x, w), fast_mode=fast)
+        pairs = [_timed_pair(f, (rand(4, 6, seed=s), rand(6, 5, seed=100 + s)), fast_mode=fast) for s in range(REPEAT)]
+        a, b = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        warm.append((a, b))
+        print(f"  warm call{' (fast_mode)' if fast else ''}: ours {a * 1e3:.1f} ms, torch {b * 1e3:.1f} ms "
+              f"({a / b:.1f}x)", flush=True)
     real = []
     F = torch.nn.functional
     cases = (
@@ -251,11 +260,11 @@ def suite_rows(n_small: int = 60):
     growth = (_rss_mib() - before) / 200
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  RSS growth {growth:.3f} MiB per distinct function over 200; peak {peak:.0f} MiB", flush=True)
-    return (ours, theirs, fast_ours, fast_theirs, n_small), real, (growth, peak)
+    return (ours, theirs, fast_ours, fast_theirs, n_small, warm), real, (growth, peak)
 
 
 def suite_markdown(small, real, memory, seconds) -> str:
-    ours, theirs, fast_ours, fast_theirs, n = small
+    ours, theirs, fast_ours, fast_theirs, n, warm = small
     growth, peak = memory
     lines = [
         "## A test suite's figures",
@@ -272,6 +281,9 @@ def suite_markdown(small, real, memory, seconds) -> str:
         f"{theirs:.2f} s | {ours / theirs:.1f}x | 3x |",
         f"| the same with `fast_mode=True` | {fast_ours:.2f} s | {fast_theirs:.2f} s | {fast_ours / fast_theirs:.1f}x | 3x |",
     ]
+    for (a, b), mode in zip(warm, ("", ", `fast_mode=True`")):
+        lines.append(f"| warm call{mode}: one of them again on new inputs, median of {REPEAT} | {a * 1e3:.1f} ms | "
+                     f"{b * 1e3:.1f} ms | {a / b:.1f}x | 2x |")
     for name, size, a, b in real:
         lines.append(f"| first call, {name} ({size} elements) | {a:.2f} s | {b:.2f} s | {a / b:.1f}x | 1x |")
     lines += [

@@ -20,11 +20,12 @@ alias there is nothing else the write can change. ALIKED's backbone
 functionalized graph ended in a ``copy_`` the tensor-level rules do not
 cover, and went to finite differences (minutes).
 
-It gives up -- and ``make_fx`` with ``functionalize`` traces instead
-(Note [Functional graphs] in torch_graph.py) -- where its graph could differ
-from the function's meaning: an op that mutates a tensor or returns one of
-its arguments (in-place writes and aliasing, which functionalization
-rewrites), or an op whose schema it cannot read. A value read from a
+It gives up where its graph could differ from the function's meaning: an
+op that mutates a tensor or returns one of its arguments (in-place writes
+and aliasing), or an op whose schema it cannot read. It then records
+``torch.func.functionalize`` of the function, which rewrites writes into
+views as scatters (Note [Functional graphs] in torch_graph.py), and only
+where that fails too ``make_fx`` traces. A value read from a
 tensor that depends on no input is a constant of the function (kornia's
 Gaussian blur checks ``bool((sigma > 0).all())`` on its own sigma): the
 read runs and is not recorded, as the same value comes out at any input
@@ -48,6 +49,17 @@ inputs gives the function exactly, and its derivative there. A recording
 with reads is judged only where at least one random point showed it (every
 point refused: finite differences decide), and it is not cached: the next
 call, at other values, may take another branch.
+
+Its derivative can pass a call but never fails one. A solver that stops on
+a test of its residual (``while (y * y - x).abs().max() > 1e-6: y = (y +
+x / y) / 2``) records the given inputs' iterations; around them the same
+number comes out, so the graph is the function, and its exact derivative
+is that of the iterations, where a backward by the implicit function
+theorem means the solution's (Note [Inexact forwards]): they differed by
+4e-10 relative, below what finite differences resolve, and the correct
+backward was blamed. So where the legs agree the call passes with its
+symbolic leg (kornia's validity checks); where they do not, finite
+differences of the real function decide, as for a forward outside torch.
 """
 
 from __future__ import annotations
@@ -81,6 +93,9 @@ def record(call: Callable, real: list, table: dict | None = None):
         result = call(*real)
     flat = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
     rec.graph.output([rec.arg(t) for t in flat])
+    # ops whose values reach no output: a read's condition (Note [Reads of the inputs]), a statistic computed
+    # and dropped (a stopping test's comparisons crashed the referee's ball arithmetic, which sums no booleans)
+    rec.graph.eliminate_dead_code()
     root = torch.nn.Module()
     for name, t in rec.consts.items():
         root.register_buffer(name, t)

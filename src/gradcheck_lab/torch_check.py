@@ -700,6 +700,11 @@ def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points,
     """The full path, where the tensor leg did not pass the call: the per-element symbolic and referee legs
     on a faithful graph, else the tensor referee on the tensor leg's disagreement (``found``) and finite
     differences of the real function (``_fallback``)."""
+    if reads := reads_of(traced):  # Note [Reads of the inputs]: its derivative passes a call, never fails one
+        from . import fidelity
+
+        where = "; ".join(fidelity.leaks(target.call, target.values)) or ", ".join(sorted(set(reads)))
+        traced = Unsupported([], target.leaves, traced.out_shapes, _READS_UNJUDGED.format(where), outside=True)
     if isinstance(traced, Unsupported) and traced.deferred:  # Note [Decompositions on demand]
         # where the legs disagreed, decomposed however large: the tensor referee reads the per-element graph
         traced, fid = _truth(target, points, seed, None, raise_exception, unbounded=bool(found))
@@ -758,6 +763,12 @@ def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points,
         if not _fallback(target, traced, atol, rtol, raise_exception, points, seed, fast_mode, forward_ad):
             return False
     return _structural("gradcheck", target.call, target.values, func, **structural)
+
+
+_READS_UNJUDGED = ("the forward reads values of its inputs into Python ({}), so its graph is the branch of the given "
+                   "inputs, whose derivative may pass a call but not fail one: a solver's stopping test gives a "
+                   "graph whose derivative is the iterations', not the solution's that a backward means "
+                   "(Note [Reads of the inputs])")
 
 
 class _Overruled(Exception):

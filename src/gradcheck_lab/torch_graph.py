@@ -504,17 +504,17 @@ def _slice(ops, a, dim=0, start=None, end=None, step=1):
 
 
 def _select(ops, a, dim, index):
-    idx = [slice(None)] * _obj(a).ndim
+    idx: list[Any] = [slice(None)] * _obj(a).ndim
     idx[dim] = index
     # the trailing ``...`` keeps a 0-d result an array: indexed to one element, NumPy returns the element
     # itself, and an element that is an array of points (finite differences' columns) became a 1-d tensor
     # (kornia's quaternion_to_rotation_matrix: "cannot reshape array of size 153 into shape (3,3)")
-    return _obj(a)[(*idx, Ellipsis)]
+    return _obj(a)[tuple(idx) + (Ellipsis,)]
 
 
 def _index(ops, a, indices):
     idx = tuple(slice(None) if i is None else np.asarray(i) for i in indices)
-    return _obj(a)[(*idx, Ellipsis)]
+    return _obj(a)[idx + (Ellipsis,)]
 
 
 def _squeeze(ops, a, dim=None):
@@ -1251,7 +1251,13 @@ def _make_graph(call: Callable, real: list, table: dict | None = None):
 
     try:  # Note [Recorded graphs]: the real call, recorded at dispatch level, where it keeps the meaning
         return record(call, real, table)
-    except Exception:  # noqa: BLE001 - declined (in-place writes, values read into Python) or unusual code
+    except Exception:  # noqa: BLE001 - declined (in-place writes into views or inputs) or unusual code
+        pass
+    try:  # the same, functionalized: writes into views become scatters, as under make_fx below, and a read of
+        # the inputs stays the given inputs' branch (make_fx refuses it: kornia's boxes write into slices and
+        # check their widths, and went to finite differences)
+        return record(torch.func.functionalize(call), real, table)
+    except Exception:  # noqa: BLE001 - make_fx decides
         pass
     trace_log = logging.getLogger("torch.__trace")  # make_fx's structured DEBUG records: noise in a test's report
     was = trace_log.disabled
