@@ -700,7 +700,8 @@ def _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points,
     """The full path, where the tensor leg did not pass the call: the per-element symbolic and referee legs
     on a faithful graph, else the tensor referee on the tensor leg's disagreement (``found``) and finite
     differences of the real function (``_fallback``)."""
-    if reads := reads_of(traced):  # Note [Reads of the inputs]: its derivative passes a call, never fails one
+    reads = reads_of(traced) if not (isinstance(traced, Unsupported) and traced.outside) else ()
+    if reads:  # Note [Reads of the inputs]: its derivative passes a call, never fails one (unfaithful: said so)
         from . import fidelity
 
         where = "; ".join(fidelity.leaks(target.call, target.values)) or ", ".join(sorted(set(reads)))
