@@ -1350,3 +1350,15 @@ def test_a_detached_path_is_named_where_differences_confirm():
 
     with pytest.raises(GradientMismatch, match=r"(?s)Differences confirm.*detaches a value that depends on the inputs"):
         gradcheck(f, (_wide_input(),), fast_mode=True)
+
+
+def test_one_tolerance_given_keeps_torchs_default_for_the_other():
+    # torch reads atol=1e-8 alone as 1e-8 + 1e-3 |g|: a backward 1e-6 off relative passes there, and here
+    x = (_t(3, 4) * 10).detach().requires_grad_()
+    off = _wrong(lambda t: t * t.sin(), 1 + 1e-6)
+    assert torch.autograd.gradcheck(off, (x,), atol=1e-8)
+    assert gradcheck(off, (x,), atol=1e-8) is True
+    with pytest.raises(GradientMismatch):  # rtol=0 given explicitly: 1e-6 relative is beyond 1e-8
+        gradcheck(off, (x,), atol=1e-8, rtol=0.0)
+    with pytest.raises(GradientMismatch):  # rtol alone keeps torch's atol=1e-5: 1e-3 relative is beyond it
+        gradcheck(_wrong(lambda t: t * t.sin(), 1 + 1e-2), (x,), rtol=1e-3)
