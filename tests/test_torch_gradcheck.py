@@ -1202,6 +1202,25 @@ def test_the_fallback_budget_is_relative_to_torchs_own_cost(monkeypatch):
     assert not any("time budget" in str(w.message) for w in caught)
 
 
+def test_the_fallback_budget_in_fast_mode_follows_torchs_fast_mode(monkeypatch):
+    # torch's fast mode differences one projection per input: kornia's TestLocalFeature took our whole minute
+    from gradcheck_lab import torch_check
+
+    monkeypatch.setattr(torch_check, "FALLBACK_FLOOR_SECONDS", 0.0)
+    monkeypatch.setattr(torch_check, "FALLBACK_TORCH_MULTIPLE", 0.5)
+    x = _t(4, 12)
+    found = {}
+    for fast in (False, True):
+        with pytest.warns(RuntimeWarning, match=r"per-component differences at \d+ of 48 components") as caught:
+            assert gradcheck(_branchy, (x,), fast_mode=fast) is True
+        (w,) = [w for w in caught if "per-component" in str(w.message)]
+        found[fast] = int(str(w.message).split("per-component differences at ")[1].split()[0])
+        with pytest.raises(GradientMismatch), warnings.catch_warnings():  # a wrong backward is still found
+            warnings.simplefilter("ignore")
+            gradcheck(_wrong(_branchy, 1 + 1e-6), (x,), fast_mode=fast)
+    assert found[True] < found[False]
+
+
 def test_the_fallback_budget_covers_every_component_at_the_given_inputs_first():
     # Note [Fallback budget]: the given inputs' rows (one per cotangent) are one point; counted as 24 rows, a
     # 4x6 entmax check differenced 8 of its 24 components, and a wrong component went unseen

@@ -1904,8 +1904,10 @@ def _fallback(target, traced: Unsupported, atol, rtol, raise_exception, points, 
     if rows.size and columns is None:
         import torch
 
+        # torch's own differences: 2 calls per component, or per input tensor (one projection each) in fast mode
+        torch_calls = 2 * (len(target.leaves) if fast_mode else got_all.shape[1])
         rows, columns, budget_note, budget = _within_budget(rows, got_all.shape[1], lambda: one(torch.as_tensor(
-            target.theta())), seed, len(cots))
+            target.theta())), seed, len(cots), torch_calls)
         # twice the estimate, and at least FALLBACK_DEADLINE_FLOOR: one timed call predicts a loaded machine's
         # vmapped batches poorly (a 1 s budget cut a 900-component check short under load and passed 1e-6)
         clock["deadline"] = min(clock["deadline"], time.perf_counter() + max(2 * budget, FALLBACK_DEADLINE_FLOOR))
@@ -2241,7 +2243,7 @@ FALLBACK_FLOOR_SECONDS = 1.0
 FALLBACK_DEADLINE_FLOOR = 10.0
 
 
-def _within_budget(rows: np.ndarray, p: int, call, seed: int, given: int = 0):
+def _within_budget(rows: np.ndarray, p: int, call, seed: int, given: int = 0, torch_calls: int | None = None):
     """Note [Fallback budget]: the rows and components per-component differences can afford.
 
     Each component costs about ``2 (2K + 1)`` calls of the function a point
@@ -2262,9 +2264,13 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int, given: int = 0):
     unseen two times in three.)
 
     The budget is ``FALLBACK_TORCH_MULTIPLE`` times what torch's own
-    finite differences cost (``2 p`` calls), at least
-    ``FALLBACK_FLOOR_SECONDS`` and at most ``FALLBACK_SECONDS``: a suite's
-    slow function gets a check in proportion to torch's, not a minute.
+    finite differences cost (``torch_calls``: ``2 p`` calls, or 2 per input
+    tensor under ``fast_mode``, whose one random projection per input is
+    all torch differences), at least ``FALLBACK_FLOOR_SECONDS`` and at most
+    ``FALLBACK_SECONDS``: a suite's slow function gets a check in proportion
+    to torch's, not a minute (kornia's ``TestLocalFeature``, a ``fast_mode``
+    call of a detector pipeline with kinks everywhere, took the whole 60 s
+    where torch takes 0.1 s).
     entmax's bisection (24 components, a Python loop of 50 iterations a
     call) spent the whole minute on each of its 27 tests (140x torch's time
     on a loaded machine); with a 5 s floor, 46 s for 27 tests where torch
@@ -2286,7 +2292,8 @@ def _within_budget(rows: np.ndarray, p: int, call, seed: int, given: int = 0):
     start = time.perf_counter()
     call()
     once = max(time.perf_counter() - start, 1e-6)
-    budget = min(FALLBACK_SECONDS, max(FALLBACK_FLOOR_SECONDS, FALLBACK_TORCH_MULTIPLE * 2 * p * once))
+    torch_calls = 2 * p if torch_calls is None else torch_calls
+    budget = min(FALLBACK_SECONDS, max(FALLBACK_FLOOR_SECONDS, FALLBACK_TORCH_MULTIPLE * torch_calls * once))
     per = 2 * (2 * K + 1) * once  # one component at one point
     at_given = rows[rows < given]
     others = rows[rows >= given]
