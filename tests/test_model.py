@@ -77,3 +77,12 @@ def test_binary_target_checked():
     m = get_model("logistic")
     with pytest.raises(InvalidValueError, match="0 or 1"):
         m.batch([{"x": 1, "y": 0.5}])
+
+
+def test_duplicate_variable_names_are_refused_and_many_names_are_checked_quickly():
+    with pytest.raises(UsageError, match=r"distinct variable names but \['w'\]"):
+        Model.from_function(lambda ops, p, v: p.w * v.x, params=[Var("w"), Var("w")])
+    # 150,528 parameters (a 224x224 image): counted once, not name by name (200 s before)
+    many = [Var(f"p{i}") for i in range(150_528)]
+    model = Model.from_function(lambda ops, p, v: p.p0 * v.x, params=many)
+    assert model.n_params == 150_528

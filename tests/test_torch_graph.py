@@ -288,3 +288,14 @@ def test_make_fx_shares_one_fake_mode_only_while_it_traces(monkeypatch):
     assert vals and all(v is None or tuple(v.shape) in {(3, 4), (3,)} for v in vals if hasattr(v, "shape"))
     torch.testing.assert_close(gm(x), writes_into_a_view(x))
     assert len(made) <= 1  # one shared mode for every recorded value (one per value before)
+
+
+def test_constants_become_object_arrays_only_when_the_per_element_legs_read_them():
+    # a vision transformer's weights as Python floats took 24 GB where only the tensor-level leg ran
+    w = torch.randn(300, 300, dtype=torch.float64)
+    traced, xs = _trace(lambda a: (a @ w).sin(), (2, 300))
+    assert isinstance(traced, Traced) and len(traced.consts) >= 1
+    assert dict.__len__(traced.consts) == 0  # nothing converted by tracing
+    name = next(iter(traced.consts))
+    assert name in traced.consts and traced.consts[name].dtype == object
+    assert dict.__len__(traced.consts) == 1

@@ -1033,6 +1033,31 @@ def _identifier(text: str, taken: set[str]) -> str:
     return name
 
 
+class _Constants(dict):
+    """Node name -> the value of a node that depends on no leaf, as the per-element interpreter reads it
+    (:func:`_constant`: object arrays of Python floats), converted when first read. Only the per-element legs
+    read them, within their derivation budget; converted at once, a vision transformer's weights as Python
+    floats took 24 GB (kornia's SigLip2 test, killed for memory) where the tensor-level leg needs none."""
+
+    def __init__(self, raw: dict):
+        super().__init__()
+        self._raw = raw
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._raw
+
+    def __getitem__(self, name: str) -> Any:
+        if not dict.__contains__(self, name):
+            dict.__setitem__(self, name, _constant(self._raw[name]))
+        return dict.__getitem__(self, name)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __iter__(self):
+        return iter(self._raw)
+
+
 def _constant(value: Any) -> Any:
     import torch
 
@@ -1355,7 +1380,7 @@ def _fold(gm, real) -> tuple[set, dict, list]:
 def _analyse(gm, real, leaves, out_shapes) -> Traced | Unsupported:
     """Which nodes depend on a leaf, their constants, and which ops are unsupported."""
     live, raw, live_targets = _fold(gm, real)
-    consts = {k: _constant(v) for k, v in raw.items()}
+    consts = _Constants(raw)
     missing: list[str] = []
     targets: list = []
     for target in live_targets:
