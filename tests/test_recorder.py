@@ -123,3 +123,13 @@ def test_constants_made_inside_the_function_are_read_and_written_freely():
     torch.manual_seed(0)
     gm = record(f, [x])
     assert torch.allclose(gm(y)[0], want)
+
+
+def test_a_graph_traced_again_shares_its_own_constants():
+    w = _x(3, 3)
+    first = record(lambda x: (x @ w).sin(), [_x(2, 3)])
+    again = record(first, [_x(2, 3)])
+    (mine,) = list(first.buffers())
+    (theirs,) = list(again.buffers())
+    assert torch.equal(mine, w) and mine.data_ptr() != w.data_ptr()  # the function's tensor: copied
+    assert theirs.data_ptr() == mine.data_ptr()  # the graph's own: shared, not copied again

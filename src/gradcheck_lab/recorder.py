@@ -85,6 +85,8 @@ def record(call: Callable, real: list, table: dict | None = None):
     from torch.utils._pytree import tree_flatten
 
     rec = _Recording(table)
+    if isinstance(call, torch.fx.GraphModule):  # a graph traced again (decompositions): its constants are its own
+        rec.owned = {id(b) for b in call.buffers()}
     for i, t in enumerate(real):
         rec.bind(t, rec.graph.placeholder(f"arg{i}_1"))
         rec.live.add(id(t))
@@ -140,6 +142,7 @@ class _Recording:
         self.live: set[int] = set()  # ids of the tensors that depend on an input
         self.sig: dict[int, tuple] = {}  # id -> (dtype, shape, storage) when bound: a change no op recorded shows
         self.reads: list[str] = []  # ops that read a value depending on the inputs (Note [Reads of the inputs])
+        self.owned: set[int] = set()  # ids of the buffers of a graph module being traced again (not copied)
 
     def bind(self, t, node) -> None:
         if id(t) not in self.node_of:
@@ -163,7 +166,9 @@ class _Recording:
             n = None
         if n is None:  # made outside the dispatcher (a closure's weight, torch.from_numpy): a constant
             name = f"_tensor_constant{len(self.consts)}"
-            self.consts[name] = a.detach().clone()  # its value now: the function may write into it later
+            # its value now: the function may write into it later (a graph's own buffers it does not: copying a
+            # vision transformer's weights again at each of its re-tracings took 13 of 99 s)
+            self.consts[name] = a.detach() if id(a) in self.owned else a.detach().clone()
             n = self.graph.get_attr(name)
             self.bind(a, n)
         return n
