@@ -299,3 +299,22 @@ def test_constants_become_object_arrays_only_when_the_per_element_legs_read_them
     name = next(iter(traced.consts))
     assert name in traced.consts and traced.consts[name].dtype == object
     assert dict.__len__(traced.consts) == 1
+
+
+def test_a_users_profile_module_does_not_break_tracing(tmp_path, monkeypatch):
+    # pytorch_wavelets' tests folder holds a profile.py; torch's tracers import cProfile, which imports profile
+    import sys
+
+    from gradcheck_lab.torch_graph import _standard_cprofile
+
+    (tmp_path / "profile.py").write_text("MINE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("cProfile", "profile"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import profile
+
+    assert getattr(profile, "MINE", False)  # shadowed, as under that suite
+    _standard_cprofile()
+    import cProfile
+
+    assert callable(cProfile.run) and sys.modules["profile"] is profile  # theirs stays theirs

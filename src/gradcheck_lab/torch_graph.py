@@ -1186,6 +1186,7 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     fidelity]); kornia's routed time fell from 24 to 19.3 s.
     """
     cache_key = key if decompose or key is None else (key, "first")
+    _standard_cprofile()
     if cache_key is not None and cache_key in _TRACES:
         _TRACES.move_to_end(cache_key)
         return _TRACES[cache_key]
@@ -1245,6 +1246,44 @@ def reads_of(graph) -> tuple[str, ...]:
     (Note [Reads of the inputs] in recorder.py): empty where its branches hold at any input."""
     gm = getattr(graph, "gm", graph)
     return tuple(getattr(gm, "meta", {}).get("reads", ()))
+
+
+def _standard_cprofile() -> None:
+    """Import the standard library's ``cProfile`` once, past a ``profile.py`` of the user's that shadows the
+    standard ``profile`` it imports: torch's tracers import ``torch._dynamo``, which imports ``cProfile``, and
+    pytorch_wavelets' tests folder holds a ``profile.py`` -- put on ``sys.path`` before our pytest plugin ran
+    (a ``conftest.py`` beside it), every trace failed with "module 'profile' has no attribute 'run'" and its
+    calls went to finite differences (60 s each). The user's ``profile`` module stays what ``import
+    profile`` gives them."""
+    import sys
+
+    if "cProfile" in sys.modules:
+        return
+    try:
+        import cProfile  # noqa: F401
+        return
+    except (ImportError, AttributeError):  # the user's profile.py came first on sys.path
+        pass
+    import importlib.util
+    import os
+    import sysconfig
+
+    spec = importlib.util.spec_from_file_location("profile", os.path.join(sysconfig.get_paths()["stdlib"], "profile.py"))
+    if spec is None or spec.loader is None:
+        return
+    standard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standard)
+    theirs = sys.modules.get("profile")
+    sys.modules["profile"] = standard
+    try:
+        import cProfile  # noqa: F401,F811
+    except (ImportError, AttributeError):
+        pass
+    finally:
+        if theirs is None:
+            sys.modules.pop("profile", None)
+        else:
+            sys.modules["profile"] = theirs
 
 
 def _elements(gm) -> int:
