@@ -1381,3 +1381,10 @@ def test_one_tolerance_given_keeps_torchs_default_for_the_other():
         gradcheck(off, (x,), atol=1e-8, rtol=0.0)
     with pytest.raises(GradientMismatch):  # rtol alone keeps torch's atol=1e-5: 1e-3 relative is beyond it
         gradcheck(_wrong(lambda t: t * t.sin(), 1 + 1e-2), (x,), rtol=1e-3)
+
+
+
+@pytest.mark.parametrize("kw", [{"atol": "abc"}, {"rtol": -1.0}, {"atol": float("nan")}, {"rtol": True}])
+def test_a_malformed_tolerance_gets_one_clear_error(kw):
+    with pytest.raises(UsageError, match=r"to be a finite number >= 0"):
+        gradcheck(torch.sin, (_t(3),), **kw)

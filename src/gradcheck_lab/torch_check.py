@@ -1430,9 +1430,14 @@ def _torch_tolerances(atol, rtol) -> tuple[float | None, float | None]:
     """``atol``/``rtol`` in torch's meaning: neither given, our derived tolerances (None, None); one given, the
     other keeps torch's default (``atol=1e-8`` alone is ``1e-8 + 1e-3 |g|`` there; read with ``rtol=0`` a
     correct backward 1e-6 off in a value of 10 failed where torch's passes)."""
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise UsageError(f"Expected {name} to be a finite number >= 0 (or left out) but got {name}={value!r}; "
+                             f"torch's default is {name}={TORCH_ATOL if name == 'atol' else TORCH_RTOL:g}.")
     if atol is None and rtol is None:
         return None, None
-    return (TORCH_ATOL if atol is None else atol), (TORCH_RTOL if rtol is None else rtol)
+    return float(TORCH_ATOL if atol is None else atol), float(TORCH_RTOL if rtol is None else rtol)
 
 
 def _validate(points, seed) -> None:
