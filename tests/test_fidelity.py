@@ -18,6 +18,7 @@ import torch
 
 from gradcheck_lab import GradientMismatch, UsageError, gradcheck, gradgradcheck
 from gradcheck_lab.fidelity import leaks
+from test_torch_gradcheck import _wrong  # a Function with autograd's gradient of f, scaled
 
 DTYPES = [torch.float64, torch.float32]
 #: The smallest relative error each dtype's untraced path must catch (issue 17, point 3).
@@ -539,25 +540,7 @@ def test_each_call_records_its_own_branch():
             warnings.simplefilter("error")
             assert gradcheck(sign_scaled, (x,)) is True
         with pytest.raises(GradientMismatch):
-            gradcheck(_wrong_scale(sign_scaled, 1 + 1e-6), (x,))
-
-
-def _wrong_scale(f, factor: float):
-    class Wrong(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return f(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            with torch.enable_grad():
-                a = x.detach().requires_grad_()
-                (grad,) = torch.autograd.grad(f(a), a, g)
-            return grad * factor
-
-    return Wrong.apply
+            gradcheck(_wrong(sign_scaled, 1 + 1e-6), (x,))
 
 
 def test_a_branch_that_flips_near_the_inputs_goes_to_finite_differences():
@@ -599,4 +582,4 @@ def test_writes_into_slices_with_a_validity_check_keep_the_symbolic_leg():
         assert gradcheck(boxes, x) is True
     with pytest.raises(GradientMismatch), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gradcheck(_wrong_scale(boxes, 1 + 1e-6), x)
+        gradcheck(_wrong(boxes, 1 + 1e-6), x)

@@ -6,6 +6,7 @@ from pathlib import Path
 # pytester's in-process runs restore sys.modules afterwards, and extension modules
 # cannot be loaded twice in one process: import them once, outside the runs.
 import numpy  # noqa: F401
+import pytest
 import torch  # noqa: F401
 from torch._decomp import get_decompositions  # noqa: F401
 from torch.fx.experimental.proxy_tensor import make_fx  # noqa: F401
@@ -198,11 +199,15 @@ def test_gradcheck_lab_flag_from_addopts_and_under_xdist(pytester):
     result.stdout.re_match_lines([r"gradcheck_lab: 6 gradchecks routed, 2 failed .*"])
 
 
-def test_a_tests_folder_that_shadows_the_standard_librarys_profile_keeps_the_trace(pytester):
+@pytest.mark.parametrize("conftest", [False, True], ids=["alone", "beside a conftest"])
+def test_a_tests_folder_that_shadows_the_standard_librarys_profile_keeps_the_trace(pytester, conftest):
     # pytorch_wavelets' tests folder holds a profile.py: make_fx's lazy import of cProfile found it, and
-    # every routed call lost its symbolic leg ("module 'profile' has no attribute 'run'")
+    # every routed call lost its symbolic leg ("module 'profile' has no attribute 'run'"); a conftest.py
+    # beside it puts the folder on sys.path before any plugin is configured
     tests = pytester.mkdir("tests")
     (tests / "profile.py").write_text("PROFILE = 'the suite own helper'\n")
+    if conftest:
+        (tests / "conftest.py").write_text("import profile\n\nassert profile.PROFILE\n")
     (tests / "test_shadow.py").write_text('''
 import warnings
 

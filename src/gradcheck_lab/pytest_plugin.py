@@ -40,14 +40,7 @@ _ROUTING_KEY = "gradcheck_lab_routing"
 def pytest_configure(config):
     config.addinivalue_line("markers", "gradcheck(points=N, seed=S): settings of the gradcheck fixture for one test")
     if config.getoption("--gradcheck-lab", default=False):
-        # The tracer's make_fx imports torch._dynamo, which imports the standard library's cProfile and
-        # profile; a suite whose tests folder holds a profile.py (pytorch_wavelets) shadows it once pytest
-        # puts that folder on sys.path, and every trace failed ("module 'profile' has no attribute 'run'").
-        try:
-            import cProfile  # noqa: F401
-        except (ImportError, AttributeError):  # already shadowed (a profile.py in the working directory)
-            pass
-
+        # (a tests folder's profile.py that shadows the standard library's: torch_graph._standard_cprofile)
         from .torch_routing import routing
 
         context = routing()

@@ -67,7 +67,7 @@ import math
 import operator
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -976,7 +976,7 @@ class Traced:
     gm: Any  # torch.fx.GraphModule
     leaves: list[Leaf]
     live: set  # names of nodes that depend on a checked leaf
-    consts: dict  # node name -> value of a node that does not
+    consts: Mapping  # node name -> value of a node that does not
     out_shapes: list[tuple[int, ...]]  # the floating outputs, in order
     key: str  # the graph's structure, shapes and constants (derivation cache key)
     tensor: Any = None  # the graph for the tensor-level engine (engines/tensor.py), None where it has none
@@ -1033,23 +1033,23 @@ def _identifier(text: str, taken: set[str]) -> str:
     return name
 
 
-class _Constants(dict):
+class _Constants(Mapping):
     """Node name -> the value of a node that depends on no leaf, as the per-element interpreter reads it
     (:func:`_constant`: object arrays of Python floats), converted when first read. Only the per-element legs
     read them, within their derivation budget; converted at once, a vision transformer's weights as Python
     floats took 24 GB (kornia's SigLip2 test, killed for memory) where the tensor-level leg needs none."""
 
     def __init__(self, raw: dict):
-        super().__init__()
         self._raw = raw
+        self._converted: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._converted:
+            self._converted[name] = _constant(self._raw[name])
+        return self._converted[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._raw
-
-    def __getitem__(self, name: str) -> Any:
-        if not dict.__contains__(self, name):
-            dict.__setitem__(self, name, _constant(self._raw[name]))
-        return dict.__getitem__(self, name)
 
     def __len__(self) -> int:
         return len(self._raw)
