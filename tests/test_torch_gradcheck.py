@@ -1,5 +1,7 @@
 """gradcheck_lab.gradcheck / gradgradcheck: the drop-in for torch.autograd's, on real custom Functions."""
 
+import functools
+import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -1388,3 +1390,72 @@ def test_one_tolerance_given_keeps_torchs_default_for_the_other():
 def test_a_malformed_tolerance_gets_one_clear_error(kw):
     with pytest.raises(UsageError, match=r"to be a finite number >= 0"):
         gradcheck(torch.sin, (_t(3),), **kw)
+
+
+# ---------------------------------------------------------------- Note [One forward at the given inputs]
+
+
+class _CountedSin(torch.autograd.Function):
+    """sin with a hand-written backward that counts its calls (``scale`` 1: right; else off by that factor)."""
+
+    backwards = 0
+    scale = 1.0
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.sin()
+
+    @staticmethod
+    def backward(ctx, g):
+        _CountedSin.backwards += 1
+        (x,) = ctx.saved_tensors
+        return g * x.cos() * _CountedSin.scale
+
+
+def test_a_fast_mode_call_shares_its_forward_and_backward_at_the_given_inputs(monkeypatch):
+    # reentrancy's two passes, the tensor leg's second cotangent, torch's zero-cotangent and undefined-gradient
+    # tests: 5 backward passes (torch's own fast mode makes 4); each check had its own before (8)
+    x = _t(3, 4)
+    monkeypatch.setattr(_CountedSin, "backwards", 0)
+    assert gradcheck(_CountedSin.apply, (x,), fast_mode=True) is True
+    assert _CountedSin.backwards == 5
+    # the first cotangent's product is the reentrancy check's, reused: a wrong backward is still caught there
+    monkeypatch.setattr(_CountedSin, "scale", 1 + 1e-6)
+    with pytest.raises(GradientMismatch, match="backward of Function.apply is wrong"):
+        gradcheck(_CountedSin.apply, (x,), fast_mode=True)
+    monkeypatch.setattr(_CountedSin, "scale", 1 + 1e-3)  # float32's detection limit
+    with pytest.raises(GradientMismatch, match="backward of Function.apply is wrong"):
+        gradcheck(_CountedSin.apply, (_t(3, 4, dtype=torch.float32),), fast_mode=True)
+
+
+def test_a_forward_that_rounds_otherwise_with_grad_is_not_taken_for_random():
+    # the forward with grad is the determinism check's second call only where it gives the same outputs; a
+    # fused no-grad path that rounds otherwise is compared with a second call without grad, as before
+    def rounds_otherwise(a):
+        out = a.exp()
+        return out * (1 + 2.0**-52) if torch.is_grad_enabled() else out
+
+    assert gradcheck(rounds_otherwise, (_t(4),)) is True
+    assert gradcheck(rounds_otherwise, (_t(4),), fast_mode=True) is True
+
+
+def test_positional_names_are_inspects():
+    from gradcheck_lab.torch_check import _positional_names
+
+    def plain(a, b=1, /, c=2, *args, d, **kw):
+        return a
+
+    def wrapper(*args, **kwargs):
+        return plain(*args, **kwargs)
+
+    wrapper.__wrapped__ = plain
+    module = torch.nn.Linear(2, 2)
+    for target in (plain, lambda x, w: x, wrapper, module.forward, cf.Exp.apply, torch.sin,
+                   functools.partial(plain, 1), _CountedSin.apply, len):
+        try:
+            want = [p.name for p in inspect.signature(target).parameters.values()
+                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            want = []
+        assert _positional_names(target) == want, target

@@ -318,3 +318,21 @@ def test_a_users_profile_module_does_not_break_tracing(tmp_path, monkeypatch):
     import cProfile
 
     assert callable(cProfile.run) and sys.modules["profile"] is profile  # theirs stays theirs
+
+
+def test_a_graph_is_folded_once():
+    # which nodes depend on a leaf and the others' values depend on the graph only: the trace's analysis and
+    # the tensor-level engine's graph share one evaluation
+    from gradcheck_lab.engines import tensor
+    from gradcheck_lab.recorder import record
+    from gradcheck_lab.torch_graph import _fold
+
+    w = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    gm = record(lambda a: torch.tanh(a @ (w * 2 + 1)), [x])
+    live, raw, targets = _fold(gm, [x])
+    assert _fold(gm, [x * 3]) == (live, raw, targets) and _fold(gm, [x * 3])[1] is raw
+    assert any(torch.equal(v, w * 2 + 1) for v in raw.values())
+    graph, why = tensor.graph_of(None, [x], gm)
+    assert why == "" and set(graph.consts) == set(raw) and set(graph.live) == live
+    assert any(torch.equal(v, w * 2 + 1) for v in graph.consts.values())

@@ -76,6 +76,8 @@ def _differ(real: list, traced: list, dtype) -> tuple[int, int, float, float] | 
     for j, (r, t) in enumerate(zip(real, traced)):
         if tuple(r.shape) != tuple(t.shape):
             return (j, -1, float("nan"), float("nan"))
+        if r.dtype == t.dtype and r.device == t.device and torch.equal(r, t):  # a replay, bit for bit: the usual case
+            continue
         a = r.detach().double().reshape(-1).cpu().numpy()
         b = t.detach().double().reshape(-1).cpu().numpy()
         with np.errstate(all="ignore"):

@@ -64,6 +64,7 @@ differences of the real function decide, as for a forward outside torch.
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -97,7 +98,8 @@ def record(call: Callable, real: list, table: dict | None = None):
     rec.graph.output([rec.arg(t) for t in flat])
     # ops whose values reach no output: a read's condition (Note [Reads of the inputs]), a statistic computed
     # and dropped (a stopping test's comparisons crashed the referee's ball arithmetic, which sums no booleans)
-    rec.graph.eliminate_dead_code()
+    if any(not n.users and n.op == "call_function" for n in rec.graph.nodes):
+        rec.graph.eliminate_dead_code()
     root = torch.nn.Module()
     for name, t in rec.consts.items():
         root.register_buffer(name, t)
@@ -180,12 +182,12 @@ class _Recording:
         if self.table and func in self.table:
             with mode:
                 return self.table[func](*args, **kwargs)
-        with mode:  # a composite op called from inside a decomposition: its own ops, as make_fx records them
-            r = func.decompose(*args, **kwargs)
-        if r is not NotImplemented:
-            return r
-        schema = getattr(func, "_schema", None)
-        name = getattr(func, "__name__", "").split(".")[0]
+        name, composite, schema, writes = _op_facts(func)
+        if composite:
+            with mode:  # a composite op called from inside a decomposition: its own ops, as make_fx records them
+                r = func.decompose(*args, **kwargs)
+            if r is not NotImplemented:
+                return r
         if name == "lift_fresh":  # torch.tensor(...) inside the function: a constant, bound where it is used
             return func(*args, **kwargs)
         tensors = _tensors_in((args, kwargs), [])
@@ -196,7 +198,6 @@ class _Recording:
             return func(*args, **kwargs)
         if schema is None:
             raise Declined(f"{func}: an op whose schema the recorder cannot read")
-        writes = [i for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
         if writes:
             return self.in_place(func, writes, args, kwargs, tensors)
         out = func(*args, **kwargs)
@@ -211,7 +212,8 @@ class _Recording:
         """Record ``func``'s node and bind its tensor results (``getitem`` nodes for a tuple)."""
         import torch
 
-        node = self.graph.call_function(func, _mapped(self.arg, tuple(args)), _mapped(self.arg, dict(kwargs)))
+        node = self.graph.create_node("call_function", func, _mapped(self.arg, tuple(args)),
+                                      _mapped(self.arg, dict(kwargs)), name=_node_name(func))
         if isinstance(out, torch.Tensor):
             self.bind(out, node)
             if depends:
@@ -303,6 +305,34 @@ def _modes():
 
         _MODES.extend([Visible, Recorder])
     return _MODES[0], _MODES[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _op_facts(func) -> tuple[str, bool, Any, list[int]]:
+    """What the recorder asks of an op at each call, looked up once: its name, whether it has a composite
+    (CompositeImplicitAutograd) kernel to decompose, its schema and the arguments it writes into (about a
+    fifth of a small function's recording when asked per call)."""
+    from torch._C import DispatchKey
+
+    name = getattr(func, "__name__", "").split(".")[0]
+    can = getattr(func, "_can_decompose", None)
+    try:
+        composite = bool(can()) if can is not None else DispatchKey.CompositeImplicitAutograd in getattr(
+            func, "py_kernels", {})
+    except Exception:  # noqa: BLE001 - an op that cannot say: ask it at each call, as before
+        composite = True
+    schema = getattr(func, "_schema", None)
+    writes = [] if schema is None else [i for i, a in enumerate(schema.arguments)
+                                        if a.alias_info is not None and a.alias_info.is_write]
+    return name, composite, schema, writes
+
+
+@functools.lru_cache(maxsize=4096)
+def _node_name(func) -> str:
+    """The name torch.fx would derive for ``func``'s node (``mm_default``), derived once per op."""
+    import torch
+
+    return torch.fx.Graph()._target_to_str(func)
 
 
 def _storage(t) -> int:

@@ -19,7 +19,8 @@ Note [Drop-in design]
   At the given inputs the cotangents are the unit vectors while the outputs
   have at most :data:`MAX_JACOBIAN` elements (the full Jacobian, row by
   row), else :data:`RANDOM_COTANGENTS` seeded random ones; ``fast_mode``
-  takes random ones always.
+  takes :data:`FAST_COTANGENTS` random ones always, the first the
+  reentrancy check's (Note [One forward at the given inputs]).
 * **Random points**: ``points`` more points around the inputs (each
   component uniform in ``t +- 0.1 |t|``, seeded by ``seed``), each with a
   random cotangent: one call checks more than one point.
@@ -64,9 +65,10 @@ import functools
 import inspect
 import math
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -147,9 +149,9 @@ class _Target:
         #: (float tensors, no grad): the trace's fidelity check compares its graph with them there.
         self.given_output: np.ndarray = np.zeros(0)
         self.given_floats: list | None = None
-        #: ``(leaves, flat outputs)`` of the reentrancy check's forward, its graph kept for the tensor leg's
-        #: backward at the given inputs (one forward fewer); None once used.
-        self.given_graph: tuple | None = None
+        #: The forward with grad at the given inputs and the reentrancy check's backward (Note [One forward at
+        #: the given inputs]); None once its checks are done.
+        self.given_run: _GivenRun | None = None
         self.module = func if isinstance(func, torch.nn.Module) else None
         names = _argument_names(func, len(self.inputs))
         leaves: list[Leaf] = []
@@ -321,16 +323,27 @@ def _float_dtypes():
 
 def _argument_names(func, n: int) -> list[str]:
     target = func.forward if hasattr(func, "forward") and callable(func.forward) else func
-    try:
-        params = [
-            p.name for p in inspect.signature(target).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        params = []
+    params = _positional_names(target)
     names = [params[i] if i < len(params) else f"input{i}" for i in range(n)]
     # *args functions (Function.apply): name by position.
     return [nm if nm not in ("args", "self", "ctx") else f"input{i}" for i, nm in enumerate(names)]
+
+
+def _positional_names(target) -> list[str]:
+    """The names of ``target``'s positional parameters, as ``inspect.signature`` gives them.
+
+    A plain function's (or a method's, less ``self``) are read from its code object: ``inspect.signature``
+    took 0.06 ms, a thirtieth of a small ``fast_mode`` call. Anything else (a wrapper with ``__wrapped__``
+    or ``__signature__``, a builtin, a callable object) goes through ``inspect.signature``."""
+    fn, bound = (target.__func__, True) if isinstance(target, types.MethodType) else (target, False)
+    if isinstance(fn, types.FunctionType) and not hasattr(fn, "__wrapped__") and not hasattr(fn, "__signature__"):
+        names = list(fn.__code__.co_varnames[: fn.__code__.co_argcount])
+        return names[1:] if bound else names
+    try:
+        return [p.name for p in inspect.signature(target).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
 
 
 # ---------------------------------------------------------------- candidates
@@ -527,7 +540,10 @@ def _cotangents(n_out: int, fast_mode: bool, seed: int, given=None) -> list[list
     if n_out <= MAX_JACOBIAN and not fast_mode:
         return [[1.0 if j == k else 0.0 for j in range(n_out)] for k in range(n_out)]
     rng = np.random.default_rng(seed)
-    return [list(rng.uniform(-1.0, 1.0, n_out)) for _ in range(FAST_COTANGENTS if fast_mode else RANDOM_COTANGENTS)]
+    if fast_mode:  # the first is the reentrancy check's: its product is known (Note [One forward at the given inputs])
+        return [list(_reentrancy_cotangent(n_out, seed))] + [list(rng.uniform(-1.0, 1.0, n_out))
+                                                             for _ in range(FAST_COTANGENTS - 1)]
+    return [list(rng.uniform(-1.0, 1.0, n_out)) for _ in range(RANDOM_COTANGENTS)]
 
 
 def _describe_cotangent(traced, cot) -> str:
@@ -691,8 +707,9 @@ def gradcheck(
                                                                   rtol, skipped, found):
         _refused_warning(fid.refused, points)
         _nan_warning(skipped, points)
-        return _structural("gradcheck", target.call, target.values, func, **structural)
-    target.given_graph = None  # the kept forward's saved tensors, if the tensor leg did not use them
+        given, target.given_run = target.given_run, None
+        return _structural("gradcheck", target.call, target.values, func, given=given, **structural)
+    target.given_run = None  # the kept forward's saved tensors: the full path makes its own
     return _judged(target, traced, fid, func, eps, atol, rtol, raise_exception, points, seed, fast_mode,
                    check_backward_ad, check_forward_ad, structural, found)
 
@@ -1321,8 +1338,11 @@ def _requires(name: str, value: bool, needs: str, given: bool) -> None:
 
 
 def _structural(what, user_fn, values, func, *, backward, forward, undefined, dtypes, batched, batched_forward, masked,
-                raise_exception) -> bool:
-    """torch's structural tests of the backward's plumbing, by torch's own helpers (Note [Drop-in design])."""
+                raise_exception, given: _GivenRun | None = None) -> bool:
+    """torch's structural tests of the backward's plumbing, by torch's own helpers (Note [Drop-in design]).
+
+    ``given``: the forward with grad at the given inputs and a backward of it (Note [One forward at the given
+    inputs]), in place of a forward and a backward of cotangent ones here."""
     import importlib
 
     import torch
@@ -1335,10 +1355,13 @@ def _structural(what, user_fn, values, func, *, backward, forward, undefined, dt
         out = user_fn(*args)
         return out if isinstance(out, torch.Tensor) else tuple(_flat_outputs(out))
 
-    leaves = tuple(v.detach().clone().requires_grad_(True) for v in values)
-    out = fn(*leaves)
-    outputs = tuple(o for o in (out if isinstance(out, (tuple, list)) else (out,))
-                    if isinstance(o, torch.Tensor) and o.requires_grad)
+    if given is not None:
+        leaves, outputs = tuple(given.leaves), tuple(o for o in given.outputs if o.requires_grad)
+    else:
+        leaves = tuple(v.detach().clone().requires_grad_(True) for v in values)
+        out = fn(*leaves)
+        outputs = tuple(o for o in (out if isinstance(out, (tuple, list)) else (out,))
+                        if isinstance(o, torch.Tensor) and o.requires_grad)
     tests: list[tuple[str, str, Callable]] = []
     if batched_forward:
         tests.append(("check_batched_forward_grad", "_test_batched_grad_forward_ad", lambda h: h(fn, leaves)))
@@ -1348,8 +1371,8 @@ def _structural(what, user_fn, values, func, *, backward, forward, undefined, dt
                 tests.append(("check_batched_grad", "_test_batched_grad", lambda h, i=i, o=o: h(leaves, o, i)))
         # A zero cotangent must give zero gradients, unless a saved output or the gradient itself is
         # inf (0 * inf is NaN: sqrt at 0, whose exact derivative is infinite): no evidence there.
-        grads = torch.autograd.grad(outputs, leaves, [torch.ones_like(o) for o in outputs],
-                                    retain_graph=True, allow_unused=True)
+        grads = tuple(given.grads) if given is not None else torch.autograd.grad(
+            outputs, leaves, [torch.ones_like(o) for o in outputs], retain_graph=True, allow_unused=True)
         finite_out = all(bool(torch.isfinite(o).all()) for o in outputs)
         if finite_out and all(g is None or bool(torch.isfinite(g).all()) for g in grads):
             tests.append(("check_backward_ad", "_test_backward_mul_by_grad_output",
@@ -1448,6 +1471,8 @@ def _validate(points, seed) -> None:
 
 def _worst_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     """The largest ``|a - b|`` and where: the same inf or NaN twice is no difference, NaN beside a number inf."""
+    if a.shape == b.shape and np.array_equal(a, b):  # the usual case, bit for bit
+        return 0.0, 0
     same = (a == b) | (np.isnan(a) & np.isnan(b))
     with np.errstate(invalid="ignore"):
         diff = np.where(same, 0.0, np.nan_to_num(np.abs(a - b), nan=np.inf)).ravel()
@@ -1514,7 +1539,13 @@ def _deterministic(target: _Target, nondet_tol: float) -> bool:
                 "it is defined."
             )
         # A function that drew nothing from torch's generator is compared once more (NumPy's or Python's
-        # generator, a nondeterministic kernel); one that drew, at each seed.
+        # generator, a nondeterministic kernel); one that drew, at each seed. The forward with grad above is
+        # that second call where it gave the same outputs (a call of the function fewer); where it did not
+        # (a fused no-grad path rounds otherwise), two calls without grad decide, as before.
+        if not draws:
+            b = torch.cat([o.detach().reshape(-1) for o in kept]).double() if kept else a[:0]
+            if b.shape == a.shape and _worst_difference(a.detach().cpu().numpy(), b.cpu().numpy())[0] <= nondet_tol:
+                return True
         for seed in RANDOM_SEEDS[1:] if draws else RANDOM_SEEDS[1:2]:
             b = target.flat_output(run(seed)).double()
             worst, k = _worst_difference(a.detach().cpu().numpy(), b.detach().cpu().numpy())
@@ -1577,24 +1608,25 @@ def _reentrant(target: _Target, nondet_tol: float, seed: int, raise_exception: b
     """
     import torch
 
+    from .torch_graph import _flat_outputs
+
     run, target.graph_run = target.graph_run, None
     if run is not None and run[1]:  # the forward _deterministic ran with grad at the given inputs
         leaves, floats = run
-        flat = torch.cat([o.reshape(-1) for o in floats])
     else:
         leaves = [v.detach().clone().requires_grad_(True) for v in target.values]
-        flat = target.flat_output(target.call(*leaves))
+        floats = [o for o in _flat_outputs(target.call(*leaves)) if o.is_floating_point()]
+    flat = torch.cat([o.reshape(-1) for o in floats])
     if not flat.requires_grad:
         return True
-    rng = np.random.default_rng(seed)
-    cot = torch.as_tensor(rng.uniform(0.5, 1.5, flat.numel()) * rng.choice([-1.0, 1.0], flat.numel()),
-                          dtype=flat.dtype)
+    cot_np = _reentrancy_cotangent(flat.numel(), seed)
+    cot = torch.as_tensor(cot_np, dtype=flat.dtype)
     # clone: a backward that returns the very tensor it later mutates would change its first answer too
     a = [None if g is None else g.clone() for g in torch.autograd.grad(flat, leaves, cot, retain_graph=True,
                                                                         allow_unused=True)]
-    # the graph is kept for the tensor leg's backward at the given inputs (tensor_check._backward)
     b = torch.autograd.grad(flat, leaves, cot, retain_graph=True, allow_unused=True)
-    target.given_graph = (leaves, flat)
+    # Note [One forward at the given inputs]: its graph and this backward serve the checks that follow
+    target.given_run = _GivenRun(leaves, tuple(floats), flat, cot_np, a)
     worst, k = _worst_difference(_gradient(a, leaves).astype(float), _gradient(b, leaves).astype(float))
     if worst > nondet_tol:
         label = [lf.element(j) for lf in target.leaves for j in range(len(lf.var_names))][k]
@@ -1608,6 +1640,39 @@ def _reentrant(target: _Target, nondet_tol: float, seed: int, raise_exception: b
         )
         return _fail(msg, None, raise_exception)
     return True
+
+
+def _reentrancy_cotangent(n: int, seed: int) -> np.ndarray:
+    """The reentrancy check's cotangent (Note [Reentrant first]): seeded, each component in +-[0.5, 1.5]."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.5, 1.5, n) * rng.choice([-1.0, 1.0], n)
+
+
+@dataclass
+class _GivenRun:
+    """Note [One forward at the given inputs]
+    ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+    The function runs once with grad at the given inputs (``_deterministic``
+    compares it with a call without grad), and its graph serves every check
+    there that needs a backward: the reentrancy check's two passes with
+    cotangent ``cot``, the tensor leg's products at the given inputs (whose
+    first cotangent under ``fast_mode`` is ``cot``: its product is
+    ``grads``, not computed again) and torch's structural tests (a zero
+    cotangent, the dtypes, which need any gradient, not one of ones). Each
+    was a forward and a backward of its own: about a fifth of a small
+    ``fast_mode`` call. The graph is kept (``retain_graph``) until the
+    structural tests, whose zero-cotangent test is its last backward.
+    """
+
+    leaves: list
+    outputs: tuple  # the checked float outputs, with their graph
+    flat: Any  # the same, concatenated
+    cot: np.ndarray  # the reentrancy check's cotangent
+    grads: list  # the first of its two backward passes (None where an input is unused)
+
+    def gradient(self) -> np.ndarray:
+        """``grads`` flat, in float64."""
+        return _gradient(self.grads, self.leaves).astype(np.float64)
 
 
 def _fixed_step_note(target, traced, eps, pts, faults, labels) -> str:

@@ -98,10 +98,14 @@ _SPECIAL = frozenset({"var", "prod", "linalg_inv_ex", "_linalg_solve_ex", "_lina
 _POINTWISE_LINEAR = frozenset({"where", "masked_fill", "clone", "neg", "alias", "detach", "_to_copy", "fill"})
 
 
+@functools.lru_cache(maxsize=RULE_CACHE)
 def _packet(target) -> str:
-    return getattr(target, "__name__", str(target)).split(".")[0]
+    """The op's name without its overload (``mm`` of ``aten.mm.default``); asked per node and row, looked up once."""
+    name = getattr(target, "__name__", None)
+    return (name if name is not None else str(target)).split(".")[0]
 
 
+@functools.lru_cache(maxsize=RULE_CACHE)
 def _overload(target) -> str:
     return getattr(target, "__name__", "")
 
@@ -430,8 +434,6 @@ _DROP_KWARGS = ("dtype", "layout", "device", "pin_memory", "non_blocking")  # me
 
 def _call(target, args, kwargs, grad: bool = False):
     """The op at float64: float dtype conversions and device moves are dropped (the truth is exact)."""
-    import contextlib
-
     import torch
 
     name = _packet(target)
@@ -453,9 +455,12 @@ def _call(target, args, kwargs, grad: bool = False):
         dst, src = args[0], args[1]
         src = src.to(torch.float64) if dst.is_floating_point() else src.to(dst.dtype)
         return src.expand(dst.shape).clone()
-    kwargs = {k: v for k, v in kwargs.items()
-              if k not in _DROP_KWARGS or (k == "dtype" and v is not None and not v.is_floating_point)}
-    with contextlib.nullcontext() if grad else torch.no_grad():
+    if kwargs:
+        kwargs = {k: v for k, v in kwargs.items()
+                  if k not in _DROP_KWARGS or (k == "dtype" and v is not None and not v.is_floating_point)}
+    if grad or not torch.is_grad_enabled():  # forward() runs under no_grad once, not once per op
+        return target(*args, **kwargs)
+    with torch.no_grad():
         return target(*args, **kwargs)
 
 
@@ -1003,6 +1008,13 @@ def forward(graph: TensorGraph, primals: Sequence, tangents: Sequence) -> tuple[
     """The float outputs and their tangents ``(B, *shape)`` for leaf values and leaf tangents."""
     import torch
 
+    with torch.no_grad():
+        return _forward(graph, primals, tangents)
+
+
+def _forward(graph: TensorGraph, primals: Sequence, tangents: Sequence) -> tuple[list, list]:
+    import torch
+
     gm = graph.gm
     env: dict = {}
     tan: dict = {}
@@ -1175,13 +1187,12 @@ def _jacobian_blocks(graph: TensorGraph, values: Sequence):
     chunk = max(1, min(n_in, CHUNK_ELEMENTS // max(widest, 1)))
     for start in range(0, n_in, chunk):
         stop = min(start + chunk, n_in)
+        # rows start..stop of the identity, cut at the leaves' boundaries (a column slice of one eye)
+        eye = torch.zeros((stop - start, n_in), dtype=torch.float64)
+        eye[:, start:stop].fill_diagonal_(1.0)
         tangents, off = [], 0
         for p, size in zip(primals, sizes):
-            t = torch.zeros((stop - start, size), dtype=torch.float64)
-            lo, hi = max(start, off), min(stop, off + size)
-            if lo < hi:
-                t[torch.arange(lo - start, hi - start), torch.arange(lo - off, hi - off)] = 1.0
-            tangents.append(t.reshape((stop - start,) + tuple(p.shape)))
+            tangents.append(eye[:, off : off + size].reshape((stop - start,) + tuple(p.shape)))
             off += size
         outs, outs_t = forward(graph, primals, tangents)
         yield outs, (start, stop), (torch.cat([t.reshape(stop - start, -1) for t in outs_t], dim=1).numpy().T
