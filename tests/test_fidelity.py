@@ -583,3 +583,37 @@ def test_writes_into_slices_with_a_validity_check_keep_the_symbolic_leg():
     with pytest.raises(GradientMismatch), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gradcheck(_wrong(boxes, 1 + 1e-6), x)
+
+
+def test_a_probe_past_the_checked_points_is_evaluated_until_one_is_accepted():
+    # Note [Trace fidelity]: with no random point checked (points=0, fast_mode) one accepted probe suffices;
+    # the second drawn is evaluated only where the function refuses the first
+    from gradcheck_lab import fidelity
+    from gradcheck_lab.recorder import record
+
+    x = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+    rows = [[x], [x * 1.05], [x * 0.95]]
+    gm = record(torch.sin, [x])
+    seen: list[float] = []
+
+    def call(t, refuse=None):
+        seen.append(float(t[0]))
+        if refuse is not None and math.isclose(float(t[0]), refuse):
+            raise ValueError("outside my domain")
+        return torch.sin(t)
+
+    def describe(j, k):
+        return f"output {j}[{k}]"
+
+    found = fidelity.check(call, gm, rows, 1, torch.float64, describe, used=0)
+    assert found.unfaithful is None and found.refused == [] and len(seen) == 2
+    seen.clear()
+    found = fidelity.check(lambda t: call(t, refuse=0.525), gm, rows, 1, torch.float64, describe, used=0)
+    assert found.unfaithful is None and found.refused == [0] and len(seen) == 3
+    seen.clear()
+    found = fidelity.check(call, gm, rows, 1, torch.float64, describe)  # every row: the checks read them all
+    assert found.unfaithful is None and len(seen) == 3
+    # a value that left torch (a constant in the graph) is caught by the one probe
+    leaked = record(lambda t: torch.from_numpy(np.sin(t.numpy())), [x])
+    found = fidelity.check(torch.sin, leaked, rows, 1, torch.float64, describe, used=0)
+    assert found.unfaithful is not None and "random point 0" in found.unfaithful

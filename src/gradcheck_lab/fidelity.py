@@ -12,7 +12,8 @@ that of a constant (0), and a correct backward was blamed against it.
 
 So the graph counts as the function only after it was *re-evaluated* at
 the given inputs and at random points around them (every random point the
-check uses, and at least :data:`PROBES` of them even with ``points=0``):
+check uses; with fewer than one, ``points=0`` or ``fast_mode``, a probe of
+:data:`PROBES` drawn, the second only where the function refuses the first):
 the graph module and the user's function each run at the same inputs, in
 the inputs' dtype, and every floating output must agree to the rounding of
 both, ``|f - g| <= ROUNDING * eps * (|f| + |g| + max |f| of that output)``
@@ -21,6 +22,12 @@ in practice; torch's decompositions of ``batch_norm`` or ``group_norm``
 reorder a reduction, which moved float32 outputs by a few ``eps`` of the
 tensor's largest element), while a constant that should have moved with a
 10% perturbation is off by about 10%.
+
+One accepted random point suffices: a value computed outside torch enters
+the graph as a constant that each component's 10% perturbation moves, and
+every component moves at once, so a second random point could only catch
+what the first missed by an exact coincidence. It cost a tenth of a small
+``fast_mode`` call (a call of the function and a run of the graph).
 
 Where they disagree the call loses its symbolic and referee legs and is
 judged by finite differences of the real function (torch_check's fallback).
@@ -44,7 +51,8 @@ import numpy as np
 
 __all__ = ["PROBES", "ROUNDING", "Fidelity", "check", "leaks"]
 
-#: Random points the graph is re-evaluated at even when the check uses fewer (``points=0``).
+#: Random points drawn for the re-evaluation when the check uses none (``points=0``): the first is evaluated,
+#: the second only where the function refuses the first (Note [Trace fidelity]).
 PROBES = 2
 #: Multiple of the dtype's roundoff by which graph and function may differ (Note [Trace fidelity]).
 ROUNDING = 256.0
@@ -94,7 +102,7 @@ def _differ(real: list, traced: list, dtype) -> tuple[int, int, float, float] | 
 
 def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given: int, dtype,
           describe: Callable[[int, int], str], names: tuple[str, str] = ("the traced graph", "the function"),
-          known: list | None = None, reads: Sequence[str] = ()) -> Fidelity:
+          known: list | None = None, reads: Sequence[str] = (), used: int | None = None) -> Fidelity:
     """Re-evaluate ``graph`` against ``call`` at every row of leaf tensors (the first ``given`` are the given inputs).
 
     ``describe(output, k)`` names an output element; ``names`` the two sides in messages. Rows past ``given``
@@ -104,6 +112,8 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
     ``known``: ``call``'s float outputs at the first row, when the caller has them (one call fewer).
     ``reads``: the ops through which the recorded graph read values of the inputs (Note [Reads of the inputs]
     in recorder.py): such a graph is unfaithful unless some random row showed it is the function.
+    ``used``: how many random rows the checks that follow read; the rows past them are probes only
+    (Note [Trace fidelity]), evaluated until one is accepted. None: every row.
     """
     import torch
 
@@ -111,7 +121,10 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
 
     found = Fidelity()
     shapes = None
+    accepted = 0
     for i, tensors in enumerate(rows):
+        if used is not None and i - given >= used and accepted:
+            break  # a probe past the rows the checks read: one that showed the graph is enough
         with torch.no_grad():
             try:
                 real = known if i == 0 and known is not None else _flat_floats(call(*[t.clone() for t in tensors]))
@@ -134,6 +147,7 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
                 found.unfaithful = (f"{names[0]} fails where {names[1]} runs "
                                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
                 return found
+        accepted += i >= given
         diff = _differ(real, traced, dtype)
         if diff is not None:
             j, k, a, b = diff
@@ -142,7 +156,7 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
             sa, sb = _digits(a, b)
             found.unfaithful = f"{names[0]} is not {names[1]} {where}: {what} is {sa}, {names[0]} gives {sb}"
             return found
-    if reads and len(found.refused) >= len(rows) - given:
+    if reads and not accepted:
         found.unfaithful = (f"{names[0]} holds the branch of the given inputs ({names[1]} reads their values into "
                             f"Python: {', '.join(sorted(set(reads)))}), and no random point around them could show "
                             f"it is {names[1]} there (each was refused)")

@@ -103,7 +103,7 @@ FAST_COTANGENTS = 2
 POINTS = 8
 #: Random points with ``fast_mode=True`` when ``points`` is not given (a suite that asks for speed): the given
 #: inputs only, as torch's fast mode (their cotangents check every component; the trace is still re-evaluated
-#: at ``fidelity.PROBES`` random points). One random point cost 0.8 ms of a 4.4 ms small call.
+#: at a random point, Note [Trace fidelity]). One random point cost 0.8 ms of a 4.4 ms small call.
 FAST_POINTS = 0
 
 
@@ -541,9 +541,9 @@ def _cotangents(n_out: int, fast_mode: bool, seed: int, given=None) -> list[list
         return [[1.0 if j == k else 0.0 for j in range(n_out)] for k in range(n_out)]
     rng = np.random.default_rng(seed)
     if fast_mode:  # the first is the reentrancy check's: its product is known (Note [One forward at the given inputs])
-        return [list(_reentrancy_cotangent(n_out, seed))] + [list(rng.uniform(-1.0, 1.0, n_out))
-                                                             for _ in range(FAST_COTANGENTS - 1)]
-    return [list(rng.uniform(-1.0, 1.0, n_out)) for _ in range(RANDOM_COTANGENTS)]
+        return [_reentrancy_cotangent(n_out, seed).tolist()] + [rng.uniform(-1.0, 1.0, n_out).tolist()
+                                                                for _ in range(FAST_COTANGENTS - 1)]
+    return [rng.uniform(-1.0, 1.0, n_out).tolist() for _ in range(RANDOM_COTANGENTS)]
 
 
 def _describe_cotangent(traced, cot) -> str:
@@ -1094,9 +1094,9 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
             )
         if traced.tensor is not None:  # outside the per-element table, inside the tensor-level rules
             drawn = _random_points(target, traced, fidelity.probe_count(points), seed)
-            rows = [target.values] + [_leaf_row(target, th, dt) for th in drawn[0]]
+            rows = _Rows(target, drawn[0], dt)
             fid = fidelity.check(target.call, traced.tensor.gm, rows, 1, dt, describe, known=target.given_floats,
-                                 reads=reads_of(traced))
+                                 reads=reads_of(traced), used=points)
             fid.points = drawn
             fid.refused = [i for i in fid.refused if i < points]
             if fid.unfaithful is None:
@@ -1109,14 +1109,14 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
                 traced.reason = f"the forward leaves torch: {'; '.join(where)}"
         return traced, fidelity.Fidelity()
     drawn = _random_points(target, traced, fidelity.probe_count(points), seed)
-    rows = [target.values] + [_leaf_row(target, theta, dt) for theta in drawn[0]]
+    rows = _Rows(target, drawn[0], dt)
     if reference is not None:
         own = fidelity.check(source.call, traced.gm, rows, 1, dt, describe)
         if own.unfaithful is not None:
             raise UsageError(f"Expected reference to be torch code the tracer follows but {own.unfaithful}; "
                              "write the reference with torch ops only (no NumPy, .item() or custom ops).")
     fid = (fidelity.check(target.call, traced.gm, rows, 1, dt, describe, known=target.given_floats,
-                          reads=reads_of(traced))
+                          reads=reads_of(traced), used=points)
            if reference is None else
            fidelity.check(target.call, source.call, rows, 1, dt, describe, ("the reference", "func")))
     fid.refused = [i for i in fid.refused if i < points]
@@ -1131,7 +1131,7 @@ def _truth(target: _Target, points: int, seed: int, reference, raise_exception: 
         return Unsupported([], target.leaves, traced.out_shapes, _unfaithful_reason(target, fid), outside=True), fid
     if traced.tensor is not None and traced.tensor.gm is not traced.gm:
         # The tensor-level engine reads torch's decompositions of some ops: shown to be the function too.
-        again = fidelity.check(source.call, traced.tensor.gm, rows, 1, dt, describe)
+        again = fidelity.check(source.call, traced.tensor.gm, rows, 1, dt, describe, used=points)
         if again.unfaithful is not None:
             traced = replace(traced, tensor=None, tensor_reason=f"its decomposed graph: {again.unfaithful}")
     work = element_work(traced)
@@ -1224,6 +1224,31 @@ def _graph_targets(traced: Traced):
     for node in traced.gm.graph.nodes:
         if node.op == "call_function" and hasattr(node.target, "namespace"):
             yield node.target
+
+
+class _Rows(Sequence):
+    """The given inputs' tensors, then a row of leaf tensors per random point of ``theta``, each made when first
+    read: the fidelity check reads its probes only until one is accepted (Note [Trace fidelity])."""
+
+    def __init__(self, target: _Target, theta: np.ndarray, dt):
+        self._target, self._theta, self._dt = target, theta, dt
+        self._made: dict[int, list] = {}
+
+    def __len__(self) -> int:
+        return 1 + len(self._theta)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i == 0:
+            return self._target.values
+        if i not in self._made:
+            self._made[i] = _leaf_row(self._target, self._theta[i - 1], self._dt)
+        return self._made[i]
 
 
 def _leaf_row(target: _Target, theta: np.ndarray, dt) -> list:

@@ -1491,6 +1491,10 @@ def element_work(traced: Traced) -> int:
     kernel`` of a convolution, the reduced size of a reduction). A convolution
     of a 2x3x32x32 image with 8 3x3 filters is 8,192 x 27 = 221,184.
     """
+    meta = getattr(traced.gm, "meta", None)
+    key = ("gradcheck_lab.work", frozenset(traced.live))
+    if isinstance(meta, dict) and key in meta:  # a cached trace's, asked at each call
+        return meta[key]
     total = 0
     for node in traced.gm.graph.nodes:
         if node.op != "call_function" or node.name not in traced.live:
@@ -1507,6 +1511,8 @@ def element_work(traced: Traced) -> int:
         else:
             k = max([math.prod(sh) for sh in shapes] + [1]) // max(out, 1)
         total += out * max(int(k), 1)
+    if isinstance(meta, dict):
+        meta[key] = total
     return total
 
 

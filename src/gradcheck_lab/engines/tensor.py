@@ -294,6 +294,10 @@ class TensorGraph:
     gm: Any
     live: set
     consts: dict  # node name -> torch value (float tensors in float64)
+    widest: int = 0  # the most elements of a node's value (at least 1): how many unit tangents fit a chunk
+
+    def __post_init__(self):
+        self.widest = max([_numel(n.meta.get("val")) for n in self.gm.graph.nodes if n.op != "output"] + [1])
 
 
 def uncovered(gm, live: set) -> list:
@@ -1183,8 +1187,7 @@ def _jacobian_blocks(graph: TensorGraph, values: Sequence):
     primals = [v.detach().to("cpu", torch.float64) for v in values]
     sizes = [max(p.numel(), 0) for p in primals]
     n_in = sum(sizes)
-    widest = max([_numel(n.meta.get("val")) for n in graph.gm.graph.nodes if n.op != "output"] + [1])
-    chunk = max(1, min(n_in, CHUNK_ELEMENTS // max(widest, 1)))
+    chunk = max(1, min(n_in, CHUNK_ELEMENTS // max(graph.widest, 1)))
     for start in range(0, n_in, chunk):
         stop = min(start + chunk, n_in)
         # rows start..stop of the identity, cut at the leaves' boundaries (a column slice of one eye)
