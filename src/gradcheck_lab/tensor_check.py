@@ -268,8 +268,7 @@ def _backward(target, row, cots: np.ndarray) -> tuple[np.ndarray, bool]:
         # Note [One forward at the given inputs] (torch_check.py): its graph, kept for the structural tests,
         # and the reentrancy check's product where a cotangent is its
         with torch.enable_grad():
-            return (_vjps(given.flat, given.leaves, cots, retain=True, known=(given.cot, given.gradient)),
-                    bool(torch.isfinite(given.flat).all()))
+            return _vjps(given.flat, given.leaves, cots, retain=True, known=(given.cot, given.gradient)), given.finite
     leaves = [t.detach().clone().requires_grad_() for t in row]
     with torch.enable_grad():
         flat = target.flat_output(target.call(*leaves))

@@ -520,8 +520,7 @@ def _pointwise(target, args, kwargs, tangents, value, batch):
     shape = tuple(value.shape)
     # NumPy's select needs one shape
     values = [v if getattr(v, "shape", None) == shape else np.broadcast_to(v, shape) for v in values]
-    with np.errstate(all="ignore"):
-        derivs = rule(*values)
+    derivs = rule(*values)  # under forward()'s errstate
     out = None
     for i, d in zip(wanted, derivs):
         d = np.asarray(np.abs(d) if _ABSOLUTE.get() else d, dtype=np.float64)
@@ -1012,7 +1011,7 @@ def forward(graph: TensorGraph, primals: Sequence, tangents: Sequence) -> tuple[
     """The float outputs and their tangents ``(B, *shape)`` for leaf values and leaf tangents."""
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), np.errstate(all="ignore"):  # once, not per op: the rules' NumPy at poles is inf or NaN
         return _forward(graph, primals, tangents)
 
 
