@@ -605,8 +605,15 @@ def test_a_probe_past_the_checked_points_is_evaluated_until_one_is_accepted():
     def describe(j, k):
         return f"output {j}[{k}]"
 
-    found = fidelity.check(call, gm, rows, 1, torch.float64, describe, used=0)
-    assert found.unfaithful is None and found.refused == [] and len(seen) == 2
+    read: list[int] = []
+
+    class Lazy(list):  # rows made when read, as the drop-in passes them
+        def __getitem__(self, i):
+            read.append(i)
+            return super().__getitem__(i)
+
+    found = fidelity.check(call, gm, Lazy(rows), 1, torch.float64, describe, used=0)
+    assert found.unfaithful is None and found.refused == [] and len(seen) == 2 and read == [0, 1]
     seen.clear()
     found = fidelity.check(lambda t: call(t, refuse=0.525), gm, rows, 1, torch.float64, describe, used=0)
     assert found.unfaithful is None and found.refused == [0] and len(seen) == 3

@@ -122,9 +122,10 @@ def check(call: Callable, graph: Callable, rows: Sequence[Sequence[Any]], given:
     found = Fidelity()
     shapes = None
     accepted = 0
-    for i, tensors in enumerate(rows):
+    for i in range(len(rows)):
         if used is not None and i - given >= used and accepted:
             break  # a probe past the rows the checks read: one that showed the graph is enough
+        tensors = rows[i]  # made when read (the caller's rows may be lazy)
         with torch.no_grad():
             try:
                 real = known if i == 0 and known is not None else _flat_floats(call(*[t.clone() for t in tensors]))

@@ -1702,17 +1702,21 @@ class _GivenRun:
     flat: Any  # the same, concatenated
     cot: np.ndarray  # the reentrancy check's cotangent
     grads: list  # the first of its two backward passes (None where an input is unused)
+    _finite: bool | None = None
 
     def gradient(self) -> np.ndarray:
         """``grads`` flat, in float64."""
         return _gradient(self.grads, self.leaves).astype(np.float64)
 
-    @functools.cached_property
+    @property
     def finite(self) -> bool:
-        """Whether every checked output is finite (asked by the tensor leg and the structural tests)."""
+        """Whether every checked output is finite (asked by the tensor leg and the structural tests; once:
+        not a ``functools.cached_property``, whose lock cost as much as the check)."""
         import torch
 
-        return bool(torch.isfinite(self.flat).all())
+        if self._finite is None:
+            self._finite = bool(torch.isfinite(self.flat).all())
+        return self._finite
 
 
 def _fixed_step_note(target, traced, eps, pts, faults, labels) -> str:
