@@ -393,6 +393,40 @@ def test_an_internal_failure_falls_back_instead_of_crashing(monkeypatch):
         assert gradcheck(torch.tanh, x) is True
 
 
+def test_a_graph_that_fails_its_own_evaluation_falls_back_instead_of_crashing(monkeypatch):
+    # a recorded op that cannot run again (gpytorch's Matern kernel: pow_.Scalar was recorded as pow.Scalar,
+    # whose arguments are the other way round) raised from the trace's analysis into the user's test
+    import gradcheck_lab.torch_graph as tg
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("aten::pow() Expected a value of type 'number' for argument 'self'")
+
+    monkeypatch.setattr(tg, "_fold", broken)
+    x = _inputs([(3, 4)], torch.float64)
+    with pytest.warns(RuntimeWarning, match="tracing failed"):
+        assert gradcheck(lambda t: t.clone().pow_(2) + 0.5, x) is True
+    with pytest.raises(GradientMismatch, match="finite differences of the real function"):
+        gradcheck(_wrong(lambda t: t.clone().pow_(2) + 0.5, 1 + 1e-6), x)
+
+
+def test_in_place_ops_whose_overloads_differ_from_their_twins_are_recorded_as_their_twins():
+    # pow_.Scalar is (Tensor self, Scalar exponent); pow.Scalar is (Scalar self, Tensor exponent): recorded as
+    # pow.Tensor_Scalar, the symbolic leg keeps the call (gpytorch's d.clone().pow_(2))
+    from gradcheck_lab.recorder import _functional
+
+    aten = torch.ops.aten
+    assert _functional(aten.pow_.Scalar) is aten.pow.Tensor_Scalar
+    assert _functional(aten.float_power_.Scalar) is aten.float_power.Tensor_Scalar
+    assert _functional(aten.ldexp_.default) is aten.ldexp.Tensor
+    assert _functional(aten.elu_.default) is aten.elu.default and _functional(aten.add_.Scalar) is aten.add.Scalar
+    x = _inputs([(3, 4)], torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the symbolic leg decided
+        assert gradcheck(lambda t: (t * 2).pow_(2).float_power_(1.5), x) is True
+    with pytest.raises(GradientMismatch, match="is wrong"):
+        gradcheck(_wrong(lambda t: (t * 2).pow_(2), 1 + 1e-8), x)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
 def test_wide_inputs_are_screened_along_directions_and_still_caught(dtype):
     x = (torch.rand(8, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5).to(dtype)

@@ -65,6 +65,16 @@ def test_routing_replaces_every_way_to_reach_torchs_gradcheck_and_restores_it():
     assert original(_square(1e-6), (_x(),)) is True  # torch's own again: it misses 1e-6
 
 
+def test_a_routed_call_that_raises_counts_as_failed():
+    def raises(t):
+        raise ValueError("not for these inputs")
+
+    with gradcheck_lab.routing() as stats, pytest.raises(ValueError, match="not for these inputs"):
+        torch.autograd.gradcheck(raises, (_x(),))
+    assert (stats.routed, stats.failed) == (1, 1)
+    assert "1 failed (raised ValueError: not for these inputs" in stats.summary()
+
+
 def test_torchs_gradgradcheck_keeps_calling_torchs_gradcheck_inside_routing():
     # complex: no symbolic leg for second derivatives, so ours hands the call to torch's gradgradcheck, which
     # calls the module's gradcheck: that call must not recurse into ours

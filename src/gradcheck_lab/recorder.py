@@ -342,8 +342,12 @@ def _storage(t) -> int:
         return id(t)
 
 
+@functools.lru_cache(maxsize=1024)
 def _functional(func):
-    """The out-of-place overload of an in-place aten op (``aten.elu_.default`` -> ``aten.elu.default``)."""
+    """The out-of-place overload of an in-place aten op (``aten.elu_.default`` -> ``aten.elu.default``): the
+    one whose arguments have the same names and types. Not the one of the same overload name: ``pow_.Scalar``
+    is ``(Tensor self, Scalar exponent)``, ``pow.Scalar`` is ``(Scalar self, Tensor exponent)``, and gpytorch's
+    Matern kernel (``d.clone().pow_(2)``) crashed the tensor-level engine; ``pow.Tensor_Scalar`` is its twin."""
     import torch
 
     packet = getattr(func, "overloadpacket", None)
@@ -351,7 +355,17 @@ def _functional(func):
     if not name.endswith("_") or name.startswith("_"):
         return None
     base = getattr(torch.ops.aten, name[:-1], None)
-    return getattr(base, func._overloadname, None) if base is not None else None
+    schema = getattr(func, "_schema", None)
+    if base is None or schema is None:
+        return None
+    want = [(a.name, str(a.type)) for a in schema.arguments]
+    named = getattr(base, func._overloadname, None)
+    for candidate in [named] + [getattr(base, o, None) for o in base.overloads()]:
+        theirs = getattr(candidate, "_schema", None)
+        if theirs is not None and [(a.name, str(a.type)) for a in theirs.arguments] == want \
+                and len(theirs.returns) == len(schema.returns):
+            return candidate
+    return None
 
 
 def _signature(t) -> tuple:

@@ -1222,10 +1222,12 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
     else:
         try:
             gm = _make_graph(call, real)
+            # the graph evaluated again: an op recorded wrongly fails here (Note [Internal failures] in
+            # torch_check.py: ours never stands in for a verdict; gpytorch's pow_ did, before _functional)
+            result = _analyse(gm, real, leaves, out_shapes)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means no symbolic leg
             failed = Unsupported([], leaves, out_shapes, f"tracing failed: {exc}", outside=True)
             return _remember(_TRACES, cache_key, failed) if cache_key is not None else failed
-        result = _analyse(gm, real, leaves, out_shapes)
     reads = reads_of(gm)
     if reads:  # Note [Reads of the inputs]: the branch of these inputs, not to be reused at others
         cache_key = key = None
@@ -1248,10 +1250,10 @@ def trace(call: Callable, args: Sequence[Any], leaves: list[Leaf], key: Any = No
             break
         table.update(more)
         try:  # the graph traced again, not the function (Note [Decompositions on demand])
-            gm = _make_graph(gm, real, table)
+            again = _make_graph(gm, real, table)
+            result, gm = _analyse(again, real, leaves, out_shapes), again
         except Exception:  # noqa: BLE001 - the decomposition does not trace: keep the first verdict
             break
-        result = _analyse(gm, real, leaves, out_shapes)
     if isinstance(result, Unsupported):
         result.gm = first  # for the tensor-level engine (engines/tensor.py), which reads what it covers
     elif reads:

@@ -118,6 +118,11 @@ def _wrap(ours, original, stats: RoutingStats, what: str, active: dict):
                     stats.failed += 1
                     stats.failures.append(f"{stats.current}: {_first_line(exc)}" if stats.current else _first_line(exc))
                     raise RoutedGradcheckError(str(exc), exc.report) from None
+                except Exception as exc:  # the function raised under the check (as it would under torch's): failed
+                    stats.failed += 1
+                    what = f"{type(exc).__name__}: {_first_line(exc)}"
+                    stats.failures.append(f"{stats.current}: raised {what}" if stats.current else f"raised {what}")
+                    raise
         finally:
             stats.routed += 1
             stats.seconds += time.perf_counter() - start
