@@ -1492,3 +1492,21 @@ def test_atol_and_rtol_are_per_component_in_the_fallback(d, torch_passes):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's note on what it checked
         assert gradcheck(loss, (x,), raise_exception=False, **kw) is torch_passes
+
+
+def _soft_argmax_like(x):
+    """kornia's conv_soft_argmax2d at its repository's head: a shift by the detached max beside an absolute eps."""
+    e = (x - x.amax(dim=(-2, -1), keepdim=True).detach()).exp()
+    den = 9 * F.avg_pool2d(e, 3, 1, 1) + 1e-8
+    return 9 * F.avg_pool2d(e * x, 3, 1, 1) / den
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_proven_fault_behind_a_detach_says_so_and_atol_accepts_it(fast):
+    # the eps breaks the shift invariance the detach relies on: the backward is 1e-8 relative off the
+    # function's derivative (proven by the tensor referee); torch's rtol=1e-3 passes it
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert torch.autograd.gradcheck(_soft_argmax_like, (x,), fast_mode=fast)
+    with pytest.raises(GradientMismatch, match=r"(?s)proven in ball arithmetic.*detaches a value.*pass atol/rtol"):
+        gradcheck(_soft_argmax_like, (x,), fast_mode=fast)
+    assert gradcheck(_soft_argmax_like, (x,), fast_mode=fast, atol=1e-6) is True

@@ -989,8 +989,9 @@ def _detach_hint(traced) -> str:
     for node in graph.gm.graph.nodes:
         if node.op == "call_function" and node.name in graph.live and "detach" in str(node.target):
             return ("\n  The forward detaches a value that depends on the inputs (.detach()): the backward skips that "
-                    "path and the function's derivative does not. If that is intended, the backward is not the "
-                    "function's derivative, and torch's gradcheck without fast_mode fails it too.")
+                    "path and the function's derivative does not. If that is intended (a stabilising shift such as "
+                    "x - x.max().detach() beside an absolute eps, kornia's conv_soft_argmax2d: 1e-8 relative), the "
+                    "backward is not the function's derivative; pass atol/rtol to accept a difference of this size.")
     return ""
 
 
@@ -1004,7 +1005,7 @@ def _proven_message(target, traced, found, fault, why: str) -> str:
         f"[{fault.lo!r}, {fault.hi!r}]; the tensor-level symbolic leg gives {fault.symbolic:.12g}).\n"
         f"  At fault: backward (candidate), off by {abs(fault.candidate - fault.exact):.2g} ({rel}) where its own "
         f"rounding allows {fault.tolerance:.2g}. The tensor referee (Note [Tensor referee]) proved {fault.proven} of "
-        f"the {fault.checked} component(s) it was given wrong; {why}."
+        f"the {fault.checked} component(s) it was given wrong; {why}.{_detach_hint(traced)}"
     )
 
 
