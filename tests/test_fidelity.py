@@ -18,6 +18,7 @@ import torch
 
 from gradcheck_lab import GradientMismatch, UsageError, gradcheck, gradgradcheck
 from gradcheck_lab.fidelity import leaks
+from test_torch_gradcheck import _ScaledBackward as _Scaled  # identity, backward scaled by 1 + err
 from test_torch_gradcheck import _wrong  # a Function with autograd's gradient of f, scaled
 
 DTYPES = [torch.float64, torch.float32]
@@ -298,19 +299,6 @@ def test_in_place_writes_into_views_follow_torchs_aliasing(dtype):
 
     with pytest.raises(GradientMismatch, match="exact value"):
         gradcheck(wrong, (x, w))
-
-
-class _Scaled(torch.autograd.Function):
-    """Identity whose backward scales by 1 + err: a wrong backward downstream of any forward."""
-
-    @staticmethod
-    def forward(ctx, y, err):
-        ctx.err = err
-        return y.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g * (1 + ctx.err), None
 
 
 def test_constants_are_folded_in_the_codes_own_dtype():

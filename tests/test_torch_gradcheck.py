@@ -1462,7 +1462,8 @@ def test_positional_names_are_inspects():
 
 
 class _ScaledBackward(torch.autograd.Function):
-    """The identity, its backward scaled by ``1 + d`` (``d`` 0: right)."""
+    """The identity, its backward scaled by ``1 + d`` (``d`` 0: right): a wrong backward downstream of any forward
+    (test_fidelity's too)."""
 
     @staticmethod
     def forward(ctx, y, d):
